@@ -1,0 +1,3 @@
+from spkdiff.cli import main
+
+raise SystemExit(main())
