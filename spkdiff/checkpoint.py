@@ -1,0 +1,122 @@
+"""Checkpoint I/O: safetensors only (never pickle), written atomically.
+
+One file holds everything needed to resume exactly: model weights (``model/…``), optimizer
+tensors (``optim/…``), RNG states (``rng/…``) and, in the safetensors header metadata, the JSON
+config, the optimizer's non-tensor state and the loop position (epoch, step).  Export and
+sampling read only ``model/…`` plus the config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from spkdiff.errors import CheckpointError
+
+FORMAT = "spkdiff-checkpoint"
+FORMAT_VERSION = "1"
+
+
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, pstate in state["state"].items():
+        for key, value in pstate.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim/{pid}/{key}"] = value.detach().contiguous()
+            else:
+                scalars.setdefault(str(pid), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        _, pid, key = name.split("/", 2)
+        state.setdefault(int(pid), {})[key] = value
+    for pid, values in meta["scalars"].items():
+        state.setdefault(int(pid), {}).update(values)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(
+    path: Path,
+    *,
+    model: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    stage: str,
+    optimizer: dict[str, Any] | None = None,
+    rng: dict[str, torch.Tensor] | None = None,
+    position: dict[str, Any] | None = None,
+) -> None:
+    """Write a checkpoint atomically: temp file in the same folder, fsync, rename."""
+    tensors = {f"model/{k}": v.detach().contiguous().cpu() for k, v in model.items()}
+    meta: dict[str, Any] = {"format": FORMAT, "version": FORMAT_VERSION, "stage": stage,
+                            "config": config, "position": position or {}}
+    if optimizer is not None:
+        opt_tensors, meta["optimizer"] = _flatten_optimizer(optimizer)
+        tensors.update(opt_tensors)
+    for name, value in (rng or {}).items():
+        tensors[f"rng/{name}"] = value.contiguous()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    save_file(tensors, str(tmp), metadata={"spkdiff": json.dumps(meta)})
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+
+
+class Checkpoint:
+    """A loaded checkpoint: ``model`` weights, ``config``, ``stage``, optional resume state."""
+
+    def __init__(self, path: Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor]):
+        self.path = path
+        self.stage: str = meta["stage"]
+        self.config: dict[str, Any] = meta["config"]
+        self.position: dict[str, Any] = meta.get("position", {})
+        self.model = {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}
+        self.rng = {k[4:]: v for k, v in tensors.items() if k.startswith("rng/")}
+        optim = {k: v for k, v in tensors.items() if k.startswith("optim/")}
+        self.optimizer = _unflatten_optimizer(optim, meta["optimizer"]) if "optimizer" in meta else None
+
+
+def load_checkpoint(path: Path, stage: str | None = None) -> Checkpoint:
+    """Load and validate a checkpoint; every problem is a one-line :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"checkpoint {path} is truncated or not a safetensors file ({err})") from None
+    try:
+        meta = json.loads(header["spkdiff"])
+        assert meta["format"] == FORMAT
+    except (KeyError, json.JSONDecodeError, AssertionError, TypeError):
+        raise CheckpointError(f"checkpoint {path} was not written by spkdiff (no spkdiff metadata)") from None
+    if meta["version"] != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {meta['version']}, expected {FORMAT_VERSION}")
+    if stage is not None and meta["stage"] != stage:
+        raise CheckpointError(f"checkpoint {path} holds stage {meta['stage']!r}, expected {stage!r}")
+    return Checkpoint(path, meta, tensors)
+
+
+def load_model_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], source: Path) -> None:
+    """Strict load: every key present with the right shape, or a one-line error."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(weights))
+    extra = sorted(set(weights) - set(own))
+    bad = [k for k in own if k in weights and own[k].shape != weights[k].shape]
+    if missing or extra or bad:
+        raise CheckpointError(
+            f"checkpoint {source} does not fit the model: missing {missing[:3]}, unexpected {extra[:3]}, "
+            f"wrong shape {bad[:3]}")
+    module.load_state_dict(weights, strict=True)

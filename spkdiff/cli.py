@@ -1,0 +1,62 @@
+"""The ``spkdiff`` command and its ``spkdiff-export`` alias.
+
+Each subcommand lives in the module that owns its work; that module defines
+``add_arguments(parser)`` and ``run(args) -> int``.  Modules keep heavy imports inside ``run`` so
+``--help`` stays fast.  A :class:`~spkdiff.errors.SpkdiffError` becomes one line on stderr and
+exit status 2; Ctrl-C exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("spkdiff.train.command", "train the VQ-SVAE (stage 1) and/or the SDID (stage 2)"),
+    "sample": ("spkdiff.train.sample_command", "generate images from a run, a bundle or a pretrained model"),
+    "eval": ("spkdiff.eval.command", "FID/KID/CFD/precision-recall/MSE/SSIM of a run"),
+    "export": ("spkdiff.export.command", "export the SNN stages to NIR, ONNX or a Lava bundle"),
+    "sim": ("spkdiff.simulator.command", "simulated on-chip sampling with SOP, energy and mapping report"),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    if only is not None:
+        module = importlib.import_module(COMMANDS[only][0])
+        parser = argparse.ArgumentParser(prog=f"spkdiff-{only}", description=COMMANDS[only][1])
+        module.add_arguments(parser)
+        parser.set_defaults(_module=module)
+        return parser
+    parser = argparse.ArgumentParser(prog="spkdiff", description="Spiking-Diffusion toolchain: train, "
+                                     "export to NIR/ONNX/Lava, simulate on a Loihi-style chip.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def _dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    from spkdiff.errors import SpkdiffError
+
+    args = parser.parse_args(argv)
+    try:
+        return int(args._module.run(args) or 0)
+    except SpkdiffError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    return _dispatch(build_parser(), argv)
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    """``spkdiff-export`` is ``spkdiff export``."""
+    return _dispatch(build_parser("export"), argv)

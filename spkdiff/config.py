@@ -1,0 +1,58 @@
+"""Presets (configs/*.yaml) and run configs.
+
+A preset holds one section per stage (``vqsvae``, ``sdid``), each with ``model`` and ``train``
+sub-sections.  The resolved config of a run is stored beside its checkpoints (``config.json``) and
+is all that is needed to rebuild the models.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spkdiff.errors import SpkdiffError
+
+PRESETS = ("paper", "fast", "tiny")
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """Return the preset ``name`` (paper, fast, tiny) or a YAML file path as a dict."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        text = path.read_text()
+    else:
+        if name not in PRESETS:
+            raise SpkdiffError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)} or a .yaml file")
+        text = resources.files("spkdiff.configs").joinpath(f"{name}.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; ``override`` wins. Returns a new dict."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    tmp.replace(path)
+
+
+def read_json(path: Path, what: str) -> Any:
+    if not path.exists():
+        raise SpkdiffError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise SpkdiffError(f"{what} {path} is not valid JSON ({err.msg} at line {err.lineno})") from None
