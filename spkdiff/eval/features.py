@@ -1,0 +1,100 @@
+"""Real-data features with an on-disk cache.
+
+Real features are computed once per (dataset, split, subset, feature network, protocol, weights sha256) and
+stored as safetensors under the cache directory: ``$SPKDIFF_CACHE`` or ``~/.cache/spkdiff``, in ``features/``.
+Features rather than only (mu, Sigma) are kept so that KID and precision/recall reuse them too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from spkdiff.eval.inception import get_protocol, inception_features, inception_sha256, to_uint8_nchw
+
+SUBSET_SEED = 0
+
+
+def cache_dir(override: str | os.PathLike | None = None) -> Path:
+    """``override``, else ``$SPKDIFF_CACHE``, else ``~/.cache/spkdiff``."""
+    if override is not None:
+        return Path(override)
+    env = os.environ.get("SPKDIFF_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "spkdiff"
+
+
+def load_split(dataset: str, data_root: str | os.PathLike | None, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (N, C, H, W) images and int64 labels of a dataset split, via ``spkdiff.data``."""
+    from spkdiff.data import load_arrays, resolve_data_root
+
+    images, labels = load_arrays(dataset, resolve_data_root(data_root), split)
+    return to_uint8_nchw(np.asarray(images)), torch.tensor(np.asarray(labels), dtype=torch.int64)
+
+
+def canonical_name(dataset: str) -> str:
+    """The dataset's canonical name (aliases such as ``fmnist`` resolved), used in cache keys."""
+    from spkdiff.data import get_spec
+
+    return get_spec(dataset).name
+
+
+def subset_indices(total: int, n: int | None, seed: int = SUBSET_SEED) -> np.ndarray:
+    """All indices if ``n`` is None or >= total, else a sorted seeded random subset of size ``n``."""
+    if n is None or n >= total:
+        return np.arange(total)
+    return np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))
+
+
+def cached_features(key: dict[str, Any], compute: Callable[[], torch.Tensor],
+                    directory: str | os.PathLike | None = None) -> torch.Tensor:
+    """Features stored under ``key`` in the cache, computed with ``compute()`` and saved on a miss.
+
+    The file name is built from the key; the full key is stored in the file's metadata and checked on load.
+    """
+    folder = cache_dir(directory) / "features"
+    name = "_".join(str(key[k]) for k in sorted(key) if k != "sha256") + f"_{str(key.get('sha256', ''))[:16]}"
+    path = folder / f"{name}.safetensors"
+    key_json = json.dumps(key, sort_keys=True)
+    if path.is_file():
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as fh:
+                stored_key = (fh.metadata() or {}).get("key")
+            if stored_key == key_json:
+                return load_file(str(path))["features"]
+        except (SafetensorError, OSError):
+            pass  # corrupt or foreign file: recompute and overwrite
+    feats = compute().float().contiguous()
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    save_file({"features": feats}, str(tmp), metadata={"key": key_json})
+    tmp.replace(path)
+    return feats
+
+
+def real_inception_features(dataset: str, data_root: str | os.PathLike | None = None, *, split: str = "test",
+                            n: int | None = None, protocol: str = "std", batch_size: int = 50, device: str = "cpu",
+                            progress: bool = True, cache: str | os.PathLike | None = None) -> torch.Tensor:
+    """Cached (N, 2048) Inception features of a real split (all of it, or a seeded subset of ``n`` images)."""
+    get_protocol(protocol)
+    dataset = canonical_name(dataset)
+    sha = inception_sha256()
+    key = {"dataset": dataset, "split": split, "n": "all" if n is None else int(n), "net": "inception",
+           "protocol": protocol, "sha256": sha}
+
+    def compute() -> torch.Tensor:
+        images, _ = load_split(dataset, data_root, split)
+        images = images[torch.from_numpy(subset_indices(images.shape[0], n))]
+        return inception_features(images, protocol=protocol, batch_size=batch_size, device=device,
+                                  progress=progress, desc=f"inception {dataset}/{split}")
+
+    return cached_features(key, compute, cache)
