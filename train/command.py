@@ -1,13 +1,28 @@
-"""Placeholder subcommand: replaced by its issue's implementation."""
+"""``spkdiff train``: stage 1 (VQ-SVAE), stage 2 (SDID) or both, from a preset."""
+
+from __future__ import annotations
 
 import argparse
 
-from spkdiff.errors import SpkdiffError
+from spkdiff.config import PRESETS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--stage", choices=("vqsvae", "sdid", "all"), default="all")
+    parser.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist, kmnist, letters, cifar10")
+    parser.add_argument("--preset", default="fast", help=f"one of {', '.join(PRESETS)} or a YAML file")
+    parser.add_argument("--out", required=True, help="run directory (checkpoints, logs, config.json)")
+    parser.add_argument("--data-root", default=None, help="dataset root (default: $SPKDIFF_DATA or ./data)")
+    parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    parser.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--limit", type=int, default=None, help="train on the first N images only")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (resumable)")
+    parser.add_argument("--resume", action="store_true", help="continue from the run's last checkpoints")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SpkdiffError("this command is not implemented yet")
+    from spkdiff.train.run import train_from_args
+
+    train_from_args(args)
+    return 0

@@ -1,0 +1,177 @@
+"""Host-side operations of the generative loop, shared by the torch models, the simulator and the
+Lava host processes (one implementation, so every backend computes the same numbers).
+
+* codebook lookup: spike train -> z^E (Eq 4-6) -> nearest code (Eq 7) -> embedding (Eq 8);
+* the absorbing-state mask sampler (Eq 10-12): training masks, sampling schedules, SDID input spikes;
+* the reweighted-ELBO / ELBO loss weights (Eq 14).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+# ----------------------------------------------------------------------------- codebook lookup
+
+
+def psp_final(spikes: torch.Tensor, tau_syn: float) -> torch.Tensor:
+    """Eq 5 at t = T_s: PSP_t = (1 - 1/tau_syn) PSP_{t-1} + (1/tau_syn) z_t, PSP_0 = 0."""
+    decay = 1.0 - 1.0 / tau_syn
+    acc = torch.zeros_like(spikes[0])
+    for t in range(spikes.shape[0]):
+        acc = decay * acc + spikes[t] / tau_syn
+    return acc
+
+
+def encoder_features(spikes: torch.Tensor, k: torch.Tensor | float, tau_syn: float, variant: str = "paper",
+                     code_decay: float = 0.8) -> torch.Tensor:
+    """Eq 6: z^E = k SFR + (1 - k) PSP_Ts with SFR = mean_t z_t (Eq 4).
+
+    ``variant="code"`` is the authors' code: PSP = sum_t z_t code_decay^(Ts-1-t) (unnormalised).
+    """
+    rate = spikes.mean(0)
+    if variant == "paper":
+        psp = psp_final(spikes, tau_syn)
+    elif variant == "code":
+        psp = torch.zeros_like(spikes[0])
+        for t in range(spikes.shape[0]):
+            psp = code_decay * psp + spikes[t]
+    else:
+        raise ValueError(f"unknown psp_variant {variant!r} (paper or code)")
+    return k * rate + (1 - k) * psp
+
+
+def codebook_lookup(z_e: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq 7-8: h_0 = argmin_k ||z^E_ij - z_k||_2 and z^Q = Z[h_0]; z_e (B, C, H, W) -> (tokens, z_q)."""
+    b, c, h, w = z_e.shape
+    flat = z_e.permute(0, 2, 3, 1).reshape(-1, c)
+    dist = (flat.square().sum(1, keepdim=True) - 2 * flat @ codebook.t() + codebook.square().sum(1)[None])
+    tokens = dist.argmin(1)
+    z_q = codebook[tokens].view(b, h, w, c).permute(0, 3, 1, 2)
+    return tokens.view(b, h, w), z_q
+
+
+# ----------------------------------------------------------------------------- absorbing diffusion
+
+
+def time_bin(t: torch.Tensor, diffusion_steps: int, time_bins: int) -> torch.Tensor:
+    """Map diffusion time t in 1..T_d to a one-hot time channel index in 0..time_bins-1."""
+    return (torch.ceil(t.float() * time_bins / diffusion_steps).long() - 1).clamp(0, time_bins - 1)
+
+
+def sdid_input_spikes(tokens: torch.Tensor, t: torch.Tensor, num_codes: int, diffusion_steps: int,
+                      time_bins: int) -> torch.Tensor:
+    """The SDID's input spikes (B, K+1+time_bins, H, W), the same at every SNN step.
+
+    Channels 0..K: one-hot token incl. [MASK] = K; then a one-hot time channel broadcast over the grid.
+    """
+    b, h, w = tokens.shape
+    x = torch.zeros(b, num_codes + 1 + time_bins, h, w)
+    x.scatter_(1, tokens.unsqueeze(1), 1.0)
+    tb = time_bin(t, diffusion_steps, time_bins)
+    x[torch.arange(b), num_codes + 1 + tb] = 1.0
+    return x
+
+
+def training_mask(tokens: torch.Tensor, num_codes: int, diffusion_steps: int,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward process at a random time: t ~ U{1..T_d}; each token masked independently w.p. t/T_d.
+
+    This is q(h_t | h_0) of Eq 10-12: with gamma_t = 1/(T_d - t + 1) the product of the per-step
+    keep probabilities prod_{s<=t} (1 - gamma_s) = (T_d - t)/T_d, so P(masked at t) = t/T_d.
+    Returns (t (B,), masked (B, H, W) bool, h_t with [MASK] = num_codes).
+    """
+    b = tokens.shape[0]
+    t = torch.randint(1, diffusion_steps + 1, (b,), generator=generator)
+    rate = (t.float() / diffusion_steps).view(b, 1, 1)
+    masked = torch.rand(tokens.shape, generator=generator) < rate
+    return t, masked, tokens.masked_fill(masked, num_codes)
+
+
+def loss_weight(t: torch.Tensor, diffusion_steps: int, kind: str = "reweighted") -> torch.Tensor:
+    """Per-sample weight of sum_masked CE / (ln 2 * N) (Unleashing-Transformers convention).
+
+    "elbo" (Eq 14): 1/t times 1/p(t) = T_d/t;  "reweighted" (the authors' code): 1 - t/T_d.
+    """
+    t = t.float()
+    if kind == "elbo":
+        return diffusion_steps / t
+    if kind == "reweighted":
+        return 1.0 - t / diffusion_steps
+    raise ValueError(f"unknown loss weighting {kind!r} (elbo or reweighted)")
+
+
+def diffusion_loss(logits: torch.Tensor, target: torch.Tensor, masked: torch.Tensor, t: torch.Tensor,
+                   diffusion_steps: int, kind: str = "reweighted") -> torch.Tensor:
+    """Mean over the batch of weight(t) * sum_{masked} -log p(h_0 | h_t) / (ln 2 * N); logits (B, K, H, W)."""
+    ce = torch.nn.functional.cross_entropy(logits, target, reduction="none")  # (B, H, W)
+    per_sample = (ce * masked).flatten(1).sum(1) / (math.log(2) * masked[0].numel())
+    return (loss_weight(t, diffusion_steps, kind) * per_sample).mean()
+
+
+def unmask_schedule(steps: int, num_tokens: int, kind: str) -> list[int]:
+    """Number of tokens still masked after each of ``steps`` confidence-ordered steps (cosine, MaskGIT)."""
+    if kind != "cosine":
+        raise ValueError(f"unknown schedule {kind!r}")
+    remaining = [int(math.floor(num_tokens * math.cos(math.pi / 2 * (i + 1) / steps))) for i in range(steps)]
+    remaining[-1] = 0
+    return remaining
+
+
+class MaskSampler:
+    """The mask sampler (host side): starts fully masked, calls ``denoise(h_t, t) -> logits``.
+
+    ``method="paper"``: for t = S..1 each still-masked token is unmasked with probability 1/t and drawn
+    from Categorical(logits / temperature) (the authors' schedule; S = T_d = 49 by default).
+    ``method="confidence"``: S steps; at each, all masked tokens are drawn, and the most confident
+    draws are kept so that the count still masked follows a cosine schedule (far fewer calls).
+    The diffusion time given to the denoiser is the one whose mask rate t/T_d matches the step.
+    """
+
+    def __init__(self, num_codes: int, diffusion_steps: int, steps: int | None = None, method: str = "paper",
+                 temperature: float = 1.0):
+        if method not in ("paper", "confidence"):
+            raise ValueError(f"unknown sampler {method!r} (paper or confidence)")
+        self.num_codes = num_codes
+        self.diffusion_steps = diffusion_steps
+        self.steps = steps or diffusion_steps
+        self.method = method
+        self.temperature = temperature
+
+    def model_time(self, step_t: int) -> int:
+        return max(1, math.ceil(step_t * self.diffusion_steps / self.steps))
+
+    def draw(self, logits: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample tokens from Categorical(logits / temperature); logits (B, K, H, W). Returns (tokens, prob)."""
+        probs = torch.softmax(logits.float() / max(self.temperature, 1e-6), dim=1)
+        flat = probs.permute(0, 2, 3, 1).reshape(-1, probs.shape[1])
+        drawn = torch.multinomial(flat, 1, generator=generator).squeeze(1)
+        chosen = flat.gather(1, drawn[:, None]).squeeze(1)
+        shape = logits.shape[0], *logits.shape[2:]
+        return drawn.view(shape), chosen.view(shape)
+
+    def sample(self, denoise, batch: int, grid: tuple[int, int], generator: torch.Generator | None = None
+               ) -> torch.Tensor:
+        tokens = torch.full((batch, *grid), self.num_codes, dtype=torch.long)
+        masked = torch.ones(batch, *grid, dtype=torch.bool)
+        num_tokens = grid[0] * grid[1]
+        remaining = unmask_schedule(self.steps, num_tokens, "cosine") if self.method == "confidence" else None
+        for i, step_t in enumerate(range(self.steps, 0, -1)):
+            t = torch.full((batch,), self.model_time(step_t), dtype=torch.long)
+            logits = denoise(tokens, t)
+            drawn, prob = self.draw(logits, generator)
+            if self.method == "paper":
+                change = (torch.rand(masked.shape, generator=generator) < 1.0 / step_t) & masked
+            else:
+                score = torch.where(masked, prob, torch.full_like(prob, -1.0)).flatten(1)
+                n_keep_masked = remaining[i]
+                n_masked = masked.flatten(1).sum(1)
+                order = score.argsort(1, descending=True)
+                rank = torch.empty_like(order)
+                rank.scatter_(1, order, torch.arange(num_tokens).expand(batch, -1).contiguous())
+                change = (rank < (n_masked - n_keep_masked).clamp(min=0)[:, None]).view_as(masked) & masked
+            tokens = torch.where(change, drawn, tokens)
+            masked = masked & ~change
+        assert not masked.any(), "sampler left masked tokens"
+        return tokens

@@ -1,0 +1,300 @@
+"""Training loops for both stages (nanoGPT-style: one readable loop, explicit state).
+
+Run directory layout (``--out RUN_DIR``)::
+
+    config.json            resolved config: dataset, preset, seed, per-stage model/train settings
+    vqsvae.safetensors     stage-1 checkpoint (weights + optimizer + RNG + position), atomic
+    sdid.safetensors       stage-2 checkpoint
+    tokens_train.npy       token grids of the training split (cached stage-1 encodings)
+    {stage}_log.csv, tb/   per-step logs (CSV, TensorBoard)
+
+Resume = uninterrupted: the epoch's shuffle comes from ``seed + epoch``, the stage's own
+torch.Generator state is checkpointed, and the loop position (epoch, step in epoch, global step)
+is restored, so a resumed run replays the same batches with the same random draws.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from spkdiff.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
+from spkdiff.config import write_json_atomic
+from spkdiff.data import load_tensor
+from spkdiff.errors import SpkdiffError
+from spkdiff.host import diffusion_loss, training_mask
+from spkdiff.train.sdid import SDID, SDIDConfig
+from spkdiff.train.vqsvae import VQSVAE, VQSVAEConfig
+
+STAGES = ("vqsvae", "sdid")
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    lr_schedule: str = "constant"  # or "cosine" (with linear warmup)
+    warmup_steps: int = 0
+    checkpoint_every: int = 200
+    log_every: int = 10
+    codebook_init: str = "uniform"  # stage 1: "uniform" (paper) or "data" (codes from first-batch features)
+    loss_weighting: str = "reweighted"  # stage 2: "reweighted" (authors' code) or "elbo" (Eq 14)
+    limit: int | None = None  # use only the first N training images (tests)
+    max_steps: int | None = None  # stop after this many optimizer steps in total (tests / interruption)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainSettings:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if "betas" in known:
+            known["betas"] = tuple(known["betas"])
+        known["extra"] = {k: v for k, v in d.items() if k not in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def build_model(stage: str, model_cfg: dict[str, Any]) -> nn.Module:
+    if stage == "vqsvae":
+        return VQSVAE(VQSVAEConfig.from_dict(model_cfg))
+    if stage == "sdid":
+        return SDID(SDIDConfig.from_dict(model_cfg))
+    raise SpkdiffError(f"unknown stage {stage!r}: choose vqsvae, sdid or all")
+
+
+def load_stage(run_dir: Path, stage: str) -> nn.Module:
+    """Rebuild a trained stage from RUN_DIR/{stage}.safetensors (config inside the checkpoint)."""
+    ckpt = load_checkpoint(Path(run_dir) / f"{stage}.safetensors", stage=stage)
+    model = build_model(stage, ckpt.config[stage]["model"])
+    load_model_weights(model, ckpt.model, ckpt.path)
+    return model.eval()
+
+
+def lr_at(step: int, total: int, s: TrainSettings) -> float:
+    if s.warmup_steps and step < s.warmup_steps:
+        return s.lr * (step + 1) / s.warmup_steps
+    if s.lr_schedule == "cosine":
+        progress = (step - s.warmup_steps) / max(1, total - s.warmup_steps)
+        return s.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return s.lr
+
+
+class _Logger:
+    """CSV + TensorBoard scalars (TensorBoard optional at runtime: its import is slow)."""
+
+    def __init__(self, run_dir: Path, stage: str, resume: bool):
+        self.path = run_dir / f"{stage}_log.csv"
+        self.stage = stage
+        new = not (resume and self.path.exists())
+        self.file = open(self.path, "w" if new else "a", newline="")  # noqa: SIM115 (closed in close())
+        self.writer: csv.writer | None = None
+        self.header_written = not new
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tb" / stage))
+        except Exception:  # pragma: no cover - tensorboard missing is not fatal
+            self.tb = None
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        if self.writer is None:
+            self.writer = csv.writer(self.file)
+            if not self.header_written:
+                self.writer.writerow(["step", *values])
+                self.header_written = True
+        self.writer.writerow([step, *(f"{v:.6g}" for v in values.values())])
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(f"{self.stage}/{k}", v, step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _progress(total: int, initial: int, desc: str):
+    from tqdm import tqdm
+
+    # On a terminal: a live bar; in a log file: one line every 30 s.
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
+                mininterval=0.5 if sys.stderr.isatty() else 30)
+
+
+def run_training(
+    stage: str,
+    run_dir: Path,
+    config: dict[str, Any],
+    data: torch.Tensor,
+    step_fn: Callable[[nn.Module, torch.Tensor, torch.Generator], dict[str, torch.Tensor]],
+    resume: bool,
+    on_start: Callable[[nn.Module, torch.Tensor, torch.Generator], None] | None = None,
+) -> nn.Module:
+    """The shared loop: shuffle per epoch, AdamW, schedule, atomic checkpoints, logs, progress."""
+    stage_cfg = config[stage]
+    settings = TrainSettings.from_dict(stage_cfg["train"])
+    torch.manual_seed(config["seed"])
+    model = build_model(stage, stage_cfg["model"])
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=settings.betas,
+                            weight_decay=settings.weight_decay)
+    gen = torch.Generator().manual_seed(config["seed"] + 1)
+    ckpt_path = run_dir / f"{stage}.safetensors"
+    n = data.shape[0]
+    steps_per_epoch = n // settings.batch_size
+    if steps_per_epoch == 0:
+        raise SpkdiffError(f"{n} training items are fewer than one batch of {settings.batch_size}")
+    total = steps_per_epoch * settings.epochs
+    epoch, in_epoch, step = 0, 0, 0
+    if resume and ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path, stage=stage)
+        load_model_weights(model, ckpt.model, ckpt_path)
+        if ckpt.optimizer is None:
+            raise SpkdiffError(f"{ckpt_path} has no optimizer state to resume from")
+        opt.load_state_dict(ckpt.optimizer)
+        gen.set_state(ckpt.rng["generator"])
+        torch.set_rng_state(ckpt.rng["torch"])
+        epoch, in_epoch, step = (ckpt.position[k] for k in ("epoch", "in_epoch", "step"))
+        print(f"resuming {stage} at epoch {epoch}, step {step}", file=sys.stderr)
+    elif on_start is not None:
+        on_start(model, data, gen)
+
+    def checkpoint() -> None:
+        save_checkpoint(ckpt_path, model=model.state_dict(), config=config, stage=stage,
+                        optimizer=opt.state_dict(), rng={"generator": gen.get_state(), "torch": torch.get_rng_state()},
+                        position={"epoch": epoch, "in_epoch": in_epoch, "step": step, "total": total})
+
+    logger = _Logger(run_dir, stage, resume)
+    bar = _progress(total, step, stage)
+    model.train()
+    t_last, imgs = time.perf_counter(), 0
+    try:
+        while epoch < settings.epochs:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(config["seed"] * 1000 + epoch))
+            while in_epoch < steps_per_epoch:
+                if settings.max_steps is not None and step >= settings.max_steps:
+                    return model
+                idx = order[in_epoch * settings.batch_size:(in_epoch + 1) * settings.batch_size]
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(step, total, settings)
+                out = step_fn(model, data[idx], gen)
+                opt.zero_grad(set_to_none=True)
+                out["loss"].backward()
+                opt.step()
+                step += 1
+                in_epoch += 1
+                imgs += len(idx)
+                bar.update(1)
+                if step % settings.log_every == 0 or in_epoch == steps_per_epoch:
+                    now = time.perf_counter()
+                    values = {k: float(v.detach()) for k, v in out.items() if isinstance(v, torch.Tensor)}
+                    values["images_per_s"] = imgs / max(now - t_last, 1e-9)
+                    values["lr"] = opt.param_groups[0]["lr"]
+                    values["epoch"] = epoch
+                    values.update({k: float(v) for k, v in out.get("stats", {}).items()})
+                    logger.log(step, values)
+                    bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{values['images_per_s']:.0f}")
+                    t_last, imgs = now, 0
+                if step % settings.checkpoint_every == 0:
+                    checkpoint()
+            epoch += 1
+            in_epoch = 0
+            checkpoint()
+    finally:
+        if step > 0 and not (ckpt_path.exists() and load_checkpoint(ckpt_path).position.get("step") == step):
+            checkpoint()  # nothing lost on Ctrl-C or an error
+        bar.close()
+        logger.close()
+    return model
+
+
+# ----------------------------------------------------------------------------- stage 1
+
+
+def _vqsvae_step(data_variance: float):
+    def step(model: nn.Module, batch: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        out = model(batch, data_variance)
+        counts = torch.bincount(out["tokens"].flatten(), minlength=model.cfg.codebook_size).float()
+        p = counts / counts.sum()
+        perplexity = torch.exp(-(p[p > 0] * p[p > 0].log()).sum())
+        stats = {"perplexity": perplexity, "dead_codes": (counts == 0).sum().float(), "k": model.k.detach()}
+        return {k: out[k] for k in ("loss", "recon", "vq", "mmd")} | {"stats": stats}
+
+    return step
+
+
+def train_vqsvae(run_dir: Path, config: dict[str, Any], data_root: str | None, resume: bool) -> VQSVAE:
+    settings = TrainSettings.from_dict(config["vqsvae"]["train"])
+    images, _ = load_tensor(config["dataset"], data_root, "train", limit=settings.limit)
+    images = (images - 0.5).contiguous()  # the paper's [-0.5, 0.5] pixel range
+    data_variance = float(images.var())
+
+    def on_start(model: nn.Module, data: torch.Tensor, gen: torch.Generator) -> None:
+        if settings.codebook_init == "data":
+            idx = torch.randperm(data.shape[0], generator=gen)[: max(settings.batch_size, 256)]
+            with torch.no_grad():
+                model.init_codebook_(model.features(model.encode_spikes(data[idx])), gen)
+
+    return run_training("vqsvae", run_dir, config, images, _vqsvae_step(data_variance), resume, on_start)
+
+
+# ----------------------------------------------------------------------------- stage 2
+
+
+@torch.no_grad()
+def encode_dataset(vq: VQSVAE, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Token grids (N, 7, 7) int64 of images in [0, 1]."""
+    vq.eval()
+    out = [vq.encode_tokens(images[i:i + batch_size] - 0.5) for i in range(0, images.shape[0], batch_size)]
+    return torch.cat(out)
+
+
+def cached_tokens(run_dir: Path, config: dict[str, Any], data_root: str | None, limit: int | None) -> torch.Tensor:
+    """Encode the training split once with the trained VQ-SVAE and cache it beside the checkpoint."""
+    cache = run_dir / "tokens_train.npy"
+    ckpt_mtime = (run_dir / "vqsvae.safetensors").stat().st_mtime
+    if cache.exists() and cache.stat().st_mtime >= ckpt_mtime:
+        tokens = torch.from_numpy(np.load(cache))
+        if limit is None or tokens.shape[0] == limit:
+            return tokens
+    vq = load_stage(run_dir, "vqsvae")
+    images, _ = load_tensor(config["dataset"], data_root, "train", limit=limit)
+    tokens = encode_dataset(vq, images)
+    tmp = run_dir / "tokens_train.tmp.npy"
+    np.save(tmp, tokens.numpy().astype(np.int16))
+    tmp.replace(cache)
+    return tokens
+
+
+def _sdid_step(settings: TrainSettings):
+    def step(model: nn.Module, tokens: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        cfg: SDIDConfig = model.cfg
+        t, masked, h_t = training_mask(tokens, cfg.num_codes, cfg.diffusion_steps, gen)
+        logits = model(h_t, t)
+        loss = diffusion_loss(logits, tokens, masked, t, cfg.diffusion_steps, settings.loss_weighting)
+        with torch.no_grad():
+            acc = ((logits.argmax(1) == tokens) & masked).sum() / masked.sum().clamp(min=1)
+        return {"loss": loss, "stats": {"masked_accuracy": acc}}
+
+    return step
+
+
+def train_sdid(run_dir: Path, config: dict[str, Any], data_root: str | None, resume: bool) -> SDID:
+    if not (run_dir / "vqsvae.safetensors").exists():
+        raise SpkdiffError(f"no stage-1 checkpoint in {run_dir}: run `spkdiff train --stage vqsvae --out {run_dir}`")
+    settings = TrainSettings.from_dict(config["sdid"]["train"])
+    tokens = cached_tokens(run_dir, config, data_root, settings.limit).long()
+    config["sdid"]["model"]["num_codes"] = config["vqsvae"]["model"]["codebook_size"]
+    write_json_atomic(run_dir / "config.json", config)
+    return run_training("sdid", run_dir, config, tokens, _sdid_step(settings), resume)

@@ -1,0 +1,53 @@
+"""Resolve a run's config (preset + CLI overrides, or the stored config on --resume) and train."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from spkdiff.config import load_preset, read_json, write_json_atomic
+from spkdiff.data import get_spec
+from spkdiff.errors import SpkdiffError
+
+STAGE_ORDER = ("vqsvae", "sdid")
+
+
+def resolve_config(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
+    stored = run_dir / "config.json"
+    if args.resume and stored.exists():
+        config = read_json(stored, "run config")
+    else:
+        preset = load_preset(args.preset)
+        spec = get_spec(args.dataset)
+        c, h, w = spec.shape
+        config = {"dataset": args.dataset, "preset": args.preset, "seed": 0, **preset}
+        config["vqsvae"]["model"].update(in_channels=c, image_size=h)
+        if h != 28:
+            raise SpkdiffError(f"{args.dataset} images are {h}x{w}; the VQ-SVAE presets expect 28x28")
+    overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "limit": args.limit, "max_steps": args.max_steps}
+    for stage in STAGE_ORDER:
+        for key, value in overrides.items():
+            if value is not None:
+                config[stage]["train"][key] = value
+    if args.seed is not None:
+        config["seed"] = args.seed
+    return config
+
+
+def train_from_args(args: argparse.Namespace) -> None:
+    from spkdiff.train.loop import train_sdid, train_vqsvae
+
+    run_dir = Path(args.out)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SpkdiffError(f"cannot create run directory {run_dir}: {err.strerror}") from None
+    config = resolve_config(args, run_dir)
+    write_json_atomic(run_dir / "config.json", config)
+    stages = STAGE_ORDER if args.stage == "all" else (args.stage,)
+    for stage in stages:
+        if stage == "vqsvae":
+            train_vqsvae(run_dir, config, args.data_root, args.resume)
+        else:
+            train_sdid(run_dir, config, args.data_root, args.resume)

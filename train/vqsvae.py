@@ -1,0 +1,141 @@
+"""VQ-SVAE: the spiking VQ-VAE of Spiking-Diffusion (stage 1).
+
+    image x --(direct encoding, T_s steps)--> encoder SNN --> z^E_{1:Ts} spikes (T, B, C, 7, 7)
+    z^E = k SFR + (1 - k) PSP_Ts                                   (Eq 4-6, host side)
+    h_0 = argmin_k ||z^E_ij - z_k||,  z^Q = Z[h_0]                  (Eq 7-8, host side)
+    ASG SNN: z^Q repeated over time --> z^Q_{1:Ts} spikes            (on chip)
+    decoder SNN --> o_{1:Ts};  x^ = tanh(sum_t o_t 0.8^(Ts-1-t))     (read-out on chip, tanh on host)
+
+Every on-chip layer is Conv2d / ConvTranspose2d + BatchNorm + LIF, or the final non-spiking
+read-out, so each lowers exactly to NIR (see spkdiff.export).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spkdiff.host import codebook_lookup, encoder_features
+from spkdiff.train.snn import LIFParams, SpikingConv, leaky_sum, merge_time, psp_sequence, split_time
+
+
+@dataclass
+class VQSVAEConfig:
+    in_channels: int = 1
+    image_size: int = 28
+    hidden: tuple[int, int] = (32, 64)
+    latent_channels: int = 16
+    codebook_size: int = 128
+    time_steps: int = 16
+    beta: float = 0.25
+    tau_syn: float = 5.0  # Eq 5; (1 - 1/tau_syn) = 0.8 as the authors' read-out decay
+    psp_variant: str = "paper"  # "paper": Eq 5-6 as written; "code": sum_t s_t 0.8^(T-1-t), k unconstrained
+    readout_decay: float = 0.8
+    k_init: float = 0.5
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VQSVAEConfig:
+        d = dict(d)
+        if "hidden" in d:
+            d["hidden"] = tuple(d["hidden"])
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class VQSVAE(nn.Module):
+    def __init__(self, cfg: VQSVAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        c1, c2 = cfg.hidden
+        lif = LIFParams()
+        self.encoder = nn.ModuleList([
+            SpikingConv(nn.Conv2d(cfg.in_channels, c1, 3, 2, 1), lif),
+            SpikingConv(nn.Conv2d(c1, c2, 3, 2, 1), lif),
+            SpikingConv(nn.Conv2d(c2, cfg.latent_channels, 1), lif),
+        ])
+        self.k = nn.Parameter(torch.tensor(cfg.k_init))
+        self.codebook = nn.Parameter(torch.empty(cfg.codebook_size, cfg.latent_channels).uniform_(
+            -1 / cfg.codebook_size, 1 / cfg.codebook_size))
+        self.asg = SpikingConv(nn.Conv2d(cfg.latent_channels, cfg.latent_channels, 1), lif)
+        self.decoder = nn.ModuleList([
+            SpikingConv(nn.ConvTranspose2d(cfg.latent_channels, c2, 3, 2, 1, output_padding=1), lif),
+            SpikingConv(nn.ConvTranspose2d(c2, c1, 3, 2, 1, output_padding=1), lif),
+        ])
+        self.readout = nn.ConvTranspose2d(c1, cfg.in_channels, 3, 1, 1)
+
+    @property
+    def steps(self) -> int:
+        return self.cfg.time_steps
+
+    # --- the three parts (encoder / host lookup / generator) -------------------------------------
+    def encode_spikes(self, x: torch.Tensor) -> torch.Tensor:
+        """Direct encoding: the analog image is the input current at every step -> z^E_{1:Ts}."""
+        s = self.encoder[0](x, self.steps, constant_input=True)
+        for layer in self.encoder[1:]:
+            s = layer(s, self.steps)
+        return s
+
+    def features(self, spikes: torch.Tensor) -> torch.Tensor:
+        """Eq 4-6: z^E (B, C, H, W) from the encoder's spike train."""
+        return encoder_features(spikes, self.k, self.cfg.tau_syn, self.cfg.psp_variant, self.cfg.readout_decay)
+
+    def quantize(self, z_e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq 7-8: returns (tokens h_0 (B, H, W), z^Q (B, C, H, W))."""
+        return codebook_lookup(z_e, self.codebook)
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Eq 8 for given token grids: z^Q = Z[h] as (B, C, H, W)."""
+        return self.codebook[tokens].permute(0, 3, 1, 2)
+
+    def asg_spikes(self, z_q: torch.Tensor) -> torch.Tensor:
+        """Adaptive spike generator: z^Q (constant over time) -> z^Q_{1:Ts}."""
+        return self.asg(z_q, self.steps, constant_input=True)
+
+    def decode_spikes(self, spikes: torch.Tensor) -> torch.Tensor:
+        """Decoder SNN + leaky read-out + tanh: spike train -> image in [-1, 1] (pixels live in [-0.5, 0.5])."""
+        s = spikes
+        for layer in self.decoder:
+            s = layer(s, self.steps)
+        out = split_time(self.readout(merge_time(s)), self.steps)
+        return torch.tanh(leaky_sum(out, self.cfg.readout_decay))
+
+    def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.decode_spikes(self.asg_spikes(self.embed(tokens)))
+
+    @torch.no_grad()
+    def encode_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        return self.quantize(self.features(self.encode_spikes(x)))[0]
+
+    # --- training -----------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, data_variance: float = 1.0) -> dict[str, torch.Tensor]:
+        """Eq 9 loss terms for a batch of images in [-0.5, 0.5]."""
+        beta = self.cfg.beta
+        z_spikes = self.encode_spikes(x)
+        z_e = self.features(z_spikes)
+        tokens, z_q = self.quantize(z_e)
+        q_spikes = self.asg_spikes(z_q.detach())
+        # Straight-through through the spike sequence: the decoder sees the ASG's spikes, the
+        # gradient goes to the encoder's spikes.
+        dec_in = z_spikes + (q_spikes - z_spikes).detach()
+        x_hat = self.decode_spikes(dec_in)
+        recon = F.mse_loss(x_hat, x) / data_variance
+        vq = F.mse_loss(z_q, z_e.detach()) + beta * F.mse_loss(z_e, z_q.detach())
+        # MMD with PSP as kernel, summed over t (mean over elements at each t).
+        psp_e = psp_sequence(z_spikes, self.cfg.tau_syn)
+        psp_q = psp_sequence(q_spikes, self.cfg.tau_syn)
+        mmd = (F.mse_loss(psp_q, psp_e.detach(), reduction="none").flatten(1).mean(1).sum()
+               + beta * F.mse_loss(psp_e, psp_q.detach(), reduction="none").flatten(1).mean(1).sum())
+        loss = recon + vq + mmd
+        return {"loss": loss, "recon": recon, "vq": vq, "mmd": mmd, "x_hat": x_hat, "tokens": tokens}
+
+    def init_codebook_(self, z_e: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        """Initialise codes from encoder features (k-means++-free: random distinct samples)."""
+        flat = z_e.permute(0, 2, 3, 1).reshape(-1, z_e.shape[1])
+        idx = torch.randperm(flat.shape[0], generator=generator)[: self.cfg.codebook_size]
+        with torch.no_grad():
+            self.codebook.copy_(flat[idx])
