@@ -15,3 +15,18 @@ def shared_data_root() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real datasets not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_run(shared_data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory with both stages trained briefly on the tiny preset (MNIST subset), ~10 s.
+
+    Read-only for tests: copy it before writing into it.
+    """
+    from spkdiff.cli import main
+
+    run_dir = tmp_path_factory.mktemp("tiny_run")
+    rc = main(["train", "--stage", "all", "--preset", "tiny", "--dataset", "mnist", "--out", str(run_dir),
+               "--data-root", str(shared_data_root), "--seed", "0"])
+    assert rc == 0
+    return run_dir
