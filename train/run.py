@@ -27,6 +27,7 @@ def resolve_config(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
             raise SpkdiffError(f"{args.dataset} images are {h}x{w}; the VQ-SVAE presets expect 28x28")
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "limit": args.limit, "max_steps": args.max_steps}
     for stage in STAGE_ORDER:
+        config[stage]["train"].pop("max_steps", None)  # an interruption point, never inherited by --resume
         for key, value in overrides.items():
             if value is not None:
                 config[stage]["train"][key] = value
