@@ -1,0 +1,579 @@
+"""Loihi number formats and bit-exact fixed-point neuron/synapse arithmetic (Lava 0.10 ``fixed_pt`` models).
+
+The one place for Loihi integer formats, shared by the simulator's fixed-point mode and the Lava target.
+All step functions are pure, batched (any leading dims) and stateless (state in, state out), run on any
+torch device, and reproduce Lava's bit-accurate process models exactly (``PyDenseModelBitAcc``,
+``PyConvModelFixed``, ``PyLifModelBitAcc``; tested against Lava itself).
+
+Equations (integers; ``>>`` is an arithmetic shift; ``wrap32`` is two's-complement int32 overflow, as numpy's
+int32 arithmetic inside Lava does):
+
+Dense (``PyDenseModelBitAcc``), once at start-up the weights are formatted (:func:`lava_dense_weights`)::
+
+    w = clip(w, -256, 255)  (MIXED) | clip(w, 0, 255) (EXCITATORY) | -clip(-w, 0, 255) (INHIBITORY)
+    w = (w >> k) << k,  k = 8 - num_weight_bits + (sign_mode == MIXED)      (towards -inf; INHIBITORY on -w)
+    a = (sum_i w[j, i] * s[i]) << weight_exp   if weight_exp > 0  else  (sum ...) >> -weight_exp
+    a = wrap32(a)                                                    (the int32 message channel)
+
+So with the default ``num_weight_bits=8`` a MIXED weight is an 8-bit signed mantissa ``m`` in [-128, 127]
+times 2 (the LSB is dropped) and an EXCITATORY/INHIBITORY weight an 8-bit magnitude.
+
+Conv (``PyConvModelFixed``): ``a = wrap24(conv(s, w))`` with ``wrap24(x) = (x + 2**23) % 2**24 - 2**23``.
+Lava's fixed-point Conv does NOT clip or truncate the weights and IGNORES ``weight_exp``; :func:`conv_fixed`
+applies ``weight_exp`` like Dense before the wrap (so ``weight_exp=0`` matches Lava; for ``weight_exp > 0``
+pass ``w << weight_exp`` as Lava Conv weights, which is identical).
+
+LIF (``AbstractPyLifModelFixed`` + ``PyLifModelBitAcc``), per step with input ``a_in`` (int32 sum of all
+incoming ``a``)::
+
+    u' = sgn(u * (4096 - (du + 1))) * (|u * (4096 - (du + 1))| >> 12)     (decay towards 0, ds_offset = 1)
+    u' = wrap32(u' + wrap32(a_in << 6))
+    u' = u' - 2**24 if u' > 2**23;  u' = u' + 2**24 if u' <= -2**23       (24-bit wrap-around, once)
+    v' = sgn(v * (4096 - dv)) * (|v * (4096 - dv)| >> 12)                  (dm_offset = 0)
+    v' = clip(wrap32(v' + u' + (bias_mant << bias_exp)), -(2**23 - 1), 2**23 - 1)   (saturates)
+    s  = v' > (vth << 6);   v' = 0 where s                                 (hard reset)
+
+``du = 4095`` gives ``u' = a_in << 6`` (no current memory); ``du = 0`` still decays u by 1/4096 per step.
+``dv = 0`` is a perfect integrator, ``dv = 4096 / tau`` a membrane time constant ``tau``.
+The bias is NOT shifted by 6.  Lava checks no ranges (a float ``du`` makes its worker crash and the runtime
+hang); :class:`LifParams` validates Loihi's: du, dv in [0, 4095], vth in [0, 2**17] (``2**17`` =
+:data:`READOUT_VTH` can never be exceeded: ``v <= 2**23 - 1 < 2**23``), bias_mant 13-bit signed,
+bias_exp in [-7, 7].
+
+Lava timing: every connection (Dense/Conv) sends at step ``t`` what it accumulated at ``t - 1``, so each
+connection adds one time step of delay between layers (the step functions here have no delay; a graph
+executor reproducing Lava must shift by one step per connection).
+
+Quantisation (:func:`quantize_layer`) maps a spiking-jelly LIF layer (``X = W s + b``;
+``H = V + (X - V) / tau`` with ``decay_input``, else ``H = V - V / tau + X``; spike ``H >= v_th``; hard reset
+to 0) onto the integers with ``v ~= scale * V``, ``scale = 64 * vth / v_th``: ``dv = 4096 / tau``,
+``du = 4095``, the input factor ``1 / tau`` is folded into the weights and the bias, and
+``w_int * 2**weight_exp = vth * W / (tau * v_th)``, ``bias_mant << bias_exp = 64 * vth * b / (tau * v_th)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from spkdiff.errors import SpkdiffError
+
+__all__ = [
+    "ACT_SHIFT", "BIAS_EXP_MAX", "BIAS_MANT_MAX", "BIAS_MANT_MIN", "DECAY_SHIFT", "DECAY_UNITY", "DU_MAX", "DV_MAX",
+    "READOUT_VTH", "UV_MAX", "V_LIMIT", "VTH_MAX", "VTH_SHIFT",
+    "LayerEvaluation", "LifParams", "LifStep", "QuantizationRangeError", "QuantizedLayer", "SignMode",
+    "conv_fixed", "dense_fixed", "determine_sign_mode", "du_from_tau", "dv_from_tau", "evaluate_layer",
+    "lava_conv_weight", "lava_dense_weights", "lif_step_fixed", "lif_step_float", "quantize_layer",
+    "torch_conv_weight", "wrap24", "wrap32",
+]
+
+DECAY_SHIFT = 12
+DECAY_UNITY = 1 << DECAY_SHIFT  # 4096
+DU_MAX = DV_MAX = DECAY_UNITY - 1  # 12-bit unsigned
+UV_BITS = 24
+UV_MAX = 1 << (UV_BITS - 1)  # 2**23: u wraps beyond it, v saturates at +-(UV_MAX - 1)
+V_LIMIT = UV_MAX - 1
+VTH_SHIFT = ACT_SHIFT = 6  # threshold and synaptic input are MSB-aligned by 6 bits
+VTH_MAX = (1 << 17) - 1  # Loihi's 17-bit threshold mantissa
+READOUT_VTH = 1 << 17  # effective threshold 2**23 > V_LIMIT: never spikes (non-spiking read-outs)
+BIAS_MANT_MIN, BIAS_MANT_MAX = -(1 << 12), (1 << 12) - 1  # 13-bit signed
+BIAS_EXP_MAX = 7  # 3-bit unsigned on Loihi
+WEIGHT_BITS = 8
+_I32 = 1 << 32
+_I24 = 1 << 24
+
+
+class QuantizationRangeError(SpkdiffError):
+    """A layer cannot be represented in Loihi's number formats (or a fixed-point parameter is out of range)."""
+
+
+class SignMode(IntEnum):
+    """Weight sign modes; same values as ``lava.utils.weightutils.SignMode``."""
+
+    NULL = 0
+    MIXED = 1
+    EXCITATORY = 2
+    INHIBITORY = 3
+
+
+# --------------------------------------------------------------------------------------------------------------
+# integer helpers
+
+
+def wrap32(x: torch.Tensor) -> torch.Tensor:
+    """Two's-complement int32 overflow of an int64 tensor."""
+    return torch.remainder(x + (1 << 31), _I32) - (1 << 31)
+
+
+def wrap24(x: torch.Tensor) -> torch.Tensor:
+    """Lava's ``signed_clamp(x, bits=24)``: ``(x + 2**23) % 2**24 - 2**23``."""
+    return torch.remainder(x + UV_MAX, _I24) - UV_MAX
+
+
+def _shift(x: torch.Tensor, exp: int | torch.Tensor) -> torch.Tensor:
+    """``x << exp`` for ``exp > 0`` else ``x >> -exp`` (arithmetic, i.e. floor division by ``2**-exp``)."""
+    if isinstance(exp, torch.Tensor):
+        e = exp.to(device=x.device, dtype=torch.int64)
+        return torch.where(e > 0, x << e.clamp(min=0), x >> (-e).clamp(min=0))
+    return x << exp if exp > 0 else x >> -exp
+
+
+def _decay(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """``sgn(x * f) * (|x * f| >> 12)``: multiply by ``f / 4096`` rounding towards zero."""
+    p = x * factor
+    return torch.sign(p) * (p.abs() >> DECAY_SHIFT)
+
+
+def _as_int_tensor(x: Any, device: torch.device | None = None) -> torch.Tensor:
+    t = torch.as_tensor(x, device=device)
+    if (t.is_floating_point() or t.is_complex()) and not torch.equal(t, t.round()):
+        raise QuantizationRangeError(f"fixed-point value must be integer, got {t.dtype} with fractions")
+    return t.to(torch.int64)
+
+
+def _exact_matmul_dtype(bound: float, device: torch.device) -> torch.dtype:
+    """Float dtype whose matmul of integer operands is exact when every partial sum is below ``bound``."""
+    if bound >= 2.0**53:
+        raise QuantizationRangeError(f"fixed-point accumulation bound {bound:.3g} exceeds exact float64 range")
+    if bound < 2.0**24 and device.type == "cpu" and torch.get_float32_matmul_precision() == "highest":
+        return torch.float32
+    return torch.float64  # no TF32/bf16 shortcuts exist for float64
+
+
+# --------------------------------------------------------------------------------------------------------------
+# synapses
+
+
+def determine_sign_mode(weights: Any) -> SignMode:
+    """Lava's rule: EXCITATORY if all ``w >= 0``, INHIBITORY if all ``w <= 0`` (and some < 0), else MIXED."""
+    w = torch.as_tensor(weights)
+    if bool((w >= 0).all()):
+        return SignMode.EXCITATORY
+    if bool((w <= 0).all()):
+        return SignMode.INHIBITORY
+    return SignMode.MIXED
+
+
+def weight_lsb_shift(sign_mode: SignMode, num_weight_bits: int = WEIGHT_BITS) -> int:
+    """``k`` in ``w = m << k``: bits Lava's Dense truncates (``8 - num_weight_bits + is_mixed``)."""
+    return WEIGHT_BITS - num_weight_bits + int(sign_mode == SignMode.MIXED)
+
+
+def lava_dense_weights(weights: Any, sign_mode: SignMode | int | None = None,
+                       num_weight_bits: int = WEIGHT_BITS) -> torch.Tensor:
+    """The weights ``PyDenseModelBitAcc`` actually uses: ``clip_weights(num_bits=8)`` then ``truncate_weights``."""
+    w = _as_int_tensor(weights)
+    mode = determine_sign_mode(w) if sign_mode is None or int(sign_mode) == 0 else SignMode(int(sign_mode))
+    neg = mode == SignMode.INHIBITORY
+    if neg:
+        w = -w
+    lo = -(1 << WEIGHT_BITS) if mode == SignMode.MIXED else 0
+    w = w.clamp(lo, (1 << WEIGHT_BITS) - 1)
+    k = weight_lsb_shift(mode, num_weight_bits)
+    w = (w >> k) << k
+    return -w if neg else w
+
+
+def dense_fixed(s: torch.Tensor, weights: torch.Tensor, weight_exp: int = 0, graded: bool = False) -> torch.Tensor:
+    """Dense synaptic output ``a = wrap32(shift(W @ s, weight_exp))`` for spikes ``s`` of shape ``(..., n_in)``.
+
+    ``weights`` ``(n_out, n_in)`` must already be Lava-formatted (:func:`lava_dense_weights`; idempotent on
+    :attr:`QuantizedLayer.weight_int`).  Binary mode (``graded=False``, Lava's ``num_message_bits=0``)
+    treats any non-zero ``s`` as a spike; graded mode wraps ``W @ s`` to int32 before the shift, as Lava's
+    int32 ``dot`` does.  Returns int64 of shape ``(..., n_out)``.
+    """
+    w = _as_int_tensor(weights, s.device)
+    x = (s != 0).to(torch.int64) if not graded else _as_int_tensor(s, s.device)
+    smax = 1 if not graded else int(x.abs().max().item()) if x.numel() else 0
+    bound = float(w.abs().sum(dim=1).max().item() if w.numel() else 0) * smax
+    dt = _exact_matmul_dtype(bound, s.device)
+    acc = torch.matmul(x.to(dt), w.to(dt).T).round().to(torch.int64)
+    if graded:
+        acc = wrap32(acc)
+    return wrap32(_shift(acc, int(weight_exp)))
+
+
+def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
+    return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
+
+
+def conv_fixed(s: torch.Tensor, weight: torch.Tensor, weight_exp: int = 0, stride: int | tuple[int, int] = 1,
+               padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1,
+               groups: int = 1) -> torch.Tensor:
+    """Conv synaptic output ``a = wrap24(shift(conv2d(s, w), weight_exp))`` in PyTorch layout.
+
+    ``s``: ``(B, C_in, H, W)`` (non-zero = spike), ``weight``: ``(C_out, C_in / groups, kH, kW)`` integers
+    (cross-correlation, as ``torch.nn.functional.conv2d``; Lava's layout is :func:`lava_conv_weight`).
+    Computed as im2col + matmul in a float dtype that is exact for the bound, returned as int64.
+    """
+    w = _as_int_tensor(weight, s.device)
+    x = (s != 0).to(torch.int64)
+    batch, c_in, h, wd = x.shape
+    c_out, cg, kh, kw = w.shape
+    st, pd, dl = _pair(stride), _pair(padding), _pair(dilation)
+    if c_in != cg * groups or c_out % groups:
+        raise QuantizationRangeError(f"conv channels do not match: input {c_in}, weight {tuple(w.shape)}, "
+                                     f"groups {groups}")
+    bound = float(w.abs().flatten(1).sum(dim=1).max().item() if w.numel() else 0)
+    dt = _exact_matmul_dtype(bound, s.device)
+    cols = F.unfold(x.to(dt), (kh, kw), dilation=dl, padding=pd, stride=st)  # (B, C_in*kh*kw, L)
+    h_out = (h + 2 * pd[0] - dl[0] * (kh - 1) - 1) // st[0] + 1
+    w_out = (wd + 2 * pd[1] - dl[1] * (kw - 1) - 1) // st[1] + 1
+    cols = cols.view(batch, groups, cg * kh * kw, -1)
+    wg = w.to(dt).view(groups, c_out // groups, cg * kh * kw)
+    acc = torch.einsum("gok,bgkl->bgol", wg, cols).reshape(batch, c_out, h_out, w_out)
+    return wrap24(_shift(acc.round().to(torch.int64), int(weight_exp)))
+
+
+def lava_conv_weight(weight: Any) -> np.ndarray:
+    """PyTorch ``(C_out, C_in/g, kH, kW)`` correlation kernel -> Lava ``Conv`` ``(C_out, kW, kH, C_in/g)`` kernel
+    (Lava convolves: spatially flipped; Lava tensors are ``(W, H, C)``)."""
+    w = np.asarray(weight)
+    return np.ascontiguousarray(w.transpose(0, 3, 2, 1)[:, ::-1, ::-1, :])
+
+
+def torch_conv_weight(weight: Any) -> np.ndarray:
+    """Inverse of :func:`lava_conv_weight`."""
+    w = np.asarray(weight)
+    return np.ascontiguousarray(w[:, ::-1, ::-1, :].transpose(0, 3, 2, 1))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# neurons
+
+
+def du_from_tau(tau: float | None) -> int:
+    """``du`` whose current decay factor ``(4096 - du - 1) / 4096`` is ``1 - 1/tau`` (None/<=1: 4095, no memory)."""
+    if tau is None or tau <= 1:
+        return DU_MAX
+    return int(min(DU_MAX, max(0, round(DECAY_UNITY / tau) - 1)))
+
+
+def dv_from_tau(tau: float | None) -> int:
+    """``dv`` whose voltage decay factor ``(4096 - dv) / 4096`` is ``1 - 1/tau`` (None: 0, perfect integrator)."""
+    if tau is None:
+        return 0
+    if tau < 1:
+        raise QuantizationRangeError(f"membrane time constant tau={tau} < 1 has no Loihi decay")
+    return int(min(DV_MAX, round(DECAY_UNITY / tau)))
+
+
+@dataclass(frozen=True)
+class LifParams:
+    """Integer LIF parameters (Lava ``LIF`` arguments).  ``bias_mant``/``bias_exp``: int or per-neuron tensor
+    broadcastable against the state (e.g. ``(C, 1, 1)`` for conv layers)."""
+
+    du: int = DU_MAX
+    dv: int = 0
+    vth: int = 1
+    bias_mant: Any = 0
+    bias_exp: Any = 0
+
+    def __post_init__(self) -> None:
+        for name, hi in (("du", DU_MAX), ("dv", DV_MAX), ("vth", READOUT_VTH)):
+            val = getattr(self, name)
+            if not isinstance(val, int | np.integer) or isinstance(val, bool) or not 0 <= int(val) <= hi:
+                raise QuantizationRangeError(f"LIF {name} must be an integer in [0, {hi}], got {val!r} "
+                                             f"(Lava's fixed-point LIF hangs on floats)")
+        mant, exp = _as_int_tensor(self.bias_mant), _as_int_tensor(self.bias_exp)
+        if mant.numel() and (int(mant.min()) < BIAS_MANT_MIN or int(mant.max()) > BIAS_MANT_MAX):
+            raise QuantizationRangeError(f"bias_mant outside 13-bit signed [{BIAS_MANT_MIN}, {BIAS_MANT_MAX}]")
+        if exp.numel() and (int(exp.min()) < -BIAS_EXP_MAX or int(exp.max()) > BIAS_EXP_MAX):
+            raise QuantizationRangeError(f"bias_exp outside [-{BIAS_EXP_MAX}, {BIAS_EXP_MAX}]")
+
+    @property
+    def effective_vth(self) -> int:
+        """``vth << 6``: spike when ``v > effective_vth``."""
+        return int(self.vth) << VTH_SHIFT
+
+    def effective_bias(self, device: torch.device | None = None) -> torch.Tensor:
+        """``bias_mant << bias_exp`` (``>> -bias_exp`` for negative exponents), int64."""
+        return _shift(_as_int_tensor(self.bias_mant, device), _as_int_tensor(self.bias_exp, device)
+                      if np.ndim(self.bias_exp) else int(self.bias_exp))
+
+    @property
+    def spiking(self) -> bool:
+        return int(self.vth) < READOUT_VTH
+
+
+class LifStep(NamedTuple):
+    """Result of :func:`lif_step_fixed`: new state, spikes, and where u wrapped / v saturated this step."""
+
+    u: torch.Tensor
+    v: torch.Tensor
+    s: torch.Tensor
+    u_wrapped: torch.Tensor
+    v_saturated: torch.Tensor
+
+
+def lif_step_fixed(a_in: torch.Tensor, u: torch.Tensor, v: torch.Tensor, p: LifParams) -> LifStep:
+    """One bit-exact step of Lava's ``PyLifModelBitAcc`` (equations in the module docstring).
+
+    ``a_in`` (synaptic input, summed over connections), ``u`` and ``v`` are integer tensors of one shape
+    (any leading batch dims); returns int64 ``u``, ``v``, bool ``s`` and bool overflow masks.
+    """
+    a = wrap32(_as_int_tensor(a_in, a_in.device))
+    u = _as_int_tensor(u, a.device)
+    v = _as_int_tensor(v, a.device)
+    curr = wrap32(_decay(u, DECAY_UNITY - (int(p.du) + 1)) + wrap32(a << ACT_SHIFT))
+    u_new = torch.where(curr > UV_MAX, curr - 2 * UV_MAX, curr)
+    u_new = torch.where(u_new <= -UV_MAX, curr + 2 * UV_MAX, u_new)
+    u_wrapped = (curr > UV_MAX) | (curr <= -UV_MAX)
+    volt = wrap32(wrap32(_decay(v, DECAY_UNITY - int(p.dv)) + u_new) + p.effective_bias(a.device))
+    v_saturated = (volt > V_LIMIT) | (volt < -V_LIMIT)
+    volt = volt.clamp(-V_LIMIT, V_LIMIT)
+    s = volt > p.effective_vth
+    return LifStep(u_new, torch.where(s, torch.zeros_like(volt), volt), s, u_wrapped, v_saturated)
+
+
+def lif_step_float(x: torch.Tensor, v: torch.Tensor, tau: float | None = 2.0, v_threshold: float = 1.0,
+                   decay_input: bool = True, spiking: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float spiking-jelly LIF step with hard reset to 0 (the model :func:`quantize_layer` approximates).
+
+    ``H = V + (X - V) / tau`` (``decay_input``) or ``H = V - V / tau + X``; ``tau=None``: ``H = V + X``;
+    ``s = H >= v_threshold``; ``V' = H * (1 - s)``.  ``spiking=False``: no spikes, no reset (read-out).
+    Returns ``(v', s)``.
+    """
+    if tau is None:
+        h = v + x
+    elif decay_input:
+        h = v + (x - v) / tau
+    else:
+        h = v - v / tau + x
+    if not spiking:
+        return h, torch.zeros_like(h)
+    s = (h >= v_threshold).to(h.dtype)
+    return h * (1 - s), s
+
+
+# --------------------------------------------------------------------------------------------------------------
+# quantisation
+
+
+@dataclass(frozen=True)
+class QuantizedLayer:
+    """A float layer + LIF mapped onto Loihi integers (see module docstring for the mapping).
+
+    ``weight_mant``: signed mantissa (MIXED: int8 range [-128, 127]; EXCITATORY/INHIBITORY: magnitude up to
+    255); ``weight_int = weight_mant << weight_lsb_shift`` is what Lava's Dense/Conv receive (Conv in
+    :func:`lava_conv_weight` layout), ``a = shift(weight_int @ s, weight_exp)``.  ``scale``: integer ``v``
+    units per float unit of membrane potential (``V ~= v / scale``).  ``report`` holds static errors.
+    """
+
+    kind: str  # "dense" | "conv"
+    weight_mant: np.ndarray
+    weight_exp: int
+    sign_mode: SignMode
+    bias_mant: np.ndarray
+    bias_exp: np.ndarray
+    du: int
+    dv: int
+    vth: int
+    scale: float
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+    num_weight_bits: int = WEIGHT_BITS
+    report: dict[str, float] = field(default_factory=dict, compare=False)
+
+    @property
+    def weight_int(self) -> np.ndarray:
+        return self.weight_mant.astype(np.int64) << weight_lsb_shift(self.sign_mode, self.num_weight_bits)
+
+    @property
+    def spiking(self) -> bool:
+        return self.vth < READOUT_VTH
+
+    def lif_params(self) -> LifParams:
+        """Per-neuron bias shaped ``(C, 1, 1)`` for conv, ``(n,)`` for dense."""
+        shape = (-1, 1, 1) if self.kind == "conv" else (-1,)
+        return LifParams(du=self.du, dv=self.dv, vth=self.vth, bias_mant=torch.as_tensor(self.bias_mant).view(shape),
+                         bias_exp=torch.as_tensor(self.bias_exp).view(shape))
+
+    def synapse(self, s: torch.Tensor) -> torch.Tensor:
+        """Integer synaptic output ``a`` for spikes ``s`` (dense ``(..., n_in)``, conv ``(B, C, H, W)``)."""
+        w = torch.as_tensor(self.weight_int, device=s.device)
+        if self.kind == "conv":
+            return conv_fixed(s, w, self.weight_exp, self.stride, self.padding, self.dilation, self.groups)
+        return dense_fixed(s, w, self.weight_exp)
+
+    def step(self, s: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> LifStep:
+        """Synapse + LIF for one step (no Lava connection delay)."""
+        return lif_step_fixed(self.synapse(s), u, v, self.lif_params())
+
+    def dequantized(self) -> tuple[np.ndarray, np.ndarray]:
+        """The float ``(W, b)`` this layer represents exactly (inverse of the mapping, ``1/tau`` unfolded)."""
+        tau_in = self.report.get("tau_in", 1.0)
+        w = self.weight_int * 2.0**self.weight_exp * (1 << ACT_SHIFT) * tau_in / self.scale
+        b = (self.bias_mant.astype(np.float64) * 2.0**self.bias_exp.astype(np.float64)) * tau_in / self.scale
+        return w, b
+
+
+def _bias_format(b_int: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-neuron ``(mant, exp)`` with the smallest ``exp`` in [0, 7] such that ``|round(b / 2**exp)| <= 4095``."""
+    mant = np.zeros(b_int.shape, np.int64)
+    exp = np.zeros(b_int.shape, np.int64)
+    for e in range(BIAS_EXP_MAX, -1, -1):
+        m = np.round(b_int / 2.0**e).astype(np.int64)
+        ok = (m >= BIAS_MANT_MIN) & (m <= BIAS_MANT_MAX)
+        mant = np.where(ok, m, mant)
+        exp = np.where(ok, e, exp)
+    return mant, exp
+
+
+def quantize_layer(weight: Any, bias: Any = None, *, kind: str | None = None, tau: float | None = 2.0,
+                   v_threshold: float = 1.0, decay_input: bool = True, spiking: bool = True,
+                   headroom: float | None = None, num_steps: int = 1, weight_exp_range: tuple[int, int] = (0, 7),
+                   stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
+                   dilation: int | tuple[int, int] = 1, groups: int = 1) -> QuantizedLayer:
+    """Choose Loihi integers for a float layer ``X = W s + b`` feeding a spiking-jelly LIF (or a read-out).
+
+    Normalised weights ``Wn = W / (tau_in * v_th)`` (``tau_in = tau`` with ``decay_input``, else 1) give the
+    input per step in threshold units.  ``headroom`` ``H`` (threshold units) is the largest ``|u|`` and
+    ``|v|`` that must be representable; by default the worst case ``(max_j sum_i |Wn_ij| + |bn_j|)`` times
+    ``tau`` for the voltage (``num_steps`` for a perfect integrator, ``tau=None``), ``+1`` for spiking.
+    Then ``vth <= (2**23 - 1) / (64 H)`` (and the bias must fit ``4095 << 7``); the largest ``weight_exp`` in
+    ``weight_exp_range`` whose ``vth = m_max 2**weight_exp / max|Wn|`` satisfies it is taken, so the
+    mantissas use their full range.  ``spiking=False`` keeps that scale but sets ``vth = READOUT_VTH``.
+
+    Raises :class:`QuantizationRangeError` for non-finite parameters or a scale below ``vth = 1``.
+    ``report`` has the relative RMS / max weight error, bias error, mantissa use, headroom and leak error.
+    """
+    w = np.asarray(torch.as_tensor(weight).detach().cpu().double())
+    kind = kind or ("conv" if w.ndim == 4 else "dense")
+    if kind not in ("dense", "conv") or w.ndim != (4 if kind == "conv" else 2):
+        raise QuantizationRangeError(f"{kind} layer needs a {'4' if kind == 'conv' else '2'}-d weight, "
+                                     f"got shape {w.shape}")
+    n_out = w.shape[0]
+    b = np.zeros(n_out) if bias is None else np.asarray(torch.as_tensor(bias).detach().cpu().double()).reshape(n_out)
+    if not (np.isfinite(w).all() and np.isfinite(b).all()) or v_threshold <= 0:
+        raise QuantizationRangeError("layer has non-finite weights/bias or a non-positive threshold")
+    tau_in = float(tau) if (decay_input and tau is not None) else 1.0
+    wn, bn = w / (tau_in * v_threshold), b / (tau_in * v_threshold)
+    dv = dv_from_tau(tau)
+    # headroom in threshold units
+    per_step = float((np.abs(wn).reshape(n_out, -1).sum(axis=1) + np.abs(bn)).max()) if n_out else 0.0
+    if headroom is None:
+        span = float(max(1, num_steps)) if dv == 0 else DECAY_UNITY / dv
+        headroom = max(per_step, per_step * span + (1.0 if spiking else 0.0), 1.0)
+    vth_cap = min(VTH_MAX, int(V_LIMIT // ((1 << VTH_SHIFT) * headroom)))
+    bmax = float(np.abs(bn).max()) if n_out else 0.0
+    if bmax > 0:
+        vth_cap = min(vth_cap, int((BIAS_MANT_MAX << BIAS_EXP_MAX) // ((1 << ACT_SHIFT) * bmax)))
+    if vth_cap < 1:
+        raise QuantizationRangeError(f"{kind} layer needs headroom {headroom:.3g} thresholds (bias {bmax:.3g}): "
+                                     f"beyond Loihi's 24-bit state even at vth=1")
+    mode = determine_sign_mode(w)
+    if mode == SignMode.INHIBITORY and not (w < 0).any():
+        mode = SignMode.EXCITATORY  # all-zero layer
+    k = weight_lsb_shift(mode)
+    if mode == SignMode.MIXED:
+        pos, neg = w.max() / (tau_in * v_threshold), -w.min() / (tau_in * v_threshold)
+        unit = min(127.0 / pos if pos > 0 else math.inf, 128.0 / neg if neg > 0 else math.inf)
+    else:
+        mag = float(np.abs(wn).max())
+        unit = 255.0 / mag if mag > 0 else math.inf
+    # weight_int = m << k = vth * Wn / 2**e  ->  m = vth * Wn / 2**(e + k); full range at vth = unit * 2**(e + k)
+    lo, hi = weight_exp_range
+    exp, vth = lo, vth_cap
+    if math.isfinite(unit):
+        for e in range(hi, lo - 1, -1):
+            cand = math.floor(unit * 2.0 ** (e + k))
+            exp, vth = e, min(cand, vth_cap)
+            if cand <= vth_cap:
+                break
+        if vth < 1:
+            raise QuantizationRangeError(f"{kind} layer weights too large for weight_exp <= {hi} "
+                                         f"(max |W|/(tau v_th) = {float(np.abs(wn).max()):.3g})")
+    mant = np.round(vth * wn / 2.0 ** (exp + k)).astype(np.int64)
+    mlo, mhi = (-128, 127) if mode == SignMode.MIXED else (0, 255) if mode == SignMode.EXCITATORY else (-255, 0)
+    mant = np.clip(mant, mlo, mhi)  # only rounding can touch the limits
+    scale = (1 << VTH_SHIFT) * vth / v_threshold
+    bias_mant, bias_exp = _bias_format(np.round(bn * (1 << ACT_SHIFT) * vth))
+    q = QuantizedLayer(kind=kind, weight_mant=mant.astype(np.int16), weight_exp=int(exp), sign_mode=mode,
+                       bias_mant=bias_mant.astype(np.int16), bias_exp=bias_exp.astype(np.int16), du=DU_MAX, dv=dv,
+                       vth=int(vth) if spiking else READOUT_VTH, scale=float(scale), stride=_pair(stride),
+                       padding=_pair(padding), dilation=_pair(dilation), groups=int(groups),
+                       report={"tau_in": tau_in})
+    wq, bq = q.dequantized()
+    werr = wq - w
+    leak = 1.0 - (DECAY_UNITY - dv) / DECAY_UNITY
+    q.report.update({
+        "weight_rel_rms_error": float(np.sqrt((werr**2).mean() / max((w**2).mean(), 1e-300))),
+        "weight_max_abs_error": float(np.abs(werr).max()) if werr.size else 0.0,
+        "bias_max_abs_error": float(np.abs(bq - b).max()) if b.size else 0.0,
+        "mantissa_use": float(np.abs(mant).max() / max(abs(mlo), mhi)) if mant.size else 0.0,
+        "headroom": float(headroom),
+        "vth_cap": float(vth_cap),
+        "leak_error": 0.0 if tau is None else abs(leak - 1.0 / tau),
+    })
+    return q
+
+
+@dataclass
+class LayerEvaluation:
+    """Float vs fixed run of one layer on the same input spikes (voltages in threshold units)."""
+
+    spike_agreement: float  # fraction of (step, neuron) with identical spikes
+    v_rmse: float  # RMS of (v_fixed / scale - V_float) / v_th
+    v_max_abs_error: float
+    u_wraps: int  # u 24-bit wrap-arounds (catastrophic: raise headroom)
+    v_saturations: int  # v clipped at +-(2**23 - 1)
+    float_rate: float
+    fixed_rate: float
+
+    def __str__(self) -> str:
+        return (f"spike agreement {self.spike_agreement:.4f}, v RMSE {self.v_rmse:.4g} thr, "
+                f"max {self.v_max_abs_error:.3g}, rates float {self.float_rate:.4f} / fixed {self.fixed_rate:.4f}, "
+                f"u wraps {self.u_wraps}, "
+                f"v saturations {self.v_saturations}")
+
+
+def evaluate_layer(q: QuantizedLayer, weight: Any, bias: Any, spikes: torch.Tensor, *, tau: float | None = 2.0,
+                   v_threshold: float = 1.0, decay_input: bool = True, strict: bool = False) -> LayerEvaluation:
+    """Run the float layer and its fixed-point version side by side on ``spikes`` ``(T, B, ...)``.
+
+    Each step feeds the same input spikes to both (no error propagation between layers).  ``strict``:
+    raise :class:`QuantizationRangeError` if u wrapped or v saturated.
+    """
+    w = torch.as_tensor(weight, dtype=torch.float64)
+    b = torch.zeros(w.shape[0], dtype=torch.float64) if bias is None else torch.as_tensor(bias, dtype=torch.float64)
+    spiking = q.spiking
+    p = q.lif_params()
+    v_f = u_i = v_i = None
+    agree = total = wraps = sats = n_float = n_fixed = 0
+    se = 0.0
+    max_err = 0.0
+    for s_t in spikes:
+        s64 = (s_t != 0).to(torch.float64)
+        x = F.conv2d(s64, w, b, q.stride, q.padding, q.dilation, q.groups) if q.kind == "conv" else s64 @ w.T + b
+        if v_f is None:
+            v_f = torch.zeros_like(x)
+            u_i = torch.zeros(x.shape, dtype=torch.int64)
+            v_i = torch.zeros(x.shape, dtype=torch.int64)
+        v_f, s_f = lif_step_float(x, v_f, tau, v_threshold, decay_input, spiking)
+        out = lif_step_fixed(q.synapse(s_t), u_i, v_i, p)
+        u_i, v_i = out.u, out.v
+        wraps += int(out.u_wrapped.sum())
+        sats += int(out.v_saturated.sum())
+        s_q = out.s.to(torch.float64)
+        agree += int((s_q == s_f).sum())
+        total += s_q.numel()
+        n_float += int(s_f.sum())
+        n_fixed += int(s_q.sum())
+        err = (v_i.double() / q.scale - v_f) / v_threshold
+        se += float((err**2).sum())
+        max_err = max(max_err, float(err.abs().max()))
+    if strict and (wraps or sats):
+        raise QuantizationRangeError(f"{q.kind} layer out of range: {wraps} u wrap-arounds, {sats} v saturations "
+                                     f"(raise headroom)")
+    total = max(total, 1)
+    return LayerEvaluation(agree / total, math.sqrt(se / total), max_err, wraps, sats, n_float / total,
+                           n_fixed / total)
