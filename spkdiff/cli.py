@@ -1,9 +1,9 @@
 """The ``spkdiff`` command and its ``spkdiff-export`` alias.
 
 Each subcommand lives in the module that owns its work; that module defines
-``add_arguments(parser)`` and ``run(args) -> int``.  Modules keep heavy imports inside ``run`` so
-``--help`` stays fast.  A :class:`~spkdiff.errors.SpkdiffError` becomes one line on stderr and
-exit status 2; Ctrl-C exits with 130.
+``add_arguments(parser)`` and ``run(args) -> int``, and only the chosen subcommand's module is
+imported.  Modules keep heavy imports inside ``run`` so ``--help`` stays fast.  A
+:class:`~spkdiff.errors.SpkdiffError` becomes one line on stderr and exit status 2; Ctrl-C exits with 130.
 """
 
 from __future__ import annotations
@@ -21,21 +21,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    if only is not None:
-        module = importlib.import_module(COMMANDS[only][0])
-        parser = argparse.ArgumentParser(prog=f"spkdiff-{only}", description=COMMANDS[only][1])
+def build_parser(command: str | None = None, prog: str = "spkdiff") -> argparse.ArgumentParser:
+    """The parser of one subcommand (importing only its module), or the top-level overview."""
+    if command is not None:
+        module = importlib.import_module(COMMANDS[command][0])
+        parser = argparse.ArgumentParser(prog=prog, description=COMMANDS[command][1])
         module.add_arguments(parser)
         parser.set_defaults(_module=module)
         return parser
     parser = argparse.ArgumentParser(prog="spkdiff", description="Spiking-Diffusion toolchain: train, "
                                      "export to NIR/ONNX/Lava, simulate on a Loihi-style chip.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(module_name)
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(p)
-        p.set_defaults(_module=module)
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
@@ -54,9 +52,13 @@ def _dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return _dispatch(build_parser(), argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in COMMANDS:
+        return _dispatch(build_parser(argv[0], prog=f"spkdiff {argv[0]}"), argv[1:])
+    build_parser().parse_args(argv)  # prints the overview / usage error and exits
+    return 2
 
 
 def export_main(argv: list[str] | None = None) -> int:
     """``spkdiff-export`` is ``spkdiff export``."""
-    return _dispatch(build_parser("export"), argv)
+    return _dispatch(build_parser("export", prog="spkdiff-export"), sys.argv[1:] if argv is None else argv)

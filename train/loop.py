@@ -204,7 +204,7 @@ def run_training(
                     values["epoch"] = epoch
                     values.update({k: float(v) for k, v in out.get("stats", {}).items()})
                     logger.log(step, values)
-                    bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{values['images_per_s']:.0f}")
+                    bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{values['images_per_s']:.0f}", refresh=False)
                     t_last, imgs = now, 0
                 if step % settings.checkpoint_every == 0:
                     checkpoint()
