@@ -144,6 +144,9 @@ class Simulator:
         if missing or extra:
             raise SpkdiffError(f"inputs must be {sorted(self.inputs)}; missing {sorted(missing)}, "
                                f"unknown {sorted(extra)}")
+        if steps is None:  # constant inputs take the length of the time-major ones
+            steps = next((int(torch.as_tensor(v).shape[0]) for k, v in inputs.items()
+                          if torch.as_tensor(v).dim() == len(self.inputs[k]) + 2), None)
         sigs: dict[str, Signal] = {}
         all_steps = set()
         for name, value in inputs.items():

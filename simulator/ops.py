@@ -219,7 +219,10 @@ class ConvOp(SynapseOp):
         if len(self.in_shape) != self.nd + 1 or self.in_shape[0] != w.shape[1] * self.groups:
             raise SpkdiffError(f"{name}: input shape {self.in_shape} does not fit weight {tuple(w.shape)} "
                                f"with groups={self.groups}")
-        self.out_shape = self._infer_out_shape()
+        try:
+            self.out_shape = self._infer_out_shape()
+        except RuntimeError as err:
+            raise SpkdiffError(f"{name}: convolution does not fit input {self.in_shape}: {err}") from err
 
     def fn(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
