@@ -56,3 +56,21 @@ def read_json(path: Path, what: str) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise SpkdiffError(f"{what} {path} is not valid JSON ({err.msg} at line {err.lineno})") from None
+
+
+PRETRAINED_PREFIX = "pretrained:"
+
+
+def resolve_run(arg: str) -> Path:
+    """A run directory, or ``pretrained:NAME`` for a model shipped inside the package."""
+    if arg.startswith(PRETRAINED_PREFIX):
+        name = arg[len(PRETRAINED_PREFIX):]
+        root = resources.files("spkdiff").joinpath("pretrained")
+        available = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        if name not in available:
+            raise SpkdiffError(f"no pretrained model {name!r}; available: {', '.join(available) or 'none'}")
+        return Path(str(root.joinpath(name)))
+    path = Path(arg)
+    if not path.is_dir():
+        raise SpkdiffError(f"run directory not found: {path}")
+    return path

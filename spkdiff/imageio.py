@@ -1,0 +1,36 @@
+"""Image grids as PNG (the one place images are written)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from spkdiff.errors import SpkdiffError
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) floats in [0, 1] -> (N, H, W, C) uint8."""
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, pad: int = 2) -> Path:
+    """Write images (N, C, H, W) in [0, 1] as one PNG grid with ``nrow`` images per row."""
+    arr = to_uint8(images)
+    n, h, w, c = arr.shape
+    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
+    rows = math.ceil(n / nrow)
+    grid = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = arr[i]
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grid.squeeze(-1) if c == 1 else grid).save(path)
+    except OSError as err:
+        raise SpkdiffError(f"cannot write {path}: {err.strerror or err}") from None
+    return path

@@ -1,0 +1,113 @@
+"""Stage 2: absorbing-state forward process (Eq 10-12), loss weights (Eq 14), samplers, deployability."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from spkdiff.cli import main
+from spkdiff.host import MaskSampler, diffusion_loss, loss_weight, sdid_input_spikes, training_mask
+from spkdiff.train.sdid import SDID, ResidualBlock, SDIDConfig
+from spkdiff.train.snn import LIF, ConvBN, SpikingConv
+
+K, TD = 16, 49
+
+
+def test_eq_12_schedule_gives_mask_rate_t_over_td():
+    # Product of keep probabilities (1 - gamma_s), gamma_s = 1/(T_d - s + 1), equals (T_d - t)/T_d.
+    for t in (1, 7, 25, 49):
+        keep = math.prod(1 - 1 / (TD - s + 1) for s in range(1, t + 1))
+        assert keep == pytest.approx((TD - t) / TD, abs=1e-12)
+    # The training mask draws t uniformly and masks each token with probability t/T_d.
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, K, (20000, 7, 7), generator=gen)
+    t, masked, h_t = training_mask(tokens, K, TD, gen)
+    assert t.min() == 1 and t.max() == TD
+    counts = torch.bincount(t, minlength=TD + 1)[1:].float()
+    assert (counts / counts.mean() - 1).abs().max() < 0.25
+    rate_by_t = [(masked[t == s].float().mean().item(), s / TD) for s in (5, 25, 45)]
+    for observed, expected in rate_by_t:
+        assert observed == pytest.approx(expected, abs=0.03)
+    assert torch.equal(h_t == K, masked) and torch.equal(h_t[~masked], tokens[~masked])
+
+
+def test_loss_weighting_by_hand():
+    # Two samples, 2x2 grid (N = 4), K = 2 codes, uniform logits: CE = ln 2 per masked token.
+    logits = torch.zeros(2, 2, 2, 2)
+    target = torch.zeros(2, 2, 2, dtype=torch.long)
+    masked = torch.tensor([[[1, 0], [0, 0]], [[1, 1], [1, 0]]], dtype=torch.bool)
+    t = torch.tensor([10, 40])
+    # Per sample: sum_masked CE / (ln2 * N) = masked_count / 4.
+    per = torch.tensor([1 / 4, 3 / 4])
+    rew = diffusion_loss(logits, target, masked, t, TD, "reweighted")
+    assert rew.item() == pytest.approx(((1 - t / TD) * per).mean().item(), rel=1e-6)
+    elbo = diffusion_loss(logits, target, masked, t, TD, "elbo")
+    assert elbo.item() == pytest.approx(((TD / t) * per).mean().item(), rel=1e-6)
+    assert loss_weight(torch.tensor([49]), TD, "reweighted").item() == 0.0
+    with pytest.raises(ValueError):
+        loss_weight(t, TD, "other")
+
+
+def test_input_spikes_are_binary_one_hot():
+    tokens = torch.tensor([[[0, K], [3, 5]]])
+    x = sdid_input_spikes(tokens, torch.tensor([49]), K, TD, 7)
+    assert set(x.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(x[:, : K + 1].sum(1), torch.ones(1, 2, 2))  # exactly one token channel
+    assert x[0, K + 1 + 6].sum() == 4 and x[0, K + 1: K + 7].sum() == 0  # t = T_d -> last time bin
+
+
+def _tiny_sdid() -> SDID:
+    torch.manual_seed(0)
+    return SDID(SDIDConfig(num_codes=K, channels=8, blocks=1, time_steps=2)).eval()
+
+
+@pytest.mark.parametrize("method,steps", [("paper", None), ("confidence", 6)])
+def test_samples_never_masked_and_deterministic(method: str, steps: int | None):
+    sdid = _tiny_sdid()
+    sampler = MaskSampler(K, TD, steps, method, temperature=1.0)
+    with torch.no_grad():
+        a = sampler.sample(sdid, 5, (7, 7), torch.Generator().manual_seed(1))
+        b = sampler.sample(sdid, 5, (7, 7), torch.Generator().manual_seed(1))
+        c = sampler.sample(sdid, 5, (7, 7), torch.Generator().manual_seed(2))
+    assert (a < K).all() and a.min() >= 0
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_confidence_sampler_calls_denoiser_steps_times():
+    calls = []
+
+    def denoise(tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        calls.append(((tokens == K).sum().item(), t[0].item()))
+        return torch.zeros(tokens.shape[0], K, 7, 7)
+
+    MaskSampler(K, TD, 8, "confidence").sample(denoise, 2, (7, 7), torch.Generator().manual_seed(0))
+    assert len(calls) == 8
+    masked_counts = [c[0] for c in calls]
+    assert masked_counts[0] == 2 * 49 and masked_counts == sorted(masked_counts, reverse=True)
+    assert calls[0][1] == TD and calls[-1][1] == math.ceil(TD / 8)
+
+
+def test_sdid_has_only_deployable_layers():
+    allowed = (nn.Conv2d, nn.BatchNorm2d, nn.Identity, LIF, ConvBN, SpikingConv, ResidualBlock, nn.ModuleList, SDID)
+    for name, module in _tiny_sdid().named_modules():
+        assert isinstance(module, allowed), f"{name}: {type(module).__name__} is not deployable"
+    assert not any(isinstance(m, nn.MaxPool2d | nn.ConvTranspose2d) for m in _tiny_sdid().modules())
+
+
+def test_train_and_sample_cli(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    assert (tiny_run / "sdid.safetensors").exists() and (tiny_run / "tokens_train.npy").exists()
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--run", str(tiny_run), "--n", "6", "--steps", "4", "--seed", "3", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "4 denoiser calls" in printed and "images/s" in printed
+    tokens = np.load(out.with_suffix(".tokens.npy"))
+    assert tokens.shape == (6, 7, 7) and tokens.max() < 16
+    out2 = tmp_path / "grid2.png"
+    assert main(["sample", "--run", str(tiny_run), "--n", "6", "--steps", "4", "--seed", "3", "--out", str(out2)]) == 0
+    assert np.array_equal(tokens, np.load(out2.with_suffix(".tokens.npy")))
+    assert out.read_bytes() == out2.read_bytes()
