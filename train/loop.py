@@ -148,7 +148,7 @@ def run_training(
     torch.manual_seed(config["seed"])
     model = build_model(stage, stage_cfg["model"])
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=settings.betas,
-                            weight_decay=settings.weight_decay)
+                            weight_decay=settings.weight_decay, fused=True)
     gen = torch.Generator().manual_seed(config["seed"] + 1)
     ckpt_path = run_dir / f"{stage}.safetensors"
     n = data.shape[0]
