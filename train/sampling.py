@@ -47,3 +47,22 @@ def generate(vq: VQSVAE, sdid: SDID, n: int, *, steps: int | None = None, method
     seconds = time.perf_counter() - start
     stats = SampleStats(n, seconds, sampler.steps, sampler.steps * cfg.time_steps + vq.steps)
     return torch.cat(images).clamp(0, 1), torch.cat(tokens), stats
+
+
+@torch.no_grad()
+def reconstruct(vq: VQSVAE, images: torch.Tensor, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images in [0, 1] -> (reconstructions in [0, 1], tokens): encoder, codebook lookup, ASG, decoder."""
+    vq.eval()
+    recons, tokens = [], []
+    for lo in range(0, images.shape[0], batch_size):
+        tok = vq.encode_tokens(images[lo:lo + batch_size] - 0.5)
+        tokens.append(tok)
+        recons.append(vq.decode_tokens(tok) + 0.5)
+    return torch.cat(recons).clamp(0, 1), torch.cat(tokens)
+
+
+def codebook_usage(tokens: torch.Tensor, codebook_size: int) -> dict[str, float]:
+    """Perplexity of the code histogram and the number of codes never used."""
+    counts = torch.bincount(tokens.flatten(), minlength=codebook_size).float()
+    p = counts[counts > 0] / counts.sum()
+    return {"perplexity": float(torch.exp(-(p * p.log()).sum())), "dead_codes": int((counts == 0).sum())}
