@@ -213,6 +213,9 @@ class ConvOp(SynapseOp):
             if node.padding == "same" and any(s != 1 for s in self.stride):
                 raise SpkdiffError(f"{name}: padding 'same' needs stride 1")
             self.padding: str | tuple[int, ...] = node.padding
+            total = [d * (k - 1) for d, k in zip(self.dilation, w.shape[2:])]
+            if node.padding == "same" and all(t % 2 == 0 for t in total):
+                self.padding = tuple(t // 2 for t in total)  # symmetric: same result, no padded copy
         else:
             self.padding = tup(node.padding)
         self._conv = F.conv1d if self.nd == 1 else F.conv2d
