@@ -19,7 +19,7 @@ from spkdiff.errors import SpkdiffError
 
 from .counters import Counters, LayerCounts
 from .graph import FlatGraph, flatten_graph
-from .ops import Op, Shape, Signal, SynapseOp, build_op
+from .ops import MODES, Op, Shape, Signal, SynapseOp, build_op, convert_ops
 
 _EXACT_F32 = float(2**24)  # integer sums below this are exact in float32
 
@@ -27,11 +27,13 @@ _EXACT_F32 = float(2**24)  # integer sums below this are exact in float32
 @dataclass
 class SimResult:
     """``outputs``: output name -> ``(T, B, *shape)``; ``counters`` (None if not counted);
-    ``recordings``: node name -> {"out": (T, B, *shape), "v": ..., "i": ...}."""
+    ``recordings``: node name -> {"out": (T, B, *shape), "v": ..., "i": ...}; ``warnings``: numeric
+    problems (fixed-point overflow)."""
 
     outputs: dict[str, torch.Tensor]
     counters: Counters | None = None
     recordings: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -56,6 +58,8 @@ class Simulator:
 
     def __init__(self, graph: nir.NIRGraph | str | Path, mode: str = "float", quant: Any = None,
                  dt: float | None = None) -> None:
+        if mode not in MODES:
+            raise SpkdiffError(f"unknown simulator mode {mode!r}; available: {', '.join(MODES)}")
         self.flat: FlatGraph = flatten_graph(graph)
         self.mode = mode
         self.quant = quant
@@ -64,17 +68,14 @@ class Simulator:
         if not dt > 0:
             raise SpkdiffError(f"dt must be positive, got {dt}")
         self.dt = dt
-        if mode == "fixed":
-            from . import fixed
-
-            fixed.register(quant)
         self.ops: dict[str, Op] = {}
         self._count_plans: dict[str, _CountPlan] = {}
         for name in self.flat.order:
             node = self.flat.nodes[name]
             in_shape = self._in_shape(name, node)
-            op = build_op(mode, name, node, in_shape, dt)
-            self.ops[name] = op
+            self.ops[name] = build_op(name, node, in_shape, dt)
+        self.ops = convert_ops(mode, self.flat, self.ops, quant)
+        for name, op in self.ops.items():
             if isinstance(op, SynapseOp):
                 nz = op.fan_out(mask=True).reshape(-1)
                 dense = op.fan_out(mask=False)
@@ -166,16 +167,18 @@ class Simulator:
             raise SpkdiffError(f"cannot record unknown nodes {sorted(unknown)}")
         counters = Counters(steps, nbatch, ann_macs=self.ann_macs, ann_adds=self.ann_adds) if count else None
         recordings: dict[str, dict[str, torch.Tensor]] = {}
+        warnings: list[str] = []
         remaining = {n: len(self.flat.succs[n]) for n in self.ops}
         keep = set(self.flat.outputs) | want
 
         with torch.no_grad():
             for name in self.flat.order:
                 op = self.ops[name]
-                x = sigs[name] if op.kind == "input" else _sum_signals([sigs[p] for p in self.flat.preds[name]])
+                x = sigs[name] if op.kind == "input" else op.gather([(p, sigs[p]) for p in self.flat.preds[name]])
                 rec: dict[str, torch.Tensor] | None = {} if name in want else None
                 y = op.run(x, steps, rec)
                 sigs[name] = y
+                warnings.extend(op.last_warnings)
                 if rec is not None:
                     recordings[name] = {"out": _full(y, steps), **rec}
                 if counters is not None and op.kind in ("synapse", "neuron"):
@@ -185,7 +188,7 @@ class Simulator:
                     if remaining[p] == 0 and p not in keep:
                         del sigs[p]
         outputs = {n: _full(sigs[n], steps) for n in self.flat.outputs}
-        return SimResult(outputs, counters, recordings)
+        return SimResult(outputs, counters, recordings, warnings)
 
     # -- counting ----------------------------------------------------------------------------------
     def _count(self, name: str, op: Op, x: Signal, y: Signal, steps: int, batch: int,
@@ -230,16 +233,6 @@ class Simulator:
 
 def _full(sig: Signal, steps: int) -> torch.Tensor:
     return sig.full(steps).contiguous() if sig.static else sig.data
-
-
-def _sum_signals(parts: list[Signal]) -> Signal:
-    """Sum in edge order; constant ``(B, ...)`` parts broadcast against ``(T, B, ...)`` ones."""
-    if len(parts) == 1:
-        return parts[0]
-    total = parts[0].data + parts[1].data
-    for p in parts[2:]:
-        total = total + p.data
-    return Signal(total, all(p.static for p in parts), all(p.event for p in parts))
 
 
 def _weighted_sum(sig: Signal, weights: torch.Tensor | None, bound: float, steps: int, batch: int) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Executable nodes ("ops"): the interface and the float backend.
 
-Lava-style split: :class:`Op` is the interface the executor sees; a *backend* is a table
-``NIR node type -> Op class`` per numeric mode (``BACKENDS["float"]`` here, ``"fixed"`` in
+Lava-style split: :class:`Op` is the interface the executor sees (``gather`` incoming edges,
+``run`` a sequence); the float backend is the table ``FLOAT_OPS`` (NIR node type -> Op class) and
+every other numeric mode is a converter in ``MODES`` that swaps in its own ops (``"fixed"``:
 :mod:`spkdiff.simulator.fixed`).  An op processes a whole time sequence at once:
 
 * stateless ops (synapses, reshapes) fold time into the batch, ``(T*B, *shape)``, and run one
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import nir
 import numpy as np
@@ -83,7 +84,8 @@ class Op:
     """
 
     kind: ClassVar[str] = "shape"
-    spiking: ClassVar[bool] = False  # output is a spike train
+    spiking: bool = False  # output is a spike train
+    last_warnings: list[str] = []  # numeric problems of the last run (e.g. fixed-point overflow)
 
     def __init__(self, name: str, node: nir.NIRNode, in_shape: Shape, dt: float) -> None:
         self.name = name
@@ -92,11 +94,25 @@ class Op:
         self.dt = dt
         self.out_shape: Shape = self.in_shape
 
+    def gather(self, parts: list[tuple[str, Signal]]) -> Signal:
+        """Combine the signals of all incoming edges (NIR: they sum; a backend may convert first)."""
+        return sum_signals([sig for _, sig in parts])
+
     def run(self, x: Signal, steps: int, record: dict[str, torch.Tensor] | None) -> Signal:
         raise NotImplementedError
 
     def state_names(self) -> tuple[str, ...]:
         return ()
+
+
+def sum_signals(parts: list[Signal]) -> Signal:
+    """Sum in edge order; constant ``(B, ...)`` parts broadcast against ``(T, B, ...)`` ones."""
+    if len(parts) == 1:
+        return parts[0]
+    total = parts[0].data + parts[1].data
+    for p in parts[2:]:
+        total = total + p.data
+    return Signal(total, all(p.static for p in parts), all(p.event for p in parts))
 
 
 class StatelessOp(Op):
@@ -209,10 +225,12 @@ class ConvOp(SynapseOp):
         self.stride = tup(node.stride)
         self.dilation = tup(node.dilation)
         self.groups = int(node.groups)
-        if isinstance(node.padding, str):
+        if isinstance(node.padding, str) and node.padding == "valid":
+            self.padding = (0,) * self.nd
+        elif isinstance(node.padding, str):
             if node.padding == "same" and any(s != 1 for s in self.stride):
                 raise SpkdiffError(f"{name}: padding 'same' needs stride 1")
-            self.padding: str | tuple[int, ...] = node.padding
+            self.padding = node.padding
             total = [d * (k - 1) for d, k in zip(self.dilation, w.shape[2:])]
             if node.padding == "same" and all(t % 2 == 0 for t in total):
                 self.padding = tuple(t // 2 for t in total)  # symmetric: same result, no padded copy
@@ -495,38 +513,54 @@ def _lif_loop(x: torch.Tensor, static: bool, steps: int, batch: int, shape: Shap
 
 OpFactory = Callable[[str, nir.NIRNode, Shape, float], Op]
 
-#: mode -> NIR node type -> op class.  Other modes start from a copy of ``"float"``.
-BACKENDS: dict[str, dict[type, OpFactory]] = {
-    "float": {
-        nir.Input: InputOp,
-        nir.Output: OutputOp,
-        Passthrough: PassOp,
-        nir.Affine: AffineOp,
-        nir.Linear: AffineOp,
-        nir.Conv1d: ConvOp,
-        nir.Conv2d: ConvOp,
-        nir.SumPool2d: PoolOp,
-        nir.AvgPool2d: PoolOp,
-        nir.Scale: ScaleOp,
-        nir.Flatten: FlattenOp,
-        nir.Delay: DelayOp,
-        nir.Threshold: ThresholdOp,
-        nir.LIF: LIFOp,
-        nir.LI: LIOp,
-        nir.IF: IFOp,
-        nir.I: IOp,
-        nir.CubaLIF: CubaLIFOp,
-        nir.CubaLI: CubaLIFOp,
-    }
+#: NIR node type -> op class of the float backend.
+FLOAT_OPS: dict[type, OpFactory] = {
+    nir.Input: InputOp,
+    nir.Output: OutputOp,
+    Passthrough: PassOp,
+    nir.Affine: AffineOp,
+    nir.Linear: AffineOp,
+    nir.Conv1d: ConvOp,
+    nir.Conv2d: ConvOp,
+    nir.SumPool2d: PoolOp,
+    nir.AvgPool2d: PoolOp,
+    nir.Scale: ScaleOp,
+    nir.Flatten: FlattenOp,
+    nir.Delay: DelayOp,
+    nir.Threshold: ThresholdOp,
+    nir.LIF: LIFOp,
+    nir.LI: LIOp,
+    nir.IF: IFOp,
+    nir.I: IOp,
+    nir.CubaLIF: CubaLIFOp,
+    nir.CubaLI: CubaLIFOp,
 }
 
+#: A numeric mode turns the float ops of a whole graph into its own (it may need graph context, e.g.
+#: a neuron's quantisation decides its input synapses' integer weights): ``(graph, ops, quant) -> ops``.
+ModeConverter = Callable[[Any, dict[str, Op], Any], dict[str, Op]]
 
-def build_op(mode: str, name: str, node: nir.NIRNode, in_shape: Shape, dt: float) -> Op:
-    """Instantiate the op for ``node`` in numeric ``mode``."""
-    table = BACKENDS.get(mode)
-    if table is None:
-        raise SpkdiffError(f"unknown simulator mode {mode!r}; available: {', '.join(sorted(BACKENDS))}")
-    factory = table.get(type(node))
+
+def _fixed_converter(graph: Any, ops: dict[str, Op], quant: Any) -> dict[str, Op]:
+    from .fixed import convert  # imports spkdiff.neuromorphic.loihi only when used
+
+    return convert(graph, ops, quant)
+
+
+MODES: dict[str, ModeConverter | None] = {"float": None, "fixed": _fixed_converter}
+
+
+def build_op(name: str, node: nir.NIRNode, in_shape: Shape, dt: float) -> Op:
+    """Instantiate the float op for ``node``."""
+    factory = FLOAT_OPS.get(type(node))
     if factory is None:
-        raise SpkdiffError(f"node {name!r}: NIR {type(node).__name__} is not supported in {mode!r} mode")
+        raise SpkdiffError(f"node {name!r}: NIR {type(node).__name__} is not supported by the simulator")
     return factory(name, node, in_shape, dt)
+
+
+def convert_ops(mode: str, graph: Any, ops: dict[str, Op], quant: Any) -> dict[str, Op]:
+    """Apply numeric ``mode`` to the float ops."""
+    if mode not in MODES:
+        raise SpkdiffError(f"unknown simulator mode {mode!r}; available: {', '.join(MODES)}")
+    converter = MODES[mode]
+    return ops if converter is None else converter(graph, ops, quant)
