@@ -7,7 +7,8 @@ session (so it and everything Lava forks share one process group), waits at most
 and afterwards always
 
 1. records the POSIX shared-memory segments (``/dev/shm/...``) that any member of the group maps or holds
-   open, and the segments created under ``/dev/shm`` while the run was going that no process uses anymore,
+   open, and the ``psm_*`` segments (Python's ``SharedMemory``, which Lava uses) created while the run was
+   going that no process maps or holds open anymore,
 2. kills whatever is left of the group (SIGKILL) and reaps it,
 3. unlinks those segments that still exist.
 
@@ -38,6 +39,7 @@ __all__ = ["LavaRunError", "LavaTimeoutError", "RunInfo", "group_members", "run_
 
 T = TypeVar("T")
 SHM_DIR = Path("/dev/shm")
+SHM_PREFIX = "psm_"  # multiprocessing.shared_memory's names (Lava's channels)
 
 
 class LavaRunError(SpkdiffError):
@@ -124,6 +126,8 @@ def _cleanup(pgid: int, before: set[str], started: float, info: RunInfo) -> None
         time.sleep(0.02)
     new = set()
     for name in _shm_listing() - before:
+        if not name.startswith(SHM_PREFIX):
+            continue
         with contextlib.suppress(OSError):
             if (SHM_DIR / name).stat().st_mtime >= started - 1.0:
                 new.add(name)

@@ -165,10 +165,11 @@ def weight_lsb_shift(sign_mode: SignMode, num_weight_bits: int = WEIGHT_BITS) ->
     return WEIGHT_BITS - num_weight_bits + int(sign_mode == SignMode.MIXED)
 
 
-def lava_dense_weights(weights: Any, sign_mode: SignMode | int | None = None,
+def lava_dense_weights(weights: Any, sign_mode: Any = None,
                        num_weight_bits: int = WEIGHT_BITS) -> torch.Tensor:
     """The weights ``PyDenseModelBitAcc`` actually uses: ``clip_weights(num_bits=8)`` then ``truncate_weights``."""
     w = _as_int_tensor(weights)
+    sign_mode = getattr(sign_mode, "value", sign_mode)  # also lava.utils.weightutils.SignMode (a plain Enum)
     mode = determine_sign_mode(w) if sign_mode is None or int(sign_mode) == 0 else SignMode(int(sign_mode))
     neg = mode == SignMode.INHIBITORY
     if neg:
@@ -403,6 +404,15 @@ class QuantizedLayer:
         if self.kind == "conv":
             return conv_fixed(s, w, self.weight_exp, self.stride, self.padding, self.dilation, self.groups)
         return dense_fixed(s, w, self.weight_exp)
+
+    def lava_weights(self) -> np.ndarray:
+        """Weights for Lava: Dense ``weights`` (pass ``weight_exp``, ``sign_mode`` too) or the Conv kernel in
+        Lava layout with ``weight_exp`` folded in (Lava's fixed-point Conv ignores ``weight_exp``)."""
+        if self.kind == "dense":
+            return self.weight_int
+        if self.weight_exp < 0:
+            raise QuantizationRangeError("Lava's fixed-point Conv cannot apply a negative weight_exp")
+        return lava_conv_weight(self.weight_int << self.weight_exp)
 
     def step(self, s: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> LifStep:
         """Synapse + LIF for one step (no Lava connection delay)."""

@@ -131,7 +131,7 @@ def lava_forever(marker: str) -> None:
 
 
 def test_dense_lif_20_steps_fixed_pt_hand_computed():
-    out, info = run_isolated_info(dense_lif_20_steps, timeout=90)
+    out, info = run_isolated_info(dense_lif_20_steps, timeout=300)  # ~1 s on an idle machine
     assert not group_members(info.pgid)
     v = out["v"]
     assert v.shape == (20, 2)
@@ -155,7 +155,7 @@ def test_dense_lif_20_steps_fixed_pt_hand_computed():
 
 def test_worker_error_is_reported_and_cleaned_up():
     with pytest.raises(LavaRunError) as err:
-        run_isolated_info(lava_float_du, timeout=60)
+        run_isolated_info(lava_float_du, timeout=300)
     assert not isinstance(err.value, LavaTimeoutError)
     assert "right_shift" in str(err.value)  # the worker's own error is in the one-line message
     info = err.value.info
@@ -165,10 +165,15 @@ def test_worker_error_is_reported_and_cleaned_up():
 
 def test_timeout_kills_group_and_frees_shared_memory(tmp_path):
     marker = tmp_path / "running"
-    t0 = time.time()
-    with pytest.raises(LavaTimeoutError) as err:
-        run_isolated_info(lava_forever, str(marker), timeout=8)
-    assert time.time() - t0 < 30
+    timeout = 6.0
+    while True:  # a loaded machine may need longer than `timeout` just to start Lava: then retry longer
+        t0 = time.time()
+        with pytest.raises(LavaTimeoutError) as err:
+            run_isolated_info(lava_forever, str(marker), timeout=timeout)
+        assert time.time() - t0 < timeout + 20
+        if marker.exists() or timeout > 100:
+            break
+        timeout *= 2
     info = err.value.info
     assert marker.exists(), "Lava did not start in time: " + err.value.output[-500:]
     assert info.timed_out and info.killed_pids  # the child and Lava's workers were alive...
