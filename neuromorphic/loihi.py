@@ -191,9 +191,11 @@ def dense_fixed(s: torch.Tensor, weights: torch.Tensor, weight_exp: int = 0, gra
     """
     w = _as_int_tensor(weights, s.device)
     x = (s != 0).to(torch.int64) if not graded else _as_int_tensor(s, s.device)
-    smax = 1 if not graded else int(x.abs().max().item()) if x.numel() else 0
-    bound = float(w.abs().sum(dim=1).max().item() if w.numel() else 0) * smax
-    dt = _exact_matmul_dtype(bound, s.device)
+    if s.device.type == "cpu":
+        smax = 1 if not graded else int(x.abs().max()) if x.numel() else 0
+        dt = _exact_matmul_dtype(float(w.abs().sum(dim=1).max() if w.numel() else 0) * smax, s.device)
+    else:  # float64 is exact for any int32 weights and < 2**21 inputs; skip the bound (a device sync)
+        dt = torch.float64
     acc = torch.matmul(x.to(dt), w.to(dt).T).round().to(torch.int64)
     if graded:
         acc = wrap32(acc)
@@ -221,8 +223,10 @@ def conv_fixed(s: torch.Tensor, weight: torch.Tensor, weight_exp: int = 0, strid
     if c_in != cg * groups or c_out % groups:
         raise QuantizationRangeError(f"conv channels do not match: input {c_in}, weight {tuple(w.shape)}, "
                                      f"groups {groups}")
-    bound = float(w.abs().flatten(1).sum(dim=1).max().item() if w.numel() else 0)
-    dt = _exact_matmul_dtype(bound, s.device)
+    if s.device.type == "cpu":
+        dt = _exact_matmul_dtype(float(w.abs().flatten(1).sum(dim=1).max() if w.numel() else 0), s.device)
+    else:  # see dense_fixed
+        dt = torch.float64
     cols = F.unfold(x.to(dt), (kh, kw), dilation=dl, padding=pd, stride=st)  # (B, C_in*kh*kw, L)
     h_out = (h + 2 * pd[0] - dl[0] * (kh - 1) - 1) // st[0] + 1
     w_out = (wd + 2 * pd[1] - dl[1] * (kw - 1) - 1) // st[1] + 1
@@ -382,7 +386,9 @@ class QuantizedLayer:
     dilation: tuple[int, int] = (1, 1)
     groups: int = 1
     num_weight_bits: int = WEIGHT_BITS
+    tau_in: float = 1.0  # input factor 1/tau folded into weight and bias (tau with decay_input, else 1)
     report: dict[str, float] = field(default_factory=dict, compare=False)
+    _cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def weight_int(self) -> np.ndarray:
@@ -392,15 +398,27 @@ class QuantizedLayer:
     def spiking(self) -> bool:
         return self.vth < READOUT_VTH
 
-    def lif_params(self) -> LifParams:
-        """Per-neuron bias shaped ``(C, 1, 1)`` for conv, ``(n,)`` for dense."""
-        shape = (-1, 1, 1) if self.kind == "conv" else (-1,)
-        return LifParams(du=self.du, dv=self.dv, vth=self.vth, bias_mant=torch.as_tensor(self.bias_mant).view(shape),
-                         bias_exp=torch.as_tensor(self.bias_exp).view(shape))
+    def lif_params(self, device: torch.device | str | None = None) -> LifParams:
+        """LIF parameters with per-neuron bias shaped ``(C, 1, 1)`` for conv, ``(n,)`` for dense (cached per device)."""
+        key = ("lif", str(device))
+        if key not in self._cache:
+            shape = (-1, 1, 1) if self.kind == "conv" else (-1,)
+            self._cache[key] = LifParams(
+                du=self.du, dv=self.dv, vth=self.vth,
+                bias_mant=torch.as_tensor(self.bias_mant, dtype=torch.int64, device=device).view(shape),
+                bias_exp=torch.as_tensor(self.bias_exp, dtype=torch.int64, device=device).view(shape))
+        return self._cache[key]
+
+    def weight_tensor(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """:attr:`weight_int` as an int64 tensor on ``device`` (cached)."""
+        key = ("w", str(device))
+        if key not in self._cache:
+            self._cache[key] = torch.as_tensor(self.weight_int, dtype=torch.int64, device=device)
+        return self._cache[key]
 
     def synapse(self, s: torch.Tensor) -> torch.Tensor:
         """Integer synaptic output ``a`` for spikes ``s`` (dense ``(..., n_in)``, conv ``(B, C, H, W)``)."""
-        w = torch.as_tensor(self.weight_int, device=s.device)
+        w = self.weight_tensor(s.device)
         if self.kind == "conv":
             return conv_fixed(s, w, self.weight_exp, self.stride, self.padding, self.dilation, self.groups)
         return dense_fixed(s, w, self.weight_exp)
@@ -416,13 +434,12 @@ class QuantizedLayer:
 
     def step(self, s: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> LifStep:
         """Synapse + LIF for one step (no Lava connection delay)."""
-        return lif_step_fixed(self.synapse(s), u, v, self.lif_params())
+        return lif_step_fixed(self.synapse(s), u, v, self.lif_params(s.device))
 
     def dequantized(self) -> tuple[np.ndarray, np.ndarray]:
         """The float ``(W, b)`` this layer represents exactly (inverse of the mapping, ``1/tau`` unfolded)."""
-        tau_in = self.report.get("tau_in", 1.0)
-        w = self.weight_int * 2.0**self.weight_exp * (1 << ACT_SHIFT) * tau_in / self.scale
-        b = (self.bias_mant.astype(np.float64) * 2.0**self.bias_exp.astype(np.float64)) * tau_in / self.scale
+        w = self.weight_int * 2.0**self.weight_exp * (1 << ACT_SHIFT) * self.tau_in / self.scale
+        b = (self.bias_mant.astype(np.float64) * 2.0**self.bias_exp.astype(np.float64)) * self.tau_in / self.scale
         return w, b
 
 
@@ -511,7 +528,7 @@ def quantize_layer(weight: Any, bias: Any = None, *, kind: str | None = None, ta
                        bias_mant=bias_mant.astype(np.int16), bias_exp=bias_exp.astype(np.int16), du=DU_MAX, dv=dv,
                        vth=int(vth) if spiking else READOUT_VTH, scale=float(scale), stride=_pair(stride),
                        padding=_pair(padding), dilation=_pair(dilation), groups=int(groups),
-                       report={"tau_in": tau_in})
+                       tau_in=tau_in)
     wq, bq = q.dequantized()
     werr = wq - w
     leak = 1.0 - (DECAY_UNITY - dv) / DECAY_UNITY
@@ -553,10 +570,12 @@ def evaluate_layer(q: QuantizedLayer, weight: Any, bias: Any, spikes: torch.Tens
     Each step feeds the same input spikes to both (no error propagation between layers).  ``strict``:
     raise :class:`QuantizationRangeError` if u wrapped or v saturated.
     """
-    w = torch.as_tensor(weight, dtype=torch.float64)
-    b = torch.zeros(w.shape[0], dtype=torch.float64) if bias is None else torch.as_tensor(bias, dtype=torch.float64)
+    dev = spikes.device
+    w = torch.as_tensor(weight, dtype=torch.float64, device=dev)
+    b = (torch.zeros(w.shape[0], dtype=torch.float64, device=dev) if bias is None
+         else torch.as_tensor(bias, dtype=torch.float64, device=dev))
     spiking = q.spiking
-    p = q.lif_params()
+    p = q.lif_params(spikes.device)
     v_f = u_i = v_i = None
     agree = total = wraps = sats = n_float = n_fixed = 0
     se = 0.0
@@ -566,8 +585,8 @@ def evaluate_layer(q: QuantizedLayer, weight: Any, bias: Any, spikes: torch.Tens
         x = F.conv2d(s64, w, b, q.stride, q.padding, q.dilation, q.groups) if q.kind == "conv" else s64 @ w.T + b
         if v_f is None:
             v_f = torch.zeros_like(x)
-            u_i = torch.zeros(x.shape, dtype=torch.int64)
-            v_i = torch.zeros(x.shape, dtype=torch.int64)
+            u_i = torch.zeros(x.shape, dtype=torch.int64, device=dev)
+            v_i = torch.zeros(x.shape, dtype=torch.int64, device=dev)
         v_f, s_f = lif_step_float(x, v_f, tau, v_threshold, decay_input, spiking)
         out = lif_step_fixed(q.synapse(s_t), u_i, v_i, p)
         u_i, v_i = out.u, out.v

@@ -278,7 +278,7 @@ def test_quantize_conv_and_readouts():
     ev = L.evaluate_layer(ro, w, b, spikes, strict=True)
     assert ev.fixed_rate == 0 and ev.v_rmse < 0.01
     integ = L.quantize_layer(w[:, :, 0, 0].reshape(8, 4), None, tau=None, spiking=False, num_steps=16)
-    assert integ.dv == 0 and integ.report["tau_in"] == 1.0
+    assert integ.dv == 0 and integ.tau_in == 1.0
     ev = L.evaluate_layer(integ, w[:, :, 0, 0].reshape(8, 4), None, spikes[:, :, :, 0, 0], tau=None, strict=True)
     assert ev.v_rmse < 0.01
 
