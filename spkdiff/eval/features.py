@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from spkdiff.eval.inception import get_protocol, inception_features, inception_sha256, to_uint8_nchw
@@ -53,31 +53,57 @@ def subset_indices(total: int, n: int | None, seed: int = SUBSET_SEED) -> np.nda
     return np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))
 
 
-def cached_features(key: dict[str, Any], compute: Callable[[], torch.Tensor],
-                    directory: str | os.PathLike | None = None) -> torch.Tensor:
-    """Features stored under ``key`` in the cache, computed with ``compute()`` and saved on a miss.
+def _read_features(path: Path, key_json: str) -> torch.Tensor | None:
+    """The features stored at ``path`` if the file is readable and was written for ``key_json``."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), "pt") as fh:
+            if (fh.metadata() or {}).get("key") != key_json:
+                return None
+        return load_file(str(path))["features"]
+    except (SafetensorError, OSError, KeyError):
+        return None  # corrupt or foreign file: recompute and overwrite
 
-    The file name is built from the key; the full key is stored in the file's metadata and checked on load.
+
+def _write_features(path: Path, feats: torch.Tensor, key_json: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    save_file({"features": feats.float().contiguous()}, str(tmp), metadata={"key": key_json})
+    tmp.replace(path)
+
+
+def cached_features(key: dict[str, Any], total: int, compute: Callable[[slice], torch.Tensor],
+                    directory: str | os.PathLike | None = None, *, chunk: int = 500, progress: bool = False,
+                    desc: str = "features") -> torch.Tensor:
+    """Features of ``total`` items stored under ``key`` in the cache; ``compute(slice)`` makes a range of them.
+
+    On a miss, items are computed in chunks of ``chunk`` and the partial result is saved after each chunk, so an
+    interrupted run resumes where it stopped. The full key is stored in each file's metadata and checked on load.
     """
+    from tqdm.auto import tqdm
+
     folder = cache_dir(directory) / "features"
     name = "_".join(str(key[k]) for k in sorted(key) if k != "sha256") + f"_{str(key.get('sha256', ''))[:16]}"
-    path = folder / f"{name}.safetensors"
+    path, partial_path = folder / f"{name}.safetensors", folder / f"{name}.partial.safetensors"
     key_json = json.dumps(key, sort_keys=True)
-    if path.is_file():
-        try:
-            from safetensors import safe_open
-
-            with safe_open(str(path), "pt") as fh:
-                stored_key = (fh.metadata() or {}).get("key")
-            if stored_key == key_json:
-                return load_file(str(path))["features"]
-        except (SafetensorError, OSError):
-            pass  # corrupt or foreign file: recompute and overwrite
-    feats = compute().float().contiguous()
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file({"features": feats}, str(tmp), metadata={"key": key_json})
-    tmp.replace(path)
+    done = _read_features(path, key_json)
+    if done is not None and done.shape[0] == total:
+        return done
+    partial = _read_features(partial_path, key_json)
+    parts = [partial] if partial is not None and partial.shape[0] < total else []
+    start = parts[0].shape[0] if parts else 0
+    with tqdm(total=total, initial=start, desc=desc, unit="img", disable=not progress) as bar:
+        while start < total:
+            stop = min(start + chunk, total)
+            parts.append(compute(slice(start, stop)).float())
+            start = stop
+            bar.update(stop - bar.n)
+            if start < total:
+                _write_features(partial_path, torch.cat(parts), key_json)
+    feats = torch.cat(parts) if parts else torch.zeros(0)
+    _write_features(path, feats, key_json)
+    partial_path.unlink(missing_ok=True)
     return feats
 
 
@@ -91,10 +117,12 @@ def real_inception_features(dataset: str, data_root: str | os.PathLike | None = 
     key = {"dataset": dataset, "split": split, "n": "all" if n is None else int(n), "net": "inception",
            "protocol": protocol, "sha256": sha}
 
-    def compute() -> torch.Tensor:
-        images, _ = load_split(dataset, data_root, split)
-        images = images[torch.from_numpy(subset_indices(images.shape[0], n))]
-        return inception_features(images, protocol=protocol, batch_size=batch_size, device=device,
-                                  progress=progress, desc=f"inception {dataset}/{split}")
+    images, _ = load_split(dataset, data_root, split)
+    images = images[torch.from_numpy(subset_indices(images.shape[0], n))]
 
-    return cached_features(key, compute, cache)
+    def compute(sl: slice) -> torch.Tensor:
+        return inception_features(images[sl], protocol=protocol, batch_size=batch_size, device=device,
+                                  progress=False)
+
+    return cached_features(key, images.shape[0], compute, cache, progress=progress,
+                           desc=f"inception {dataset}/{split}")

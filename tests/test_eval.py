@@ -1,0 +1,335 @@
+"""Evaluation library: FID/KID/PR on Inception features, feature cache, CFD classifier, MSE/SSIM, run records.
+
+Inception-v3 runs ~5-10 images/s on this CPU, so the Inception tests use a handful of 28x28 images.
+The stored reference vector (tests/data/inception_reference.json) is rewritten by running this file:
+``python tests/test_eval.py`` (it records the recipe, the weights' sha256 and the torch version).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from spkdiff.errors import SpkdiffError
+from spkdiff.eval import classifier as clf_mod
+from spkdiff.eval import evaluate as eval_mod
+from spkdiff.eval import features as feat_mod
+from spkdiff.eval.inception import (
+    NUM_FEATURES,
+    inception_features,
+    inception_sha256,
+    inception_weights_path,
+    resize_std,
+    to_uint8_nchw,
+)
+from spkdiff.eval.metrics import (
+    frechet_distance,
+    frechet_distance_torchmetrics,
+    kernel_distance,
+    mse,
+    precision_recall,
+    ssim_distance,
+)
+
+REFERENCE = Path(__file__).parent / "data" / "inception_reference.json"
+REFERENCE_RECIPE = ("inception_features(reference_images(), protocol='std', batch_size=2)[:, :16] where "
+                    "reference_images() (tests/test_eval.py) = uint8 (2,1,28,28): a diagonal ramp (9i + 4j) mod 256 "
+                    "and a white disc of radius 8 centred at (14, 14) on black")
+
+
+def reference_images() -> torch.Tensor:
+    i = torch.arange(28).view(28, 1)
+    j = torch.arange(28).view(1, 28)
+    ramp = ((9 * i + 4 * j) % 256).to(torch.uint8)
+    disc = (((i - 14) ** 2 + (j - 14) ** 2) < 64).to(torch.uint8) * 255
+    return torch.stack([ramp, disc])[:, None]
+
+
+# ------------------------------------------------------------------------------------------ preprocessing
+
+def test_to_uint8_nchw_accepts_dataset_and_model_layouts():
+    gray = np.arange(2 * 5 * 5, dtype=np.uint8).reshape(2, 5, 5)
+    assert to_uint8_nchw(gray).shape == (2, 1, 5, 5)
+    rgb = np.zeros((2, 5, 5, 3), dtype=np.uint8)
+    rgb[..., 1] = 7
+    out = to_uint8_nchw(rgb)
+    assert out.shape == (2, 3, 5, 5) and out[:, 1].eq(7).all() and out[:, 0].eq(0).all()
+    floats = torch.tensor([0.0, 0.5, 1.0, 1.7, -0.2]).view(1, 1, 1, 5)
+    assert to_uint8_nchw(floats).flatten().tolist() == [0, 128, 255, 255, 0]
+    with pytest.raises(SpkdiffError):
+        to_uint8_nchw(torch.zeros(2, 2, 5, 5))
+
+
+def test_resize_std_is_299_rgb_and_preserves_constants():
+    images = torch.full((2, 1, 28, 28), 200, dtype=torch.uint8)
+    images[1] = 0
+    out = resize_std(images)
+    assert out.shape == (2, 3, 299, 299) and out.dtype == torch.float32
+    assert torch.allclose(out[0], torch.tensor(200.0), atol=1e-3) and torch.allclose(out[1], torch.tensor(0.0))
+    disc = resize_std(reference_images()[1:])
+    assert disc.min() >= 0 and disc.max() <= 255  # bicubic overshoot is clipped
+    assert torch.equal(disc[:, 0], disc[:, 2])
+
+
+# ------------------------------------------------------------------------------------------ Inception
+
+def test_inception_matches_stored_reference_vector():
+    ref = json.loads(REFERENCE.read_text())
+    assert inception_sha256() == ref["inception_sha256"], "the FID Inception weights changed"
+    feats = inception_features(reference_images(), batch_size=2, progress=False)
+    assert feats.shape == (2, NUM_FEATURES)
+    np.testing.assert_allclose(feats[:, :16].numpy(), np.array(ref["features"]), rtol=1e-3, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def mnist_inception(shared_data_root):
+    """Inception features of 8 real test digits (real), 8 others at 3 noise levels, and the real ones again."""
+    images, _ = feat_mod.load_split("mnist", shared_data_root, "test")
+    real = images[:8]
+    other = images[8:16].float() / 255
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(other.shape, generator=gen)
+    levels = [0.0, 0.2, 0.5]
+    noisy = torch.cat([(other + s * noise).clamp(0, 1) for s in levels])
+    feats = inception_features(torch.cat([real, to_uint8_nchw(noisy)]), batch_size=16, progress=False)
+    again = inception_features(real, batch_size=3, progress=False)  # other batching: same features
+    return feats[:8], [feats[8 * (k + 1):8 * (k + 2)] for k in range(len(levels))], again
+
+
+def test_fid_of_a_set_with_itself_is_zero(mnist_inception):
+    real, _, again = mnist_inception
+    assert torch.allclose(real, again, rtol=1e-3, atol=1e-4)
+    assert frechet_distance(real, again) < 1e-2
+    assert frechet_distance(real, real) < 1e-6
+
+
+def test_fid_and_kid_grow_with_noise(mnist_inception):
+    real, noisy, _ = mnist_inception
+    fids = [frechet_distance(real, f) for f in noisy]
+    kids = [kernel_distance(real, f, subsets=20)[0] for f in noisy]
+    assert fids[0] > 1.0  # different digits: clearly not zero
+    assert fids[0] < fids[1] < fids[2], fids
+    assert kids[0] < kids[1] < kids[2], kids
+
+
+# ------------------------------------------------------------------------------------------ feature cache
+
+def test_real_features_are_cached_and_reused(tmp_path, monkeypatch):
+    images = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8)
+    calls = {"load": 0, "extract": 0}
+
+    def fake_load(dataset, root, split):
+        calls["load"] += 1
+        return images, torch.zeros(6, dtype=torch.int64)
+
+    def fake_extract(x, **kwargs):
+        calls["extract"] += 1
+        return x.float().mean(dim=(1, 2, 3))[:, None].repeat(1, 4)
+
+    monkeypatch.setattr(feat_mod, "load_split", fake_load)
+    monkeypatch.setattr(feat_mod, "inception_features", fake_extract)
+    first = feat_mod.real_inception_features("mnist", None, cache=tmp_path)
+    second = feat_mod.real_inception_features("MNIST", None, cache=tmp_path)  # alias of the same dataset
+    assert calls["extract"] == 1
+    assert torch.equal(first, second) and first.shape == (6, 4)
+    subset = feat_mod.real_inception_features("mnist", None, n=3, cache=tmp_path)  # other key: recomputed
+    assert calls["extract"] == 2 and subset.shape == (3, 4)
+    files = sorted((tmp_path / "features").glob("*.safetensors"))
+    assert len(files) == 2 and all(inception_sha256()[:16] in f.name for f in files)
+    files[0].write_bytes(b"garbage")  # a corrupt cache file is recomputed, not trusted
+    feat_mod.real_inception_features("mnist", None, cache=tmp_path)
+    feat_mod.real_inception_features("mnist", None, n=3, cache=tmp_path)
+    assert calls["extract"] == 3
+
+
+# ------------------------------------------------------------------------------------------ feature metrics
+
+def test_precision_recall_identical_and_shifted():
+    gen = torch.Generator().manual_seed(0)
+    real = torch.randn(300, 16, generator=gen)
+    assert precision_recall(real, real.clone()) == (1.0, 1.0)
+    shifted = real + 1.5
+    p, r = precision_recall(real, shifted)
+    assert p < 0.5 and r < 0.5
+    p_mid, r_mid = precision_recall(real, real + 0.9)
+    assert p < p_mid < 1.0 and r < r_mid < 1.0
+
+
+def test_frechet_distance_known_value_and_kid_zero_mean():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2000, 4, generator=gen, dtype=torch.float64)
+    # Same covariance, mean shifted by 2 in each of 4 dims: FD = ||mu||^2 = 16 (up to sampling noise).
+    assert abs(frechet_distance(x, x + 2.0) - 16.0) < 0.2
+    mean, std = kernel_distance(x[:1000], x[1000:], subsets=10, subset_size=500)
+    assert abs(mean) < 3 * std + 1e-3
+
+
+@pytest.mark.parametrize(("n_real", "n_fake"), [(8, 11), (50, 40), (300, 200)])
+def test_frechet_distance_matches_torchmetrics(n_real, n_fake):
+    gen = torch.Generator().manual_seed(n_real)
+    real = torch.randn(n_real, 64, generator=gen).exp()  # skewed, correlated-ish features
+    fake = 1.2 * torch.randn(n_fake, 64, generator=gen).exp() + 0.1
+    ours, ref = frechet_distance(real, fake), frechet_distance_torchmetrics(real, fake)
+    assert ours == pytest.approx(ref, rel=1e-6)
+    assert frechet_distance(real, real) < 1e-8 * ref
+
+
+def test_cached_features_resume_after_interruption(tmp_path):
+    items = torch.arange(10, dtype=torch.float32)[:, None]
+    seen: list[tuple[int, int]] = []
+
+    def compute(sl: slice) -> torch.Tensor:
+        seen.append((sl.start, sl.stop))
+        if sl.start == 6 and len(seen) < 5:
+            raise KeyboardInterrupt
+        return items[sl] * 2
+
+    key = {"dataset": "toy", "split": "test", "n": "all", "net": "x", "protocol": "p", "sha256": "0" * 64}
+    with pytest.raises(KeyboardInterrupt):
+        feat_mod.cached_features(key, 10, compute, tmp_path, chunk=3)
+    assert seen == [(0, 3), (3, 6), (6, 9)]
+    feats = feat_mod.cached_features(key, 10, compute, tmp_path, chunk=3)
+    assert seen[3:] == [(6, 9), (9, 10)]  # resumed from the saved partial result
+    assert torch.equal(feats, items * 2)
+    assert not list((tmp_path / "features").glob("*partial*"))
+    assert torch.equal(feat_mod.cached_features(key, 10, compute, tmp_path, chunk=3), feats) and len(seen) == 5
+
+
+def test_metrics_reject_bad_shapes():
+    with pytest.raises(SpkdiffError):
+        frechet_distance(torch.zeros(5, 3), torch.zeros(5, 4))
+    with pytest.raises(SpkdiffError):
+        precision_recall(torch.zeros(3, 2), torch.zeros(3, 2))  # k = 3 needs >= 4 samples
+
+
+def test_mse_and_ssim():
+    gen = torch.Generator().manual_seed(0)
+    a = torch.rand(4, 1, 28, 28, generator=gen)
+    assert mse(a, a) == 0.0
+    assert mse(torch.zeros(2, 1, 8, 8), torch.full((2, 1, 8, 8), 0.5)) == pytest.approx(0.25)
+    u = to_uint8_nchw(a)
+    assert mse(u, u.float() / 255) == pytest.approx(0.0, abs=1e-12)  # uint8 is read as x / 255
+    assert ssim_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    noise = torch.randn(a.shape, generator=gen)
+    d1 = ssim_distance(a, (a + 0.05 * noise).clamp(0, 1))
+    d2 = ssim_distance(a, (a + 0.3 * noise).clamp(0, 1))
+    assert 0 < d1 < d2 <= 2
+    assert ssim_distance(a, (a + 0.05 * noise).clamp(0, 1)) == pytest.approx(ssim_distance((a + 0.05 * noise)
+                                                                                           .clamp(0, 1), a))
+    with pytest.raises(SpkdiffError):
+        mse(a, a[:2])
+
+
+# ------------------------------------------------------------------------------------------ classifier
+
+def test_shipped_mnist_classifier_reaches_98_percent(shared_data_root):
+    clf = clf_mod.load_classifier("mnist")
+    assert clf.path is not None and clf.path.parent == clf_mod.WEIGHTS_DIR
+    assert clf.path.stat().st_size < 1_000_000
+    images, labels = feat_mod.load_split("mnist", shared_data_root, "test")
+    acc = clf_mod.accuracy(clf.model, images, labels)
+    assert acc >= 0.98
+    assert acc == pytest.approx(clf.test_accuracy, abs=2e-3)  # the recorded accuracy is the real one
+
+
+def test_train_classifier_roundtrip(tmp_path, monkeypatch):
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(64) % 2
+    images = torch.zeros(64, 1, 28, 28, dtype=torch.uint8)
+    images[labels == 1, :, :14] = 255  # class 1: bright top half
+    images = (images.float() + 30 * torch.rand(images.shape, generator=gen)).clamp(0, 255).to(torch.uint8)
+    monkeypatch.setattr(clf_mod, "load_split", lambda name, root, split: (images, labels))
+    out = tmp_path / "clf.safetensors"
+    trained = clf_mod.train_classifier("mnist", None, recipe=clf_mod.TrainRecipe(epochs=3, batch_size=16),
+                                       out=out, progress=False)
+    assert trained.test_accuracy == 1.0 and trained.meta["config"]["num_classes"] == 2
+    loaded = clf_mod.load_classifier("mnist", out)
+    assert loaded.sha256 == trained.sha256 and loaded.test_accuracy == 1.0
+    feats = clf_mod.classifier_features(loaded.model, images)
+    assert feats.shape == (64, clf_mod.FEATURE_DIM)
+    assert torch.allclose(feats, clf_mod.classifier_features(trained.model, images))
+    with pytest.raises(SpkdiffError):
+        clf_mod.load_classifier("fashion-mnist", out)  # trained for another dataset
+    bad = tmp_path / "bad.safetensors"
+    save_file({"x": torch.zeros(1)}, str(bad))
+    with pytest.raises(SpkdiffError):
+        clf_mod.load_classifier("mnist", bad)
+
+
+# ------------------------------------------------------------------------------------------ evaluate_images
+
+def test_evaluate_images_classifier_and_paired_metrics(shared_data_root, tmp_path):
+    images, _ = feat_mod.load_split("mnist", shared_data_root, "test")
+    clean = images[:500]
+    gen = torch.Generator().manual_seed(0)
+    noisy = (clean.float() / 255 + 0.4 * torch.randn(clean.shape, generator=gen)).clamp(0, 1)
+    good = eval_mod.evaluate_images(clean, "mnist", shared_data_root, ["cfd", "ckid", "cpr"], cache=tmp_path,
+                                    progress=False)
+    bad = eval_mod.evaluate_images(noisy, "mnist", shared_data_root, ["cfd", "ckid", "cpr", "mse", "ssim"],
+                                   reference=clean, cache=tmp_path, progress=False)
+    assert good["n_generated"] == 500 and good["n_real"] == 10000 and good["dataset"] == "mnist"
+    assert good["classifier_test_accuracy"] >= 0.98 and len(good["classifier_sha256"]) == 64
+    assert good["cfd"] < bad["cfd"] and good["ckid"] < bad["ckid"]
+    assert good["cprecision"] > bad["cprecision"]
+    assert bad["mse"] > 0.01 and 0 < bad["1-ssim"] <= 2
+    assert all(isinstance(v, (int, float, str)) for v in bad.values())
+    assert len(list((tmp_path / "features").glob("*.safetensors"))) == 1  # real classifier features cached
+
+
+def test_evaluate_images_inception_wiring(mnist_inception, monkeypatch, shared_data_root, tmp_path):
+    real, noisy, _ = mnist_inception
+    monkeypatch.setattr(eval_mod, "real_inception_features", lambda *a, **k: real)
+    monkeypatch.setattr(eval_mod, "inception_features", lambda *a, **k: noisy[2])
+    row = eval_mod.evaluate_images(torch.zeros(8, 1, 28, 28), "mnist", shared_data_root, ["fid", "kid", "pr"],
+                                   progress=False)
+    assert row["fid"] == pytest.approx(frechet_distance(real, noisy[2]))
+    assert row["protocol"] == "std" and row["inception_sha256"] == inception_sha256()
+    assert row["n_real"] == 8 and {"kid", "kid_std", "precision", "recall"} <= row.keys()
+
+
+def test_evaluate_images_rejects_bad_requests():
+    with pytest.raises(SpkdiffError, match="unknown metric"):
+        eval_mod.evaluate_images(torch.zeros(4, 1, 28, 28), "mnist", None, ["fid", "is"])
+    with pytest.raises(SpkdiffError, match="reference"):
+        eval_mod.evaluate_images(torch.zeros(4, 1, 28, 28), "mnist", None, ["mse"])
+    with pytest.raises(SpkdiffError, match="unknown dataset"):
+        eval_mod.evaluate_images(torch.zeros(4, 1, 28, 28), "imagenet", None, ["mse"])
+
+
+def test_append_results_row_writes_json_and_markdown(tmp_path):
+    sha = "ab" * 32
+    eval_mod.append_results_row(tmp_path / "run", {"dataset": "mnist", "fid": 12.3456789, "inception_sha256": sha})
+    rows = eval_mod.append_results_row(tmp_path / "run", {"dataset": "mnist", "cfd": 1.5, "note": "a|b"})
+    stored = json.loads((tmp_path / "run" / "metrics.json").read_text())["rows"]
+    assert stored == rows and len(rows) == 2 and rows[0]["inception_sha256"] == sha and "time" in rows[1]
+    lines = (tmp_path / "run" / "results.md").read_text().splitlines()
+    assert len(lines) == 4
+    assert lines[0] == "| time | dataset | fid | inception_sha256 | cfd | note |"
+    assert "| 12.35 |" in lines[2] and f"| {sha[:12]} |" in lines[2] and lines[2].endswith("|  |  |")
+    assert lines[3].endswith("| 1.5 | a\\|b |")
+    (tmp_path / "run" / "metrics.json").write_text("not json")
+    with pytest.raises(SpkdiffError):
+        eval_mod.append_results_row(tmp_path / "run", {"fid": 1.0})
+
+
+def test_weights_file_is_the_fid_inception():
+    path = inception_weights_path()
+    assert path.name == "default_1.pt" and path.stat().st_size > 80_000_000
+
+
+def _write_reference() -> None:
+    feats = inception_features(reference_images(), batch_size=2, progress=False)[:, :16]
+    REFERENCE.parent.mkdir(parents=True, exist_ok=True)
+    REFERENCE.write_text(json.dumps({"recipe": REFERENCE_RECIPE, "inception_sha256": inception_sha256(),
+                                     "torch": torch.__version__, "features": feats.tolist()}, indent=1) + "\n")
+    print(f"wrote {REFERENCE}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    _write_reference()
