@@ -362,3 +362,21 @@ def test_errors_are_one_line_spkdiff_errors(tmp_path):
         sim.run(torch.rand(3, 2, 2, 5, 5))
     with pytest.raises(SpkdiffError, match="unknown simulator mode"):
         Simulator(_small_graph(), mode="analog")
+
+
+def test_cli_sim_reports_counts_energy_and_mapping(tmp_path, capsys):
+    import json
+
+    from spkdiff.cli import main
+
+    path = tmp_path / "g.nir"
+    nir.write(str(path), _small_graph())
+    np.save(tmp_path / "x.npy", np.full((3, 2, 4, 4), 0.5, np.float32))  # analog, constant in time
+    out = tmp_path / "r.json"
+    assert main(["sim", str(path), "--input", f"in={tmp_path / 'x.npy'}", "--steps", "5", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["totals_per_sample"]["neuron_updates"] == 5 * (48 + 5)
+    assert report["totals_per_sample"]["macs"] > 0  # analog input: dense MACs in the first conv
+    assert report["mapping"]["cores"] == 2 and report["energy"]["total_j"] > 0
+    assert "uJ/sample" in capsys.readouterr().out
+    assert main(["sim", str(tmp_path / "missing.nir")]) == 2
