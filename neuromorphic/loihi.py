@@ -445,6 +445,8 @@ class QuantizedLayer:
 
 def _bias_format(b_int: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-neuron ``(mant, exp)`` with the smallest ``exp`` in [0, 7] such that ``|round(b / 2**exp)| <= 4095``."""
+    if b_int.size and (b_int.max() > BIAS_MANT_MAX << BIAS_EXP_MAX or b_int.min() < BIAS_MANT_MIN << BIAS_EXP_MAX):
+        raise QuantizationRangeError(f"bias {np.abs(b_int).max():.0f} beyond 13-bit mantissa << {BIAS_EXP_MAX}")
     mant = np.zeros(b_int.shape, np.int64)
     exp = np.zeros(b_int.shape, np.int64)
     for e in range(BIAS_EXP_MAX, -1, -1):
