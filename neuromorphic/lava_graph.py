@@ -1,0 +1,335 @@
+"""A NIR stage (as the simulator compiles it) as a Lava process graph, run step by step from the host.
+
+:func:`build_plan` turns a :class:`spkdiff.simulator.Simulator` (mode ``"fixed"``: the simulator's own
+integers, so Lava and the simulator use the same numbers; mode ``"float"``: float parameters) into a
+:class:`StagePlan` of neuron populations and connections (no Lava import).  :class:`LavaStage` builds it
+in Lava (``Conv``/``Dense`` + ``LIF`` + a :class:`~.lava_procs.host_io.HostDrive` for the input) and runs
+it per image.
+
+Delays.  Every Lava ``Conv``/``Dense`` delays by one step; the simulator has no delays.  Population ``k``
+therefore sees the simulator's step ``j`` at Lava step ``d_k + j`` (1-based), with ``d = 1`` for a
+population fed by the host's current directly, ``d = d_src + 1`` across a connection.  A direct
+(identity) spike edge whose source is ``D > 1`` steps ahead goes through ``D - 1`` relay populations
+(``Dense(2 I) -> LIF(du=4095, dv=4096, vth=0)`` re-emits each spike one step later) so that residual
+sums add the same simulator step.  Before its ``d_k``, a population would integrate only its bias (and
+stale activations of the previous run); the host therefore zeroes ``u`` and ``v`` of every population
+after each Lava step ``s < d_k``.  Then every state equals the simulator's bit for bit (fixed_pt), and
+the read-out population's ``v`` at Lava step ``d_R + T - 1`` is the simulator's ``v`` at its last step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from spkdiff.errors import SpkdiffError
+
+__all__ = ["Connection", "LavaStage", "Population", "StagePlan", "build_plan", "chw_to_whc", "whc_to_chw"]
+
+RELAY_WEIGHT = 2  # even (Lava truncates MIXED weights to even values), a = 2 > vth = 0
+
+
+def chw_to_whc(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(x).transpose(2, 1, 0)) if np.ndim(x) == 3 else np.asarray(x)
+
+
+def whc_to_chw(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(x).transpose(2, 1, 0)) if np.ndim(x) == 3 else np.asarray(x)
+
+
+@dataclass
+class Population:
+    """A LIF population (torch layout ``shape``); ``params``: du, dv, vth, bias_mant, bias_exp (ints in fixed
+    mode, floats in float mode, bias per neuron in torch layout)."""
+
+    name: str
+    shape: tuple[int, ...]
+    params: dict[str, Any]
+    depth: int = 1
+    scale: float = 1.0  # read-out value = v / scale
+    spiking: bool = True
+
+
+@dataclass
+class Connection:
+    """``src`` (a population or ``"input"``) -> ``dst`` through a Conv (``weight`` torch layout, ``weight_exp``
+    folded in for fixed mode) or a Dense with a diagonal ``weight`` (per-neuron vector) and ``weight_exp``."""
+
+    src: str
+    dst: str
+    kind: str  # "conv" | "diag"
+    weight: np.ndarray
+    weight_exp: int = 0
+    geometry: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StagePlan:
+    mode: str  # "fixed" | "float"
+    populations: dict[str, Population]
+    connections: list[Connection]
+    input_name: str
+    input_shape: tuple[int, ...]
+    input_kind: str  # "spikes": HostDrive -> Conv;  "current": host computes a, HostDrive -> LIF a_in
+    input_target: str  # the population (current) fed by the host
+    input_synapse: Any  # simulator op that turns a graded input into the current (current inputs)
+    readout: str
+    steps: int
+
+    @property
+    def run_steps(self) -> int:
+        """Lava steps per run: the read-out's simulator step ``T - 1`` happens at Lava step ``d_R + T - 1``."""
+        return self.populations[self.readout].depth + self.steps - 1
+
+
+def _trace(flat: Any, ops: dict, name: str) -> str:
+    while ops[name].kind == "shape" and len(flat.preds[name]) == 1:
+        name = flat.preds[name][0]
+    return name
+
+
+def _neuron_params(name: str, op: Any, mode: str, syn_biases: list[np.ndarray]) -> tuple[dict, float, bool]:
+    if mode == "fixed":
+        q = op.quant
+        p = q.params
+        return ({"du": int(p.du), "dv": int(p.dv), "vth": int(p.vth),
+                 "bias_mant": np.asarray(p.bias_mant, dtype=np.int64).reshape(op.in_shape),
+                 "bias_exp": np.asarray(p.bias_exp, dtype=np.int64).reshape(op.in_shape)}, float(q.scale), q.spiking)
+    from spkdiff.simulator.fixed import _neuron_constants
+
+    tau, r, v_th, spiking = _neuron_constants(name, op)
+    tau_in = tau if tau is not None else 1.0
+    bias = sum(syn_biases, np.zeros(op.in_shape)) * r / tau_in
+    return ({"du": 1.0, "dv": 0.0 if tau is None else 1.0 / tau, "vth": v_th if spiking else 1e30,
+             "bias_mant": bias, "bias_exp": 0, "gain": r / tau_in}, 1.0, spiking)
+
+
+def build_plan(sim: Any, steps: int, graded_input: bool = False) -> StagePlan:
+    """The Lava graph of a simulator (``sim.mode`` fixed or float) running ``steps`` SNN steps per input;
+    ``graded_input``: the input is an analog map whose first synapse the host computes (generator)."""
+    from spkdiff.simulator.fixed import FixedSynapseOp
+    from spkdiff.simulator.ops import AffineOp, ConvOp, NeuronOp, SynapseOp
+
+    flat, ops, mode = sim.flat, sim.ops, sim.mode
+    if len(flat.inputs) != 1 or len(flat.outputs) != 1:
+        raise SpkdiffError("Lava stage graphs need exactly one input and one output")
+    inp = flat.inputs[0]
+    pops: dict[str, Population] = {}
+    conns: list[Connection] = []
+    input_kind, input_target, input_syn = "spikes", "", None
+    for name in flat.order:
+        op = ops[name]
+        if op.kind != "neuron":
+            continue
+        if not isinstance(op, NeuronOp):
+            raise SpkdiffError(f"Lava: {name}: no Lava model")
+        incoming: list[tuple[str, Connection | None]] = []  # (source, connection)
+        biases: list[np.ndarray] = []
+        for p in flat.preds[name]:
+            src = _trace(flat, ops, p)
+            sop = ops[src]
+            if isinstance(sop, SynapseOp):
+                base = sop.base if isinstance(sop, FixedSynapseOp) else sop
+                pre = _trace(flat, ops, flat.preds[src][0])
+                if pre == inp and graded_input:
+                    input_kind, input_target, input_syn = "current", name, sop
+                    incoming.append(("input-current", None))
+                    if mode == "float" and base.bias is not None:
+                        biases.append(_bias_of(base, op.in_shape))
+                    continue
+                if not isinstance(base, ConvOp | AffineOp):
+                    raise SpkdiffError(f"Lava: {src}: {type(base).__name__} has no Lava connection here")
+                if mode == "fixed":
+                    if sop.w_int is None:
+                        raise SpkdiffError(f"Lava: {src}: no integer weights")
+                    w, e = sop.w_int.numpy().astype(np.int64), int(sop.weight_exp)
+                else:
+                    w, e = base.weight.double().numpy(), 0
+                    if base.bias is not None:
+                        biases.append(_bias_of(base, op.in_shape))
+                if isinstance(base, ConvOp):
+                    if mode == "fixed":
+                        if e < 0:
+                            raise SpkdiffError(f"Lava: {src}: Lava's Conv cannot apply weight_exp {e} < 0")
+                        w, e = w << e, 0
+                    geo = {"stride": base.stride, "padding": base.padding, "dilation": base.dilation,
+                           "groups": base.groups, "in_shape": tuple(base.in_shape)}
+                    conn = Connection(pre if pre != inp else "input", name, "conv", w, e, geo)
+                else:
+                    raise SpkdiffError(f"Lava: {src}: dense layers are not wired yet (the stages are convolutional)")
+                incoming.append((conn.src, conn))
+            elif getattr(sop, "kind", "") == "neuron" or src == inp:
+                if mode == "fixed":
+                    w, e = op.quant.direct[p]
+                else:
+                    w, e = 1.0, 0
+                vec = np.full(int(np.prod(op.in_shape)), w, dtype=np.int64 if mode == "fixed" else np.float64)
+                incoming.append((src if src != inp else "input", Connection(src if src != inp else "input", name,
+                                                                            "diag", vec, int(e))))
+            else:
+                raise SpkdiffError(f"Lava: {name}: unsupported input {src!r}")
+        params, scale, spiking = _neuron_params(name, op, mode, biases)
+
+        def depth_of(src: str) -> int:
+            return 1 if src in ("input", "input-current") else pops[src].depth
+
+        need = [depth_of(s) + (0 if s == "input-current" else 1) for s, _ in incoming]
+        d = max(need)
+        for (_, conn), arrive in zip(incoming, need):
+            if conn is None:
+                if arrive != d:
+                    raise SpkdiffError(f"Lava: {name}: the host current cannot be delayed")
+                continue
+            if arrive != d:
+                if conn.kind != "diag":
+                    raise SpkdiffError(f"Lava: {name}: a convolution input arrives {d - arrive} steps early")
+                prev = conn.src
+                for k in range(d - arrive):
+                    relay = f"{name}__relay{k}_{prev}"
+                    shape = pops[prev].shape if prev in pops else tuple(sim.inputs[inp])
+                    pops[relay] = Population(relay, shape, _relay_params(shape, mode), depth_of(prev) + 1)
+                    one = np.full(int(np.prod(shape)), RELAY_WEIGHT if mode == "fixed" else 1.0)
+                    conns.append(Connection(prev, relay, "diag", one.astype(np.int64 if mode == "fixed" else float)))
+                    prev = relay
+                conn.src = prev
+            conns.append(conn)
+        pops[name] = Population(name, tuple(op.in_shape), params, d, scale, spiking)
+    out = _trace(flat, ops, flat.preds[flat.outputs[0]][0])
+    if out not in pops:
+        raise SpkdiffError(f"Lava: the output {out!r} is not a neuron population")
+    return StagePlan(mode, pops, conns, inp, tuple(sim.inputs[inp]), input_kind, input_target, input_syn, out, steps)
+
+
+def host_current(plan: StagePlan, x: torch.Tensor) -> np.ndarray:
+    """The current the host sends into ``plan.input_target`` for graded inputs ``x`` (B, *input_shape): the
+    simulator's rounded integer current (fixed) or ``gain * conv(x)`` without bias (float)."""
+    from spkdiff.simulator.ops import Signal
+
+    op = plan.input_synapse
+    with torch.no_grad():
+        if plan.mode == "fixed":
+            a = op.run(Signal(x.float(), True, False), 1, None).data
+            return a.to(torch.int64).numpy()
+        a = op._conv(x.double(), op.weight.double(), None, op.stride, op.padding, op.dilation, op.groups)
+        return (a * plan.populations[plan.input_target].params["gain"]).numpy()
+
+
+def _bias_of(base: Any, shape: tuple[int, ...]) -> np.ndarray:
+    with torch.no_grad():
+        b = base.fn(torch.zeros(1, *base.in_shape, dtype=torch.float32))[0].double().numpy()
+    return b.reshape(shape)
+
+
+def _relay_params(shape: tuple[int, ...], mode: str) -> dict[str, Any]:
+    if mode == "fixed":
+        return {"du": 4095, "dv": 4096, "vth": 0, "bias_mant": np.zeros(shape, np.int64),
+                "bias_exp": np.zeros(shape, np.int64)}
+    return {"du": 1.0, "dv": 1.0, "vth": 0.5, "bias_mant": np.zeros(shape), "bias_exp": 0, "gain": 1.0}
+
+
+class LavaStage:
+    """The plan's Lava processes; :meth:`run` feeds one input and returns the read-out ``v`` (torch layout).
+
+    Must run inside a Lava-enabled process (see :func:`~.lava_runner.run_isolated`); call :meth:`stop`.
+    """
+
+    def __init__(self, plan: StagePlan) -> None:
+        from lava.proc.conv.process import Conv
+        from lava.proc.dense.process import Dense
+        from lava.proc.lif.process import LIF
+
+        from spkdiff.neuromorphic import loihi
+        from spkdiff.neuromorphic.lava_procs.host_io import HostDrive
+
+        self.plan = plan
+        fixed = plan.mode == "fixed"
+        self.lifs: dict[str, Any] = {}
+        for name, pop in plan.populations.items():
+            p = pop.params
+            whc = tuple(reversed(pop.shape)) if len(pop.shape) == 3 else pop.shape
+            if fixed:
+                self.lifs[name] = LIF(shape=whc, du=p["du"], dv=p["dv"], vth=p["vth"],
+                                      bias_mant=chw_to_whc(p["bias_mant"]).astype(np.int32),
+                                      bias_exp=chw_to_whc(p["bias_exp"]).astype(np.int32), name=name)
+            else:
+                self.lifs[name] = LIF(shape=whc, du=p["du"], dv=p["dv"], vth=p["vth"],
+                                      bias_mant=chw_to_whc(np.broadcast_to(p["bias_mant"], pop.shape)), name=name)
+        if plan.input_kind == "current":
+            tgt = plan.populations[plan.input_target]
+            self.drive_shape = tuple(reversed(tgt.shape))
+        else:
+            self.drive_shape = tuple(reversed(plan.input_shape))
+        self.drive = HostDrive(shape=self.drive_shape)
+        if plan.input_kind == "current":
+            self.drive.out.connect(self.lifs[plan.input_target].a_in)
+        self.conns: list[Any] = []
+        for c in plan.connections:
+            src_port = self.drive.out if c.src == "input" else self.lifs[c.src].s_out
+            dst = self.lifs[c.dst]
+            if c.kind == "conv":
+                w = loihi.lava_conv_weight(c.weight)
+                gain = 1.0 if fixed else plan.populations[c.dst].params["gain"]
+                proc = Conv(weight=w.astype(np.int32) if fixed else w * gain,
+                            input_shape=tuple(reversed(c.geometry["in_shape"])), stride=c.geometry["stride"],
+                            padding=c.geometry["padding"], dilation=c.geometry["dilation"],
+                            groups=c.geometry["groups"])
+                src_port.connect(proc.s_in)
+                proc.a_out.connect(dst.a_in)
+            else:
+                gain = 1.0 if fixed or c.dst.count("__relay") else plan.populations[c.dst].params["gain"]
+                kw: dict[str, Any] = {"weight_exp": int(c.weight_exp), "num_weight_bits": 8} if fixed else {}
+                if fixed:
+                    kw["sign_mode"] = _sign_mode(c.weight)
+                    w = np.diag(c.weight).astype(np.int32)
+                else:
+                    w = np.diag(c.weight.astype(float) * gain)
+                proc = Dense(weights=w, **kw)
+                src_port.flatten().connect(proc.s_in)
+                proc.a_out.reshape(dst.a_in.shape).connect(dst.a_in)
+            self.conns.append(proc)
+        self.started = False
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """One input (torch layout; spikes, or the integer/float current for ``current`` inputs) -> read-out
+        ``v`` at the last simulator step (torch layout; ints in fixed mode)."""
+        from lava.magma.core.run_conditions import RunSteps
+        from lava.magma.core.run_configs import Loihi2SimCfg
+
+        plan = self.plan
+        fixed = plan.mode == "fixed"
+        data = chw_to_whc(x)
+        data = data.astype(np.int32) if fixed else data.astype(float)
+        cfg = Loihi2SimCfg(select_tag="fixed_pt" if fixed else "floating_pt")
+        if not self.started:  # compile with the first input
+            self.drive.data.init = data
+        else:
+            self.drive.data.set(data)
+        max_depth = max(p.depth for p in plan.populations.values())
+        for s in range(1, plan.run_steps + 1):
+            self.drive.run(condition=RunSteps(num_steps=1), run_cfg=cfg)
+            self.started = True
+            if s < max_depth:
+                for name, pop in plan.populations.items():
+                    if s < pop.depth:
+                        zero = np.zeros(self.lifs[name].u.shape, dtype=np.int32 if fixed else float)
+                        self.lifs[name].u.set(zero)
+                        self.lifs[name].v.set(zero)
+        v = np.asarray(self.lifs[plan.readout].v.get())
+        return whc_to_chw(v.astype(np.int64) if fixed else v.astype(np.float64))
+
+    def stop(self) -> None:
+        if self.started:
+            self.drive.stop()
+
+
+def _sign_mode(w: np.ndarray) -> Any:
+    from lava.utils.weightutils import SignMode
+
+    if (w >= 0).all():
+        return SignMode.EXCITATORY
+    if (w <= 0).all():
+        return SignMode.INHIBITORY
+    return SignMode.MIXED
