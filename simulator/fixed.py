@@ -284,7 +284,7 @@ class FixedSynapseOp(SynapseOp):
     def _float_current(self, x: torch.Tensor) -> torch.Tensor:
         b = self.base
         if isinstance(b, AffineOp):
-            return torch.nn.functional.linear(x, b.weight)
+            return torch.nn.functional.linear(b._in(x), b.weight)
         if isinstance(b, ConvOp):
             return b._conv(x, b.weight, None, b.stride, b.padding, b.dilation, b.groups)
         return b.fn(x)
@@ -299,7 +299,7 @@ class FixedSynapseOp(SynapseOp):
             if isinstance(b, ConvOp):
                 a = loihi.conv_fixed(flat, self.w_int, self.weight_exp, b.stride, b.padding, b.dilation, b.groups)
             else:
-                a = loihi.dense_fixed(flat, self.w_int, self.weight_exp)
+                a = loihi.dense_fixed(self.base._in(flat), self.w_int, self.weight_exp)
         else:
             with torch.no_grad():
                 a = _round_current(self._float_current(flat), self.analog_factor)

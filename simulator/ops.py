@@ -194,17 +194,23 @@ class AffineOp(SynapseOp):
         self.weight = torch.as_tensor(w, dtype=torch.float32).contiguous()
         b = getattr(node, "bias", None)
         self.bias = None if b is None else torch.as_tensor(np.asarray(b), dtype=torch.float32).reshape(-1)
-        if self.in_shape[-1] != w.shape[1]:
+        # exporters that count Flatten dims with the batch axis leave e.g. (C, H*W) for an Affine that
+        # reads C*H*W features: flatten the whole sample then
+        self.flatten_all = self.in_shape[-1] != w.shape[1] and int(np.prod(self.in_shape)) == w.shape[1]
+        if self.in_shape[-1] != w.shape[1] and not self.flatten_all:
             raise SpkdiffError(f"{name}: input shape {self.in_shape} does not end in the weight's "
                                f"{w.shape[1]} input features")
-        self.out_shape = (*self.in_shape[:-1], w.shape[0])
+        self.out_shape = (w.shape[0],) if self.flatten_all else (*self.in_shape[:-1], w.shape[0])
+
+    def _in(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], -1) if self.flatten_all else x
 
     def fn(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return F.linear(self._in(x), self.weight, self.bias)
 
     def apply(self, x: torch.Tensor, mask: bool) -> torch.Tensor:
         w = (self.weight != 0) if mask else torch.ones_like(self.weight)
-        return F.linear(x, w.to(x.dtype))
+        return F.linear(self._in(x), w.to(x.dtype))
 
 
 class ConvOp(SynapseOp):

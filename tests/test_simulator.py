@@ -380,3 +380,12 @@ def test_cli_sim_reports_counts_energy_and_mapping(tmp_path, capsys):
     assert report["mapping"]["cores"] == 2 and report["energy"]["total_j"] > 0
     assert "uJ/sample" in capsys.readouterr().out
     assert main(["sim", str(tmp_path / "missing.nir")]) == 2
+
+
+def test_affine_after_partial_flatten_reads_the_whole_sample():
+    """Some exporters count Flatten dims with the batch axis: (C, H*W) into an Affine over C*H*W features."""
+    graph = _small_graph(3)
+    x = torch.rand(4, 2, 2, 4, 4)
+    expected = Simulator(graph).run(x).outputs["out"]
+    graph.nodes["flat"] = nir.Flatten(input_type={"input": np.array([3, 4, 4])}, start_dim=1)  # -> (3, 16)
+    assert torch.equal(Simulator(graph).run(x).outputs["out"], expected)
