@@ -49,8 +49,11 @@ class Stages:
     quant: dict | None = None  # fixed-mode options of the bundle's quantisation
 
 
-def load_stages(path: str | Path) -> Stages:
-    """From a deployment bundle (``spkdiff.bundle.load_bundle``) or a trained run directory."""
+def load_stages(path: str | Path | Stages) -> Stages:
+    """From a deployment bundle (``spkdiff.bundle.load_bundle``) or a trained run directory (a
+    :class:`Stages` is returned as is)."""
+    if isinstance(path, Stages):
+        return path
     path = Path(path)
     if not path.exists():
         raise SpkdiffError(f"{path} does not exist")
@@ -133,7 +136,7 @@ def _settings(stages: Stages, method: str | None, steps: int | None, temperature
     return m, s, (temperature if temperature is not None else d.get("temperature", 1.0))
 
 
-def sample_reference(path: str, n: int, steps: int | None = None, method: str | None = None,
+def sample_reference(path: str | Stages, n: int, steps: int | None = None, method: str | None = None,
                      temperature: float | None = None, seed: int = 0, fixed: bool = True,
                      batch_size: int = 256, record: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """The same loop on the simulator (``fixed``: Loihi fixed point, else float); ``record`` collects the raw
@@ -161,7 +164,7 @@ def sample_reference(path: str, n: int, steps: int | None = None, method: str | 
                           temp, seed, batch_size)
 
 
-def lava_job(path: str, n: int, steps: int | None, method: str | None, temperature: float | None, seed: int,
+def lava_job(path: str | Stages, n: int, steps: int | None, method: str | None, temperature: float | None, seed: int,
              fixed: bool, batch_size: int, record: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
     """Body of the isolated Lava process: build both stage graphs, run the loop, stop Lava."""
     from spkdiff.neuromorphic.lava_graph import LavaStage, build_plan, host_current
@@ -175,7 +178,7 @@ def lava_job(path: str, n: int, steps: int | None, method: str | None, temperatu
              "generator": build_plan(Simulator(stages.generator, mode=mode, quant=q), stages.gen_steps,
                                      graded_input=True)}
     lava = {k: LavaStage(p) for k, p in plans.items()}
-    recorded: dict[str, list] = {"sdid": [], "generator": []}
+    recorded: dict[str, list] = {"sdid": [], "generator": [], "sdid_raw": [], "generator_raw": []}
 
     def runner(key: str) -> Callable[[torch.Tensor], torch.Tensor]:
         plan, stage = plans[key], lava[key]
@@ -183,11 +186,12 @@ def lava_job(path: str, n: int, steps: int | None, method: str | None, temperatu
         def fn(x: torch.Tensor) -> torch.Tensor:
             feed = host_current(plan, x) if plan.input_kind == "current" else x.numpy()
             raw = np.stack([stage.run(feed[b]) for b in range(feed.shape[0])])
-            if record:
-                recorded[key].append(raw.copy())
             v = torch.from_numpy(raw)
             if fixed:  # the simulator's read-out units: v_int / scale, stored as float32
-                return (v.double() / plan.populations[plan.readout].scale).float()
+                v = (v.double() / plan.populations[plan.readout].scale).float()
+            if record:
+                recorded[key].append(v.clone())
+                recorded[key + "_raw"].append(raw.copy())
             return v.float()
         return fn
 
