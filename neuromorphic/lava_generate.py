@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,8 @@ class Stages:
     crop: tuple[int, int]
     fine_channels: int
     sample_defaults: dict
-    quant: dict | None = None  # fixed-mode options of the bundle's quantisation
+    quant: dict = field(default_factory=dict)  # stage -> fixed-mode options of the bundle's quantisation
+    loihi: dict | None = None  # stage -> neuron -> the bundle's integers (checked against the Lava graph)
 
 
 def load_stages(path: str | Path | Stages) -> Stages:
@@ -90,7 +91,15 @@ def _stages_from_bundle(path: Path) -> Stages:
     return Stages(b.graphs["sdid"], b.graphs["generator"], torch.as_tensor(b.codebook).float(), int(ms["num_codes"]),
                   int(ms["diffusion_steps"]), int(ms["time_bins"]), int(grid), b.time_steps("sdid"),
                   b.time_steps("generator"), int(do["depth_to_space"]), tuple(int(c) for c in do["crop"]),
-                  int(fine[0]), sample, dict(b.quant_options))
+                  int(fine[0]), sample, _stage_quant(b.quant_options), b.loihi)
+
+
+def _stage_quant(options: dict) -> dict:
+    """``stage -> options`` from the bundle's quantisation options (``per_stage`` or shared)."""
+    per = options.get("per_stage")
+    if per is not None:
+        return {k: dict(v) for k, v in per.items()}
+    return {k: dict(options) for k in ("encoder", "generator", "sdid")}
 
 
 def _image(stages: Stages, v: torch.Tensor) -> torch.Tensor:
@@ -145,8 +154,8 @@ def sample_reference(path: str | Stages, n: int, steps: int | None = None, metho
 
     stages = load_stages(path)
     mode = "fixed" if fixed else "float"
-    q = stages.quant if fixed else None
-    sims = {k: Simulator(g, mode=mode, quant=q) for k, g in (("sdid", stages.sdid), ("generator", stages.generator))}
+    sims = {k: Simulator(g, mode=mode, quant=stages.quant.get(k) if fixed else None)
+            for k, g in (("sdid", stages.sdid), ("generator", stages.generator))}
 
     def runner(key: str, t: int) -> Callable[[torch.Tensor], torch.Tensor]:
         sim = sims[key]
@@ -167,16 +176,19 @@ def sample_reference(path: str | Stages, n: int, steps: int | None = None, metho
 def lava_job(path: str | Stages, n: int, steps: int | None, method: str | None, temperature: float | None, seed: int,
              fixed: bool, batch_size: int, record: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
     """Body of the isolated Lava process: build both stage graphs, run the loop, stop Lava."""
-    from spkdiff.neuromorphic.lava_graph import LavaStage, build_plan, host_current
+    from spkdiff.neuromorphic.lava_graph import LavaStage, build_plan, host_current, verify_plan
     from spkdiff.simulator import Simulator
 
     stages = load_stages(path)
     mode = "fixed" if fixed else "float"
-    q = stages.quant if fixed else None
+    q = stages.quant if fixed else {}
     t0 = time.perf_counter()
-    plans = {"sdid": build_plan(Simulator(stages.sdid, mode=mode, quant=q), stages.sdid_steps),
-             "generator": build_plan(Simulator(stages.generator, mode=mode, quant=q), stages.gen_steps,
-                                     graded_input=True)}
+    plans = {"sdid": build_plan(Simulator(stages.sdid, mode=mode, quant=q.get("sdid")), stages.sdid_steps),
+             "generator": build_plan(Simulator(stages.generator, mode=mode, quant=q.get("generator")),
+                                     stages.gen_steps, graded_input=True)}
+    if fixed and stages.loihi is not None:
+        for key, plan in plans.items():
+            verify_plan(plan, stages.loihi[key])
     lava = {k: LavaStage(p) for k, p in plans.items()}
     recorded: dict[str, list] = {"sdid": [], "generator": [], "sdid_raw": [], "generator_raw": []}
 

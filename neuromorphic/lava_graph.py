@@ -64,6 +64,7 @@ class Connection:
     weight: np.ndarray
     weight_exp: int = 0
     geometry: dict[str, Any] = field(default_factory=dict)
+    synapse: str = ""  # the NIR synapse node (conv) or the direct edge's source (diag)
 
 
 @dataclass
@@ -157,7 +158,7 @@ def build_plan(sim: Any, steps: int, graded_input: bool = False) -> StagePlan:
                         w, e = w << e, 0
                     geo = {"stride": base.stride, "padding": base.padding, "dilation": base.dilation,
                            "groups": base.groups, "in_shape": tuple(base.in_shape)}
-                    conn = Connection(pre if pre != inp else "input", name, "conv", w, e, geo)
+                    conn = Connection(pre if pre != inp else "input", name, "conv", w, e, geo, src)
                 else:
                     raise SpkdiffError(f"Lava: {src}: dense layers are not wired yet (the stages are convolutional)")
                 incoming.append((conn.src, conn))
@@ -167,8 +168,8 @@ def build_plan(sim: Any, steps: int, graded_input: bool = False) -> StagePlan:
                 else:
                     w, e = 1.0, 0
                 vec = np.full(int(np.prod(op.in_shape)), w, dtype=np.int64 if mode == "fixed" else np.float64)
-                incoming.append((src if src != inp else "input", Connection(src if src != inp else "input", name,
-                                                                            "diag", vec, int(e))))
+                tail = src if src != inp else "input"
+                incoming.append((tail, Connection(tail, name, "diag", vec, int(e), synapse=p)))
             else:
                 raise SpkdiffError(f"Lava: {name}: unsupported input {src!r}")
         params, scale, spiking = _neuron_params(name, op, mode, biases)
@@ -201,6 +202,37 @@ def build_plan(sim: Any, steps: int, graded_input: bool = False) -> StagePlan:
     if out not in pops:
         raise SpkdiffError(f"Lava: the output {out!r} is not a neuron population")
     return StagePlan(mode, pops, conns, inp, tuple(sim.inputs[inp]), input_kind, input_target, input_syn, out, steps)
+
+
+def verify_plan(plan: StagePlan, layers: dict[str, Any]) -> None:
+    """Raise unless the plan's integers are the bundle's (``spkdiff.bundle.LoihiLayer`` per neuron node)."""
+    def bad(what: str) -> SpkdiffError:
+        return SpkdiffError(f"Lava: {what} differs from the bundle's Loihi parameters (re-export the bundle)")
+
+    for name, pop in plan.populations.items():
+        if "__relay" in name:
+            continue
+        lay = layers.get(name)
+        if lay is None:
+            raise bad(f"neuron {name} (missing)")
+        p = pop.params
+        if (p["du"], p["dv"], p["vth"]) != (int(lay.du), int(lay.dv), int(lay.vth)) or pop.scale != float(lay.scale):
+            raise bad(f"{name}: du/dv/vth/scale")
+        if not (np.array_equal(p["bias_mant"], np.asarray(lay.bias_mant).reshape(pop.shape))
+                and np.array_equal(p["bias_exp"], np.asarray(lay.bias_exp).reshape(pop.shape))):
+            raise bad(f"{name}: bias")
+    for c in plan.connections:
+        lay = layers.get(c.dst)
+        if lay is None:
+            continue  # relays
+        if c.kind == "conv":
+            syn = lay.synapses.get(c.synapse)
+            if syn is None or syn.weight_int is None or not np.array_equal(
+                    np.asarray(syn.weight_int, dtype=np.int64) << int(syn.weight_exp), c.weight):
+                raise bad(f"{c.synapse} -> {c.dst}: weights")
+        elif c.synapse in lay.direct and tuple(int(v) for v in lay.direct[c.synapse]) != (int(c.weight[0]),
+                                                                                          c.weight_exp):
+            raise bad(f"{c.synapse} -> {c.dst}: direct edge weight")
 
 
 def host_current(plan: StagePlan, x: torch.Tensor) -> np.ndarray:
