@@ -1,0 +1,187 @@
+"""Deployment bundles (``spkdiff-export --target lava``): read one without the training or export code.
+
+Layout of a bundle folder::
+
+    manifest.json                 the export manifest (target "lava", bundle_version, versions incl. lava-nc)
+    encoder.nir generator.nir sdid.nir        NIR graphs of the on-chip stages (float parameters)
+    encoder.loihi.safetensors ...             Loihi integers of every neuron node of that stage
+
+``manifest["stages"][stage]["loihi"]`` describes the integers: per neuron node ``du, dv, vth, scale,
+spiking, analog_factor, method`` and its tensors ``bias_mant``/``bias_exp`` (population shape), per folded
+synapse ``weight_int`` (torch layout, ``a = shift(W_int s, weight_exp)``) and per direct spike edge an
+integer weight.  A neuron's float potential is ``V = v_int / scale``; graded (analog) input currents
+``X`` enter as ``a = round(X * analog_factor)``.  ``files`` holds the sha256 of every other file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spkdiff.errors import SpkdiffError
+
+FORMAT = "spkdiff-export"
+TARGET = "lava"
+BUNDLE_VERSION = 1
+STAGES = ("encoder", "generator", "sdid")
+
+
+class BundleError(SpkdiffError):
+    """A bundle is missing, damaged, or was written by another version."""
+
+
+@dataclass
+class LoihiSynapse:
+    """A synaptic node folded into its neuron: ``a = shift(weight_int @ s, weight_exp)`` for spikes."""
+
+    name: str
+    weight_int: np.ndarray | None  # int64, torch layout; None: graded-only input (host-encoded currents)
+    weight_exp: int
+    sign_mode: int | None  # loihi.SignMode value of weight_int
+    analog_input: bool  # fed by graded values (image currents, embeddings): a = round(X * analog_factor)
+
+
+@dataclass
+class LoihiLayer:
+    """Integer constants of one neuron node (Lava ``LIF`` arguments) and its inputs."""
+
+    name: str
+    method: str  # "quantize_layer" (one synapse) or "joint" (residual sum: one shared vth)
+    du: int
+    dv: int
+    vth: int
+    scale: float  # v_int per float unit of membrane potential
+    spiking: bool
+    analog_factor: float
+    bias_mant: np.ndarray  # int64, population shape
+    bias_exp: np.ndarray
+    synapses: dict[str, LoihiSynapse] = field(default_factory=dict)
+    direct: dict[str, tuple[int, int]] = field(default_factory=dict)  # spike edge -> (weight, weight_exp)
+
+    def lif_params(self) -> Any:
+        """As :class:`spkdiff.neuromorphic.loihi.LifParams` (validated ranges)."""
+        import torch
+
+        from spkdiff.neuromorphic import loihi
+
+        return loihi.LifParams(du=self.du, dv=self.dv, vth=self.vth, bias_mant=torch.as_tensor(self.bias_mant),
+                               bias_exp=torch.as_tensor(self.bias_exp))
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: ``graphs[stage]`` (nir.NIRGraph), ``loihi[stage][neuron]``, host constants."""
+
+    path: Path
+    manifest: dict[str, Any]
+    graphs: dict[str, Any]
+    loihi: dict[str, dict[str, LoihiLayer]]
+    codebook: np.ndarray  # (K, C) float32
+
+    @property
+    def stages(self) -> list[str]:
+        return list(self.manifest["stages"])
+
+    def stage(self, name: str) -> dict[str, Any]:
+        if name not in self.manifest["stages"]:
+            raise BundleError(f"bundle {self.path} has no {name} stage (stages: {', '.join(self.stages)})")
+        return self.manifest["stages"][name]
+
+    def time_steps(self, stage: str) -> int:
+        return int(self.stage(stage)["time_steps"])
+
+    @property
+    def host(self) -> dict[str, Any]:
+        return self.manifest["host"]
+
+    @property
+    def sampler(self) -> dict[str, Any]:
+        """``host.mask_sampler``: num_codes, diffusion_steps, time_bins, grid, method, steps, temperature."""
+        if "mask_sampler" not in self.host:
+            raise BundleError(f"bundle {self.path} holds no trained SDID (no host.mask_sampler)")
+        return self.host["mask_sampler"]
+
+    @property
+    def decoder_output(self) -> dict[str, Any]:
+        return self.host["decoder_output"]
+
+    @property
+    def quant_options(self) -> dict[str, Any]:
+        return dict(self.manifest.get("lava", {}).get("quantization", {}).get("options", {}))
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The checked manifest of bundle folder ``path`` (format, target and version, file hashes)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise BundleError(f"bundle folder not found: {root}")
+    mpath = root / "manifest.json"
+    if not mpath.is_file():
+        raise BundleError(f"{root} is not a bundle: manifest.json is missing")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (OSError, ValueError) as err:
+        raise BundleError(f"{mpath}: unreadable manifest ({err})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{mpath} was not written by spkdiff-export")
+    if manifest.get("target") != TARGET:
+        raise BundleError(f"{root} is a {manifest.get('target')!r} export, not a bundle: export it with --target lava")
+    if manifest.get("bundle_version") != BUNDLE_VERSION:
+        raise BundleError(f"{root} is bundle version {manifest.get('bundle_version')!r}; this spkdiff reads version "
+                          f"{BUNDLE_VERSION}: re-export it with this version")
+    for name, digest in manifest.get("files", {}).items():
+        f = root / name
+        if not f.is_file():
+            raise BundleError(f"bundle {root} is incomplete: {name} is missing")
+        if sha256(f) != digest:
+            raise BundleError(f"bundle {root}: {name} does not match its sha256 in manifest.json (modified or damaged)")
+    return manifest
+
+
+def _layer(name: str, meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> LoihiLayer:
+    syns = {s: LoihiSynapse(s, None if m.get("weight") is None else tensors[m["weight"]].astype(np.int64),
+                            int(m["weight_exp"]), m.get("sign_mode"), bool(m.get("analog_input", False)))
+            for s, m in meta.get("synapses", {}).items()}
+    direct = {d: (int(m["weight"]), int(m["weight_exp"])) for d, m in meta.get("direct", {}).items()}
+    return LoihiLayer(name, meta["method"], int(meta["du"]), int(meta["dv"]), int(meta["vth"]), float(meta["scale"]),
+                      bool(meta["spiking"]), float(meta["analog_factor"]), tensors[meta["bias_mant"]].astype(np.int64),
+                      tensors[meta["bias_exp"]].astype(np.int64), syns, direct)
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Read and verify a bundle folder; any problem is one-line :class:`BundleError`."""
+    import nir
+    from safetensors.numpy import load_file
+
+    root = Path(path)
+    manifest = read_manifest(root)
+    graphs: dict[str, Any] = {}
+    layers: dict[str, dict[str, LoihiLayer]] = {}
+    for stage, entry in manifest["stages"].items():
+        try:
+            graphs[stage] = nir.read(str(root / entry["file"]))
+        except Exception as err:  # h5py / nir raise many types
+            raise BundleError(f"bundle {root}: cannot read {entry.get('file')}: {err}") from None
+        q = entry.get("loihi")
+        if q is None:
+            raise BundleError(f"bundle {root}: stage {stage} has no Loihi parameters")
+        try:
+            tensors = load_file(str(root / q["file"]))
+            layers[stage] = {n: _layer(n, m, tensors) for n, m in q["layers"].items()}
+        except (OSError, KeyError, ValueError, TypeError) as err:
+            raise BundleError(f"bundle {root}: stage {stage}: bad Loihi parameters ({err})") from None
+    codebook = np.asarray(manifest["host"]["codebook_lookup"]["codebook"], dtype=np.float32)
+    return Bundle(root, manifest, graphs, layers, codebook)
