@@ -1,5 +1,7 @@
-"""``spkdiff sim``: run a NIR graph on the simulator and report counts, energy and chip mapping.
+"""``spkdiff sim``: run a NIR graph, or a bundle's whole generative loop, on the simulator and report
+counts, energy and chip mapping.
 
+    spkdiff sim --bundle BUNDLE_DIR --n 16 [--fixed] [--steps S] --report OUT_DIR
     spkdiff sim GRAPH.nir [--input NAME=x.npy] [--steps T --batch B --rate p] [--mode float|fixed]
                 [--profile loihi --ann-profile cmos45nm] [--compartments-per-core 1024 ...] [--json out.json]
 
@@ -17,10 +19,20 @@ from spkdiff.errors import SpkdiffError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("graph", type=Path, help="NIR graph file")
+    parser.add_argument("graph", type=Path, nargs="?", default=None, help="NIR graph file (or use --bundle)")
+    parser.add_argument("--bundle", type=Path, default=None,
+                        help="deployment bundle (spkdiff-export --target lava): run the whole generative loop")
+    parser.add_argument("--n", type=int, default=16, help="bundle mode: images to generate (default 16)")
+    parser.add_argument("--fixed", action="store_true", help="bundle mode: Loihi fixed point (the bundle's integers)")
+    parser.add_argument("--method", choices=("paper", "confidence"), default=None, help="bundle mode: sampler")
+    parser.add_argument("--temperature", type=float, default=None, help="bundle mode: sampler temperature")
+    parser.add_argument("--batch-size", type=int, default=256, help="bundle mode: images per batch")
+    parser.add_argument("--report", type=Path, default=None,
+                        help="bundle mode: folder for samples.png, report.json, report.md and plots")
     parser.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
                         help="input array per input node (repeatable); others get random spikes")
-    parser.add_argument("--steps", type=int, default=16, help="time steps (default 16)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="graph mode: time steps (default 16); bundle mode: sampler steps (default: bundle's)")
     parser.add_argument("--batch", type=int, default=8, help="batch size of random inputs (default 8)")
     parser.add_argument("--rate", type=float, default=0.1, help="spike probability of random inputs (default 0.1)")
     parser.add_argument("--seed", type=int, default=0)
@@ -60,6 +72,14 @@ def run(args: argparse.Namespace) -> int:
     from .engine import Simulator
     from .mapping import ChipLimits, map_to_chip
 
+    if args.bundle is not None:
+        from .report import run_bundle
+
+        return run_bundle(args)
+    if args.graph is None:
+        raise SpkdiffError("give a NIR graph file or --bundle BUNDLE_DIR")
+    if args.steps is None:
+        args.steps = 16
     if args.steps < 1 or args.batch < 1:
         raise SpkdiffError("--steps and --batch must be positive")
     sim = Simulator(args.graph, mode=args.mode, dt=args.dt)

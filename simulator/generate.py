@@ -131,6 +131,7 @@ class Generation:
     warnings: list[str] = field(default_factory=list)
     quant_from_bundle: bool = False
     quant_matches_simulator: bool = True
+    simulators: dict[str, Simulator] = field(default_factory=dict, repr=False)
 
     def info(self) -> dict[str, Any]:
         n = self.images.shape[0]
@@ -237,7 +238,7 @@ def generate(bundle: Bundle | str | Path, n: int, *, fixed: bool = False, steps:
                 "seed": seed, "batch_size": batch_size, "n": n}
     return Generation(torch.cat(images), torch.cat(tokens), seconds, sampler.steps,
                       sampler.steps * b.time_steps("sdid") + b.time_steps("generator"), settings, counters,
-                      pipe.warnings, fixed, pipe.quant_matches)
+                      pipe.warnings, fixed, pipe.quant_matches, pipe.sims)
 
 
 # ----------------------------------------------------------------------------- CLI entry points
