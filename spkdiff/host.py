@@ -125,12 +125,13 @@ class MaskSampler:
     ``method="paper"``: for t = S..1 each still-masked token is unmasked with probability 1/t and drawn
     from Categorical(logits / temperature) (the authors' schedule; S = T_d = 49 by default).
     ``method="confidence"``: S steps; at each, all masked tokens are drawn, and the most confident
-    draws are kept so that the count still masked follows a cosine schedule (far fewer calls).
+    draws (log-probability plus Gumbel noise scaled by ``choice_temperature`` and annealed to 0,
+    as MaskGIT) are kept so that the count still masked follows a cosine schedule.
     The diffusion time given to the denoiser is the one whose mask rate t/T_d matches the step.
     """
 
     def __init__(self, num_codes: int, diffusion_steps: int, steps: int | None = None, method: str = "paper",
-                 temperature: float = 1.0):
+                 temperature: float = 1.0, choice_temperature: float = 4.5):
         if method not in ("paper", "confidence"):
             raise ValueError(f"unknown sampler {method!r} (paper or confidence)")
         self.num_codes = num_codes
@@ -138,6 +139,7 @@ class MaskSampler:
         self.steps = steps or diffusion_steps
         self.method = method
         self.temperature = temperature
+        self.choice_temperature = choice_temperature
 
     def model_time(self, step_t: int) -> int:
         return max(1, math.ceil(step_t * self.diffusion_steps / self.steps))
@@ -164,7 +166,12 @@ class MaskSampler:
             if self.method == "paper":
                 change = (torch.rand(masked.shape, generator=generator) < 1.0 / step_t) & masked
             else:
-                score = torch.where(masked, prob, torch.full_like(prob, -1.0)).flatten(1)
+                # MaskGIT: log-confidence plus Gumbel noise annealed to 0, so early steps do not all pick
+                # the most confident (background-like) tokens.
+                u = torch.rand(prob.shape, generator=generator).clamp(1e-20, 1 - 1e-7)
+                noisy = prob.clamp_min(1e-30).log() - self.choice_temperature * (1 - (i + 1) / self.steps) * (
+                    -(-u.log()).log())
+                score = torch.where(masked, noisy, torch.full_like(prob, -math.inf)).flatten(1)
                 n_keep_masked = remaining[i]
                 n_masked = masked.flatten(1).sum(1)
                 order = score.argsort(1, descending=True)
