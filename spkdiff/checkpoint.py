@@ -69,6 +69,9 @@ def save_checkpoint(
     save_file(tensors, str(tmp), metadata={"spkdiff": json.dumps(meta)})
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # safetensors creates 0600 files: give the usual permissions
     tmp.replace(path)
 
 
