@@ -19,7 +19,16 @@ Conventions
 API
 ---
 ``Simulator(graph, mode="float"|"fixed", quant=None).run(inputs, record=False) -> SimResult``,
-``load_profile(name_or_path)``, ``energy(counters, profile)``, ``map_to_chip(graph, limits)``.
+``load_profile(name_or_path)``, ``energy(counters, profile)``, ``map_to_chip(graph, limits)``::
+
+    sim = Simulator("vqsvae_encoder.nir")                 # or a nir.NIRGraph
+    res = sim.run({"input": images}, steps=16)            # (B, C, H, W): constant in time, computed once
+    res.outputs["output"]                                  # (T, B, ...)
+    res.counters.totals()                                  # SOPs, MACs, neuron updates, spikes per sample
+    energy(res.counters, "loihi").to_dict()                # J per sample, per layer, vs the ANN equivalent
+    map_to_chip(sim, ChipLimits(), res.counters).summary() # cores, chips, per-core load, latency per step
+
+``mode="fixed"`` runs the Loihi integer model (:mod:`spkdiff.simulator.fixed`).
 """
 
 from .counters import Counters, LayerCounts
