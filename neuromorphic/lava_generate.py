@@ -48,6 +48,18 @@ class Stages:
     sample_defaults: dict
     quant: dict = field(default_factory=dict)  # stage -> fixed-mode options of the bundle's quantisation
     loihi: dict | None = None  # stage -> neuron -> the bundle's integers (checked against the Lava graph)
+    bundle: Any = None  # the loaded spkdiff.bundle.Bundle, if any
+
+    def simulator(self, stage: str, fixed: bool) -> Any:
+        """The stage's simulator; for a bundle in fixed mode with the bundle's integers (as the sim backend)."""
+        from spkdiff.simulator import Simulator
+
+        if self.bundle is not None:
+            from spkdiff.simulator.generate import stage_simulator
+
+            return stage_simulator(self.bundle, stage, fixed)[0]
+        graph = self.sdid if stage == "sdid" else self.generator
+        return Simulator(graph, mode="fixed" if fixed else "float", quant=self.quant.get(stage) if fixed else None)
 
 
 def load_stages(path: str | Path | Stages) -> Stages:
@@ -91,7 +103,7 @@ def _stages_from_bundle(path: Path) -> Stages:
     return Stages(b.graphs["sdid"], b.graphs["generator"], torch.as_tensor(b.codebook).float(), int(ms["num_codes"]),
                   int(ms["diffusion_steps"]), int(ms["time_bins"]), int(grid), b.time_steps("sdid"),
                   b.time_steps("generator"), int(do["depth_to_space"]), tuple(int(c) for c in do["crop"]),
-                  int(fine[0]), sample, _stage_quant(b.quant_options), b.loihi)
+                  int(fine[0]), sample, _stage_quant(b.quant_options), b.loihi, b)
 
 
 def _stage_quant(options: dict) -> dict:
@@ -150,12 +162,8 @@ def sample_reference(path: str | Stages, n: int, steps: int | None = None, metho
                      batch_size: int = 256, record: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """The same loop on the simulator (``fixed``: Loihi fixed point, else float); ``record`` collects the raw
     read-outs (``sdid``: list of (B, K, g, g), ``generator``: list) for comparisons."""
-    from spkdiff.simulator import Simulator
-
     stages = load_stages(path)
-    mode = "fixed" if fixed else "float"
-    sims = {k: Simulator(g, mode=mode, quant=stages.quant.get(k) if fixed else None)
-            for k, g in (("sdid", stages.sdid), ("generator", stages.generator))}
+    sims = {k: stages.simulator(k, fixed) for k in ("sdid", "generator")}
 
     def runner(key: str, t: int) -> Callable[[torch.Tensor], torch.Tensor]:
         sim = sims[key]
@@ -177,15 +185,11 @@ def lava_job(path: str | Stages, n: int, steps: int | None, method: str | None, 
              fixed: bool, batch_size: int, record: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
     """Body of the isolated Lava process: build both stage graphs, run the loop, stop Lava."""
     from spkdiff.neuromorphic.lava_graph import LavaStage, build_plan, host_current, verify_plan
-    from spkdiff.simulator import Simulator
 
     stages = load_stages(path)
-    mode = "fixed" if fixed else "float"
-    q = stages.quant if fixed else {}
     t0 = time.perf_counter()
-    plans = {"sdid": build_plan(Simulator(stages.sdid, mode=mode, quant=q.get("sdid")), stages.sdid_steps),
-             "generator": build_plan(Simulator(stages.generator, mode=mode, quant=q.get("generator")),
-                                     stages.gen_steps, graded_input=True)}
+    plans = {"sdid": build_plan(stages.simulator("sdid", fixed), stages.sdid_steps),
+             "generator": build_plan(stages.simulator("generator", fixed), stages.gen_steps, graded_input=True)}
     if fixed and stages.loihi is not None:
         for key, plan in plans.items():
             verify_plan(plan, stages.loihi[key])
@@ -226,8 +230,13 @@ def sample_lava(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, d
     no orphaned workers or shared memory after success, error or Ctrl-C)."""
     from spkdiff.neuromorphic.lava_runner import run_isolated
 
+    source = getattr(args, "bundle", None)
+    if source is None:  # --run: a run directory or pretrained:NAME (graphs and integers computed here)
+        from spkdiff.config import resolve_run
+
+        source = resolve_run(args.run)
     images, tokens, info = run_isolated(
-        lava_job, str(args.bundle), int(args.n), getattr(args, "steps", None), getattr(args, "method", None),
+        lava_job, str(source), int(args.n), getattr(args, "steps", None), getattr(args, "method", None),
         getattr(args, "temperature", None), int(getattr(args, "seed", 0)), bool(getattr(args, "fixed", False)),
         int(getattr(args, "batch_size", 256) or 256), timeout=float(getattr(args, "timeout", 600) or 600))
     return torch.from_numpy(images), torch.from_numpy(tokens), info
