@@ -323,7 +323,7 @@ class DelayOp(Op):
         d = np.rint(np.asarray(node.delay, dtype=np.float64) / dt).astype(np.int64)
         if np.any(d < 0):
             raise SpkdiffError(f"{name}: negative delay")
-        self.delay = np.broadcast_to(d, self.in_shape)
+        self.delay = np.broadcast_to(d, self.in_shape).copy()
 
     def run(self, x: Signal, steps: int, record: dict[str, torch.Tensor] | None) -> Signal:
         xs = x.full(steps)

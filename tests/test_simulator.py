@@ -389,3 +389,14 @@ def test_affine_after_partial_flatten_reads_the_whole_sample():
     expected = Simulator(graph).run(x).outputs["out"]
     graph.nodes["flat"] = nir.Flatten(input_type={"input": np.array([3, 4, 4])}, start_dim=1)  # -> (3, 16)
     assert torch.equal(Simulator(graph).run(x).outputs["out"], expected)
+
+
+def test_delay_shifts_each_element_by_its_steps():
+    graph = nir.NIRGraph(nodes={"in": nir.Input(np.array([3])), "d": nir.Delay(delay=np.array([0.0, 1.0, 2.0])),
+                                "out": nir.Output(np.array([3]))}, edges=[("in", "d"), ("d", "out")], type_check=False)
+    x = torch.arange(1, 13, dtype=torch.float32).reshape(4, 1, 3)
+    out = Simulator(graph).run(x).outputs["out"][:, 0]
+    assert out.tolist() == [[1, 0, 0], [4, 2, 0], [7, 5, 3], [10, 8, 6]]
+    graph.nodes["d"] = nir.Delay(delay=np.full(3, 0.5))  # 0.5 time units = 1 step at dt = 0.5
+    out = Simulator(graph, dt=0.5).run(x).outputs["out"][:, 0]
+    assert torch.equal(out, torch.cat([torch.zeros(1, 3), x[:3, 0]]))
