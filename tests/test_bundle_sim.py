@@ -1,0 +1,179 @@
+"""Lava bundle (export, load, bad bundles) and the simulator's generative loop (float, fixed, report, CLI)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nir
+import numpy as np
+import pytest
+import torch
+
+from spkdiff.bundle import BUNDLE_VERSION, BundleError, load_bundle
+from spkdiff.cli import main
+from spkdiff.errors import SpkdiffError
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bundle") / "b"
+    assert main(["export", "--run", str(tiny_run), "--target", "lava", "--out", str(out)]) == 0
+    return out
+
+
+def _copy(bundle_dir: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "copy"
+    shutil.copytree(bundle_dir, dst)
+    return dst
+
+
+def test_bundle_round_trip(bundle_dir: Path) -> None:
+    from spkdiff.neuromorphic import loihi
+
+    b = load_bundle(bundle_dir)
+    m = b.manifest
+    assert m["target"] == "lava" and m["bundle_version"] == BUNDLE_VERSION
+    assert "lava-nc" in m["versions"] and set(m["lava"]["netx"]["per_stage"]) == {"encoder", "generator", "sdid"}
+    assert b.stages == ["encoder", "generator", "sdid"]
+    assert b.codebook.shape == tuple(m["host"]["codebook_lookup"]["codebook_shape"])
+    for stage, graph in b.graphs.items():
+        neurons = {n for n, node in graph.nodes.items() if isinstance(node, nir.LIF | nir.LI | nir.I)}
+        assert set(b.loihi[stage]) == neurons
+    # one-input layers carry exactly loihi.quantize_layer's integers (spiking conv -> LIF)
+    conv = b.graphs["encoder"].nodes["enc1_conv"]
+    q = loihi.quantize_layer(conv.weight, conv.bias, kind="conv", tau=2.0, v_threshold=1.0, spiking=True,
+                             num_steps=b.time_steps("encoder"), stride=tuple(conv.stride),
+                             padding=tuple(conv.padding), dilation=tuple(conv.dilation), groups=conv.groups)
+    layer = b.loihi["encoder"]["enc1_lif"]
+    assert layer.method == "quantize_layer" and layer.vth == q.vth and layer.dv == q.dv
+    syn = layer.synapses["enc1_conv"]
+    assert syn.weight_exp == q.weight_exp and np.array_equal(syn.weight_int, q.weight_int)
+    assert np.array_equal(layer.bias_mant[:, 0, 0], q.bias_mant)
+    # residual sums: joint quantisation with a direct spike edge
+    res = b.loihi["sdid"]["block0_b_lif"]
+    assert res.method == "joint" and "stem_lif" in res.direct
+    assert b.loihi["sdid"]["readout_i"].spiking is False
+
+
+def test_bad_bundles(bundle_dir: Path, tmp_path: Path, tiny_run: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = _copy(bundle_dir, tmp_path)
+    with open(bad / "sdid.nir", "r+b") as fh:  # flip one byte
+        fh.seek(200)
+        byte = fh.read(1)
+        fh.seek(200)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(BundleError, match="sha256"):
+        load_bundle(bad)
+    assert main(["sim", "--bundle", str(bad), "--n", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "sha256" in err and len(err.splitlines()) == 1
+
+    missing = _copy(bundle_dir, tmp_path / "m")
+    (missing / "generator.loihi.safetensors").unlink()
+    with pytest.raises(BundleError, match="missing"):
+        load_bundle(missing)
+
+    other = _copy(bundle_dir, tmp_path / "v")
+    man = json.loads((other / "manifest.json").read_text())
+    man["bundle_version"] = BUNDLE_VERSION + 1
+    (other / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(BundleError, match="version"):
+        load_bundle(other)
+    with pytest.raises(BundleError, match="not found"):
+        load_bundle(tmp_path / "nowhere")
+    nir_out = tmp_path / "nir"
+    assert main(["export", "--run", str(tiny_run), "--target", "nir", "--out", str(nir_out)]) == 0
+    with pytest.raises(BundleError, match="--target lava"):
+        load_bundle(nir_out)
+
+
+def test_out_of_range_layer_is_one_error() -> None:
+    from spkdiff.export.lava_target import quantize_stage
+
+    w = np.array([[np.inf, 1.0]], dtype=np.float32)
+    graph = nir.NIRGraph(
+        nodes={"input": nir.Input(input_type={"input": np.array([2])}),
+               "fc": nir.Affine(weight=w, bias=np.zeros(1, np.float32)),
+               "lif": nir.LIF(tau=np.full(1, 2.0), r=np.ones(1), v_leak=np.zeros(1), v_threshold=np.ones(1),
+                              v_reset=np.zeros(1)),
+               "output": nir.Output(output_type={"output": np.array([1])})},
+        edges=[("input", "fc"), ("fc", "lif"), ("lif", "output")])
+    with pytest.raises(SpkdiffError, match="does not fit Loihi") as info:
+        quantize_stage(graph, 4, "toy")
+    assert "\n" not in str(info.value)
+
+
+def test_sim_float_tokens_equal_torch(bundle_dir: Path, tiny_run: Path) -> None:
+    from spkdiff.simulator.generate import generate
+    from spkdiff.train.loop import load_stage
+    from spkdiff.train.sampling import generate as torch_generate
+
+    gen = generate(bundle_dir, 6, seed=5, batch_size=4)
+    vq, sdid = load_stage(tiny_run, "vqsvae"), load_stage(tiny_run, "sdid")
+    images, tokens, stats = torch_generate(vq, sdid, 6, steps=gen.settings["steps"], method=gen.settings["method"],
+                                           temperature=gen.settings["temperature"], seed=5, batch_size=4)
+    assert torch.equal(gen.tokens, tokens)
+    assert gen.denoiser_calls == stats.denoiser_calls and gen.snn_steps == stats.snn_steps
+    assert torch.allclose(gen.images, images, atol=1e-4)
+    other = generate(bundle_dir, 6, seed=6, batch_size=4)
+    assert not torch.equal(other.tokens, gen.tokens)  # the seed matters
+
+
+def test_sim_fixed_uses_bundle_integers(bundle_dir: Path) -> None:
+    from spkdiff.simulator.generate import generate
+
+    gen = generate(bundle_dir, 4, fixed=True, seed=1, batch_size=4)
+    assert gen.images.shape[0] == 4 and gen.images.min() >= 0 and gen.images.max() <= 1
+    assert torch.isfinite(gen.images).all() and gen.quant_from_bundle and gen.quant_matches_simulator
+    assert gen.tokens.min() >= 0 and gen.tokens.max() < load_bundle(bundle_dir).sampler["num_codes"]
+    again = generate(bundle_dir, 4, fixed=True, seed=1, batch_size=4)
+    assert torch.equal(again.tokens, gen.tokens) and torch.equal(again.images, gen.images)
+    # change the bundle's read-out bias in memory: the simulator must run the bundle's integers, not its own
+    from spkdiff.simulator.generate import BundlePipeline
+
+    b = load_bundle(bundle_dir)
+    tokens = torch.full((2, *b.sampler["grid"]), b.sampler["num_codes"])
+    t = torch.tensor([b.sampler["diffusion_steps"]] * 2)
+    before = BundlePipeline(b, fixed=True).denoise(tokens, t)
+    readout = b.loihi["sdid"]["readout_i"]
+    readout.bias_mant[0] = 4095  # the largest bias for code 0
+    readout.bias_exp[0] = 7
+    pipe = BundlePipeline(b, fixed=True)
+    after = pipe.denoise(tokens, t)
+    assert not pipe.quant_matches
+    assert (after[:, 0] > before[:, 0]).all() and torch.equal(after[:, 1:], before[:, 1:])
+    assert not torch.equal(generate(b, 4, fixed=True, seed=1, batch_size=4).tokens, gen.tokens)
+
+
+def test_sim_report_cli(bundle_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    assert main(["sim", "--bundle", str(bundle_dir), "--n", "3", "--batch-size", "2", "--report", str(out)]) == 0
+    for name in ("samples.png", "tokens.npy", "report.json", "report.md", "sops_per_layer.png", "firing_rates.png",
+                 "energy.png"):
+        assert (out / name).stat().st_size > 0, name
+    rep = json.loads((out / "report.json").read_text())
+    sdid = rep["stages"]["sdid"]
+    assert sdid["per_image"]["sops"] > 0 and sdid["per_image"]["neuron_updates"] > 0
+    assert sdid["time_steps_per_image"] == rep["throughput"]["denoiser_calls_per_image"] * load_bundle(
+        bundle_dir).time_steps("sdid")
+    e = rep["energy_per_image"]
+    # energy = counts x profile (loihi: 23.6 pJ/SOP, 52 pJ/update; cmos45nm: 4.6 pJ/MAC)
+    assert e["per_stage_j"]["sdid"]["sop"] == pytest.approx(sdid["per_image"]["sops"] * 23.6e-12)
+    assert e["per_stage_j"]["sdid"]["neuron_update"] == pytest.approx(sdid["per_image"]["neuron_updates"] * 52e-12)
+    assert e["ann_j"]["sdid"] == pytest.approx(sdid["per_image"]["ann_macs"] * 4.6e-12)
+    assert sum(r["sops"] for r in sdid["layers"]) == pytest.approx(sdid["per_image"]["sops"])
+    assert rep["stages"]["generator"]["mapping"]["cores"] >= 1
+    assert np.load(out / "tokens.npy").shape == (3, 7, 7)
+
+
+def test_sample_cli_sim_backend(bundle_dir: Path, tmp_path: Path) -> None:
+    from spkdiff.simulator.generate import generate
+
+    out = tmp_path / "s.png"
+    assert main(["sample", "--bundle", str(bundle_dir), "--backend", "sim", "--n", "3", "--seed", "2",
+                 "--batch-size", "2", "--out", str(out)]) == 0
+    tokens = np.load(out.with_suffix(".tokens.npy"))
+    expected = generate(bundle_dir, 3, seed=2, batch_size=2, count=False).tokens
+    assert np.array_equal(tokens, expected.numpy())
