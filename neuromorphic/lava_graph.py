@@ -340,15 +340,17 @@ class LavaStage:
         else:
             self.drive.data.set(data)
         max_depth = max(p.depth for p in plan.populations.values())
-        for s in range(1, plan.run_steps + 1):
-            self.drive.run(condition=RunSteps(num_steps=1), run_cfg=cfg)
+        s = 0
+        while s < plan.run_steps:  # one step at a time while some population still waits, then the rest at once
+            n = 1 if s + 1 < max_depth else plan.run_steps - s
+            self.drive.run(condition=RunSteps(num_steps=n), run_cfg=cfg)
             self.started = True
-            if s < max_depth:
-                for name, pop in plan.populations.items():
-                    if s < pop.depth:
-                        zero = np.zeros(self.lifs[name].u.shape, dtype=np.int32 if fixed else float)
-                        self.lifs[name].u.set(zero)
-                        self.lifs[name].v.set(zero)
+            s += n
+            for name, pop in plan.populations.items():
+                if s < pop.depth:
+                    zero = np.zeros(self.lifs[name].u.shape, dtype=np.int32 if fixed else float)
+                    self.lifs[name].u.set(zero)
+                    self.lifs[name].v.set(zero)
         v = np.asarray(self.lifs[plan.readout].v.get())
         return whc_to_chw(v.astype(np.int64) if fixed else v.astype(np.float64))
 
