@@ -354,6 +354,14 @@ class LavaStage:
         v = np.asarray(self.lifs[plan.readout].v.get())
         return whc_to_chw(v.astype(np.int64) if fixed else v.astype(np.float64))
 
+    def states(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """``name -> (u, v)`` of every population after the last run (torch layout); population ``k`` is then
+        at the simulator's step ``run_steps - d_k`` (0-based)."""
+        out = {}
+        for name, lif in self.lifs.items():
+            out[name] = (whc_to_chw(np.asarray(lif.u.get())), whc_to_chw(np.asarray(lif.v.get())))
+        return out
+
     def stop(self) -> None:
         if self.started:
             self.drive.stop()

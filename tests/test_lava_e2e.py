@@ -62,6 +62,38 @@ def test_plan_delays(stages: Stages) -> None:
     assert gen.input_kind == "current" and gen.populations[gen.input_target].depth == 1
 
 
+def sdid_states_job(stages: Stages, x: np.ndarray) -> tuple[dict, int, dict]:
+    """(in the Lava child) one SDID call; every population's (u, v) afterwards, run steps, depths."""
+    from spkdiff.neuromorphic.lava_graph import LavaStage
+
+    plan = build_plan(stages.simulator("sdid", True), stages.sdid_steps)
+    stage = LavaStage(plan)
+    try:
+        stage.run(x)
+        return stage.states(), plan.run_steps, {n: p.depth for n, p in plan.populations.items()}
+    finally:
+        stage.stop()
+
+
+def test_fixed_pt_every_neuron_state_bit_exact(stages: Stages) -> None:
+    """u and v of every SDID population (so every spike) equal the simulator's at the matching step."""
+    gen = torch.Generator().manual_seed(1)
+    tok = torch.randint(0, stages.num_codes + 1, (1, stages.grid, stages.grid), generator=gen)
+    x = sdid_input_spikes(tok, torch.tensor([30]), stages.num_codes, stages.diffusion_steps, stages.time_bins)
+    states, run_steps, depth = run_isolated(sdid_states_job, stages, x[0].numpy(), timeout=180)
+    sim = stages.simulator("sdid", True)
+    res = sim.run({sim.flat.inputs[0]: x}, steps=run_steps - 1, record=True, count=False)
+    checked = 0
+    for name, (u, v) in states.items():
+        if "__relay" in name:
+            continue
+        t = run_steps - depth[name]
+        assert np.array_equal(v, res.recordings[name]["v_int"][t, 0].numpy()), name
+        assert np.array_equal(u, res.recordings[name]["u_int"][t, 0].numpy()), name
+        checked += 1
+    assert checked == 4 and any(np.any(v != 0) for _, v in states.values())
+
+
 def test_fixed_pt_bit_exact(stages: Stages) -> None:
     gen = torch.Generator().manual_seed(0)
     tok = torch.randint(0, stages.num_codes + 1, (2, stages.grid, stages.grid), generator=gen)
