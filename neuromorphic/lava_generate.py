@@ -6,7 +6,9 @@ for the input).  For every denoiser call the host writes the token/time spikes i
 runs ``d_R + T - 1`` Lava steps (zeroing populations that the delayed wave has not reached yet, which is
 also the reset between diffusion steps) and reads the integrator's ``v``; :class:`spkdiff.host.MaskSampler`
 turns the logits into tokens.  Then the host writes the codebook-embedding currents into the generator's
-drive and reads the LI read-out's ``v``.  The Lava graph is compiled once per stage and reused.
+drive and reads the LI read-out's ``v``.  The Lava graph is compiled once per stage and reused.  The mask
+sampler and the codebook lookup run in the host program between Lava runs (not as Lava processes), so a
+generation is many short Lava runs of two compiled graphs, not one run of one graph.
 
 :func:`sample_reference` runs the identical loop on :class:`spkdiff.simulator.Simulator` (same sampler,
 same random generator), so fixed_pt Lava and the fixed-mode simulator give the same tokens and images.
