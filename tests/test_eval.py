@@ -89,7 +89,7 @@ def test_inception_matches_stored_reference_vector():
 
 @pytest.fixture(scope="module")
 def mnist_inception(shared_data_root):
-    """Inception features of 8 real test digits (real), 8 others at 3 noise levels, and the real ones again."""
+    """Inception features of 8 real test digits, 8 other digits at 3 noise levels, and 4 of the first 8 again."""
     images, _ = feat_mod.load_split("mnist", shared_data_root, "test")
     real = images[:8]
     other = images[8:16].float() / 255
@@ -98,14 +98,14 @@ def mnist_inception(shared_data_root):
     levels = [0.0, 0.2, 0.5]
     noisy = torch.cat([(other + s * noise).clamp(0, 1) for s in levels])
     feats = inception_features(torch.cat([real, to_uint8_nchw(noisy)]), batch_size=16, progress=False)
-    again = inception_features(real, batch_size=3, progress=False)  # other batching: same features
+    again = inception_features(real[:4], batch_size=3, progress=False)  # other batching: same features
     return feats[:8], [feats[8 * (k + 1):8 * (k + 2)] for k in range(len(levels))], again
 
 
 def test_fid_of_a_set_with_itself_is_zero(mnist_inception):
     real, _, again = mnist_inception
-    assert torch.allclose(real, again, rtol=1e-3, atol=1e-4)
-    assert frechet_distance(real, again) < 1e-2
+    assert torch.allclose(real[:4], again, rtol=1e-3, atol=1e-4)
+    assert frechet_distance(real[:4], again) < 1e-2
     assert frechet_distance(real, real) < 1e-6
 
 
@@ -186,7 +186,7 @@ def test_cached_features_resume_after_interruption(tmp_path):
 
     def compute(sl: slice) -> torch.Tensor:
         seen.append((sl.start, sl.stop))
-        if sl.start == 6 and len(seen) < 5:
+        if seen == [(0, 3), (3, 6), (6, 9)]:  # interrupted during the third chunk
             raise KeyboardInterrupt
         return items[sl] * 2
 
