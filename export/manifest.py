@@ -191,6 +191,12 @@ def build_manifest(run_dir: Path, vq: nn.Module, sdid: nn.Module | None, stages:
 def _sample_settings(run_dir: Path) -> dict[str, Any]:
     from spkdiff.checkpoint import load_checkpoint
 
+    # Sampler settings are not training state: the run's config.json (editable) wins over the checkpoint's copy.
+    run_config = Path(run_dir) / "config.json"
+    if run_config.exists():
+        sample = json.loads(run_config.read_text()).get("sdid", {}).get("sample")
+        if sample:
+            return dict(sample)
     ckpt = load_checkpoint(Path(run_dir) / "sdid.safetensors", stage="sdid")
     return dict(ckpt.config.get("sdid", {}).get("sample", {}))
 
