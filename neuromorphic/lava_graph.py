@@ -12,9 +12,10 @@ population fed by the host's current directly, ``d = d_src + 1`` across a connec
 (identity) spike edge whose source is ``D > 1`` steps ahead goes through ``D - 1`` relay populations
 (``Dense(2 I) -> LIF(du=4095, dv=4096, vth=0)`` re-emits each spike one step later) so that residual
 sums add the same simulator step.  Before its ``d_k``, a population would integrate only its bias (and
-stale activations of the previous run); the host therefore zeroes ``u`` and ``v`` of every population
-after each Lava step ``s < d_k``.  Then every state equals the simulator's bit for bit (fixed_pt), and
-the read-out population's ``v`` at Lava step ``d_R + T - 1`` is the simulator's ``v`` at its last step.
+stale activations of the previous run); the host therefore zeroes ``u`` and ``v`` of each population
+after Lava step ``d_k - 1``, before the run when ``d_k = 1`` (its earlier spikes reach the next
+population before that one's own reset).  Then every state equals the simulator's bit for bit (fixed_pt),
+and the read-out population's ``v`` at Lava step ``d_R + T - 1`` is the simulator's ``v`` at its last step.
 """
 
 from __future__ import annotations
@@ -339,6 +340,11 @@ class LavaStage:
             self.drive.data.init = data
         else:
             self.drive.data.set(data)
+            for name, pop in plan.populations.items():  # d_k = 1: nothing earlier to zero it, do it now
+                if pop.depth == 1:
+                    zero = np.zeros(self.lifs[name].u.shape, dtype=np.int32 if fixed else float)
+                    self.lifs[name].u.set(zero)
+                    self.lifs[name].v.set(zero)
         max_depth = max(p.depth for p in plan.populations.values())
         s = 0
         while s < plan.run_steps:  # one step at a time while some population still waits, then the rest at once
@@ -347,7 +353,7 @@ class LavaStage:
             self.started = True
             s += n
             for name, pop in plan.populations.items():
-                if s < pop.depth:
+                if s == pop.depth - 1:  # its state entering step d_k must be 0 (what came before is dropped)
                     zero = np.zeros(self.lifs[name].u.shape, dtype=np.int32 if fixed else float)
                     self.lifs[name].u.set(zero)
                     self.lifs[name].v.set(zero)

@@ -94,6 +94,30 @@ def test_fixed_pt_every_neuron_state_bit_exact(stages: Stages) -> None:
     assert checked == 4 and any(np.any(v != 0) for _, v in states.values())
 
 
+def generator_twice_job(stages: Stages, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(in the Lava child) generator on a, then b, then b again: read-outs of both b runs."""
+    from spkdiff.neuromorphic.lava_graph import LavaStage
+
+    stage = LavaStage(build_plan(stages.simulator("generator", True), stages.gen_steps, graded_input=True))
+    try:
+        stage.run(a)
+        return stage.run(b), stage.run(b)
+    finally:
+        stage.stop()
+
+
+def test_runs_do_not_carry_state(stages: Stages) -> None:
+    """Populations fed by the host directly (d = 1, the ASG) are reset between runs too."""
+    from spkdiff.neuromorphic.lava_graph import host_current
+
+    plan = build_plan(stages.simulator("generator", True), stages.gen_steps, graded_input=True)
+    assert plan.populations[plan.input_target].depth == 1
+    tok = torch.randint(0, stages.num_codes, (2, stages.grid, stages.grid), generator=torch.Generator().manual_seed(2))
+    cur = host_current(plan, stages.codebook[tok].permute(0, 3, 1, 2))
+    first, second = run_isolated(generator_twice_job, stages, cur[0], cur[1], timeout=180)
+    assert np.array_equal(first, second)
+
+
 def test_fixed_pt_bit_exact(stages: Stages) -> None:
     gen = torch.Generator().manual_seed(0)
     tok = torch.randint(0, stages.num_codes + 1, (2, stages.grid, stages.grid), generator=gen)
