@@ -2,8 +2,9 @@
 
     python bench/bench_sim_generate.py --run runs/mnist-fast [--bundle B] [--n 64] [--batch-size 64]
 
-Exports a lava bundle to a temp folder when none is given; prints images/s (wall) and CPU seconds per image (process time, meaningful on a shared machine) of each backend, whether the
-simulator's float tokens equal torch's, and SOPs / neuron updates / energy per image (loihi, cmos45nm ANN).
+Exports a lava bundle to a temp folder when none is given; prints images/s (wall) and CPU seconds per
+image (process time, meaningful on a shared machine) of each backend, whether the simulator's float
+tokens equal torch's, and SOPs / neuron updates / energy per image (loihi, cmos45nm ANN).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def main() -> None:
             cpu = time.process_time() - c0
             gens[name] = g
             rep = build_report(g)
-            results[name] = {"images_per_s": args.n / g.seconds, "cpu_s_per_image": cpu / args.n, "per_image": rep["per_image"],
+            results[name] = {"images_per_s": args.n / g.seconds, "cpu_s_per_image": cpu / args.n,
+                             "per_image": rep["per_image"],
                              "energy_uj": rep["energy_per_image"]["total_j"] * 1e6,
                              "ann_energy_uj": rep["energy_per_image"]["ann_total_j"] * 1e6,
                              "per_stage": {s: e["per_image"] for s, e in rep["stages"].items()},
