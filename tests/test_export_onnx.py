@@ -1,0 +1,114 @@
+"""``spkdiff-export --target onnx`` on the tiny-trained run: checker, and onnxruntime against torch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from spkdiff.cli import export_main
+from spkdiff.data import load_tensor
+from spkdiff.export.nir_graphs import load_models
+from spkdiff.export.onnx_models import SamplerStepConfidence
+from spkdiff.export.onnx_target import run_onnx
+from spkdiff.host import MaskSampler, unmask_schedule
+from spkdiff.train.snn import leaky_sum, merge_time, split_time
+
+FILES = ["codebook_lookup.onnx", "encoder.onnx", "generator.onnx", "manifest.json", "sampler_step.onnx", "sdid.onnx"]
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("export") / "onnx"
+    assert export_main(["--run", str(tiny_run), "--target", "onnx", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def models(tiny_run: Path):
+    return load_models(tiny_run)
+
+
+@pytest.fixture(scope="module")
+def images(shared_data_root: Path) -> torch.Tensor:
+    x, _ = load_tensor("mnist", shared_data_root, "test", limit=10)  # not the export's example batch size
+    return x - 0.5
+
+
+def test_files_manifest_and_checker(exported: Path):
+    assert sorted(p.name for p in exported.iterdir()) == FILES
+    m = json.loads((exported / "manifest.json").read_text())
+    assert m["target"] == "onnx"
+    for stage in ("encoder", "generator", "sdid"):
+        assert m["stages"][stage]["file"] == f"{stage}.onnx" and m["stages"][stage]["unrolled_over_time"]
+        assert m["stages"][stage]["inputs"][next(iter(m["stages"][stage]["inputs"]))]["shape"][0] == "B"
+    assert m["host"]["codebook_lookup"]["file"] == "codebook_lookup.onnx"
+    assert m["host"]["mask_sampler"]["file"] == "sampler_step.onnx"
+    for name in FILES[:-1]:
+        if name != "manifest.json":
+            onnx.checker.check_model(onnx.load(str(exported / name)), full_check=True)
+
+
+def test_stages_match_torch_on_real_images(exported: Path, models, images: torch.Tensor):
+    vq, sdid = models
+    with torch.no_grad():
+        spikes = vq.encode_spikes(images)
+        tokens, z_q = vq.quantize(vq.features(spikes))
+        s = vq.asg_spikes(z_q)
+        for layer in vq.decoder:
+            s = layer(s, vq.steps)
+        v_t = leaky_sum(split_time(vq.readout(merge_time(s)), vq.steps), vq.cfg.readout_decay)
+        t = torch.full((images.shape[0],), 20)
+        sdid_in = sdid.input_spikes(tokens, t)
+        logits = sdid.forward_spikes(sdid_in)
+    (got_spikes,) = run_onnx(exported / "encoder.onnx", {"image": images})
+    assert np.array_equal(got_spikes, spikes.numpy())
+    got_tokens, got_zq = run_onnx(exported / "codebook_lookup.onnx", {"spikes": spikes})
+    assert np.array_equal(got_tokens, tokens.numpy()) and np.array_equal(got_zq, z_q.numpy())
+    readout, image = run_onnx(exported / "generator.onnx", {"z_q": z_q})
+    np.testing.assert_allclose(readout, v_t.numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(image, torch.tanh(v_t).numpy(), rtol=0, atol=1e-5)
+    (got_logits,) = run_onnx(exported / "sdid.onnx", {"spikes": sdid_in})
+    np.testing.assert_allclose(got_logits, logits.numpy(), rtol=0, atol=1e-5)
+
+
+def test_sampler_step_matches_torch_and_runs_a_full_sampling_loop(exported: Path, models):
+    """The host step in ONNX equals the torch module, and ONNX sdid + sampler steps unmask every token
+    following the cosine schedule."""
+    _, sdid = models
+    k, grid, batch = sdid.cfg.num_codes, sdid.cfg.grid, 3
+    sampler = MaskSampler(k, sdid.cfg.diffusion_steps, steps=8, method="confidence")
+    step = SamplerStepConfidence(1.0)
+    remaining = unmask_schedule(sampler.steps, grid * grid, "cosine")
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.full((batch, grid, grid), k, dtype=torch.long)
+    masked = torch.ones(batch, grid, grid, dtype=torch.bool)
+    for i, step_t in enumerate(range(sampler.steps, 0, -1)):
+        t = torch.full((batch,), sampler.model_time(step_t))
+        (logits,) = run_onnx(exported / "sdid.onnx", {"spikes": sdid.input_spikes(tokens, t)})
+        inputs = {"logits": torch.from_numpy(logits), "tokens": tokens, "masked": masked,
+                  "u": torch.rand(batch, grid, grid, generator=g), "n_keep_masked": torch.full((batch,), remaining[i])}
+        new_tokens, new_masked = run_onnx(exported / "sampler_step.onnx", inputs)
+        ref_tokens, ref_masked = step(*inputs.values())
+        assert np.array_equal(new_tokens, ref_tokens.numpy()) and np.array_equal(new_masked, ref_masked.numpy())
+        tokens, masked = torch.from_numpy(new_tokens), torch.from_numpy(new_masked)
+        assert (masked.flatten(1).sum(1) == remaining[i]).all()
+        assert ((tokens == k) == masked).all()
+    assert not masked.any() and int(tokens.max()) < k
+
+
+def test_inverse_cdf_draw_follows_the_softmax():
+    """With one dominant logit the draw is that code; with equal logits u picks the code floor(u K)."""
+    step = SamplerStepConfidence(1.0)
+    logits = torch.full((1, 4, 1, 2), -50.0)
+    logits[0, 2, 0, 0] = logits[0, 1, 0, 1] = 50.0
+    tokens = torch.full((1, 1, 2), 4)
+    out, masked = step(logits, tokens, torch.ones(1, 1, 2, dtype=torch.bool), torch.rand(1, 1, 2), torch.tensor([0]))
+    assert out.tolist() == [[[2, 1]]] and not masked.any()
+    out, _ = step(torch.zeros(1, 4, 1, 2), tokens, torch.ones(1, 1, 2, dtype=torch.bool),
+                  torch.tensor([[[0.1, 0.6]]]), torch.tensor([0]))
+    assert out.tolist() == [[[0, 2]]]
