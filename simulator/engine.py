@@ -236,12 +236,12 @@ def _full(sig: Signal, steps: int) -> torch.Tensor:
 
 
 def _weighted_sum(sig: Signal, weights: torch.Tensor | None, bound: float, steps: int, batch: int) -> np.ndarray:
-    """``(T, B)`` of ``sum_i x_i w_i`` (``w = 1`` if None); exact: float64 unless float32 cannot round."""
+    """``(T, B)`` of ``sum_i x_i w_i`` (``w = 1`` if None, ``sum_i w_i <= bound``, ``0 <= x <= sig.peak``);
+    exact: float32 while every partial sum stays below 2**24, else float64."""
     d = sig.data
     lead = 1 if sig.static else 2
     flat = d.reshape(*d.shape[:lead], -1)
-    big = flat.numel() > 0 and float(flat.abs().max()) * bound >= _EXACT_F32
-    if big or flat.dtype != torch.float32:
+    if sig.peak * bound >= _EXACT_F32 or flat.dtype != torch.float32:
         flat = flat.double()
     s = flat.sum(-1) if weights is None else flat @ weights.to(flat.dtype)
     out = s.double().numpy()

@@ -293,7 +293,7 @@ class FixedSynapseOp(SynapseOp):
         d = x.data
         lead = d.shape[: d.dim() - len(self.in_shape)]
         flat = d.reshape(-1, *self.in_shape)
-        binary = x.event and (flat.numel() == 0 or float(flat.max()) <= 1.0)
+        binary = x.event and x.peak <= 1.0
         if self.w_int is not None and binary:
             b = self.base
             if isinstance(b, ConvOp):
@@ -324,7 +324,7 @@ class FixedNeuronOp(NeuronOp):
         for pred, sig in parts:
             if pred in self.quant.direct:
                 w, e = self.quant.direct[pred]
-                if sig.event and (sig.data.numel() == 0 or float(sig.data.max()) <= 1.0):
+                if sig.event and sig.peak <= 1.0:
                     a = (sig.data != 0).to(torch.int64) * w
                     a = loihi.wrap32(a << e if e > 0 else a >> -e)
                 else:
