@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="trained run directory (or pretrained:NAME)")
     parser.add_argument("--target", required=True, metavar="TARGET",
                         help=f"output format: {', '.join(TARGETS)}")
-    parser.add_argument("--out", required=True, help="output folder (created; must not exist unless --force)")
+    parser.add_argument("--out", required=True, help="output folder (created; must be absent or empty unless --force)")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
 
 
@@ -99,6 +99,9 @@ def export(run: str | Path, target: str, out: str | Path, force: bool = False) -
 
     writer = _writer(target)
     run_dir = resolve_run(str(run))
+    out_abs, run_abs = Path(out).resolve(), run_dir.resolve()
+    if out_abs == run_abs or out_abs in run_abs.parents:
+        raise SpkdiffError(f"output {out} would replace the run directory {run_dir}; choose another folder")
     with atomic_output_dir(Path(out), force) as tmp:
         try:
             manifest = writer(run_dir, tmp)

@@ -220,6 +220,8 @@ def test_cli_refuses_to_overwrite_without_force(tiny_run: Path, tmp_path: Path, 
     (out / "keep.txt").write_text("mine")
     assert main(["export", "--run", str(tiny_run), "--target", "nir", "--out", str(out)]) == 2
     assert "not empty" in capsys.readouterr().err and (out / "keep.txt").exists()
+    assert main(["export", "--run", str(tiny_run), "--target", "nir", "--out", str(tiny_run), "--force"]) == 2
+    assert "would replace the run directory" in capsys.readouterr().err and (tiny_run / "vqsvae.safetensors").exists()
     assert main(["export", "--run", str(tiny_run), "--target", "nir", "--out", str(out), "--force"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["encoder.nir", "generator.nir", "manifest.json", "sdid.nir"]
     assert _leftovers(tmp_path) == []
