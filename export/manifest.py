@@ -194,7 +194,10 @@ def _sample_settings(run_dir: Path) -> dict[str, Any]:
     # Sampler settings are not training state: the run's config.json (editable) wins over the checkpoint's copy.
     run_config = Path(run_dir) / "config.json"
     if run_config.exists():
-        sample = json.loads(run_config.read_text()).get("sdid", {}).get("sample")
+        try:
+            sample = json.loads(run_config.read_text()).get("sdid", {}).get("sample")
+        except (OSError, ValueError, AttributeError):  # unreadable or malformed: use the checkpoint's copy
+            sample = None
         if sample:
             return dict(sample)
     ckpt = load_checkpoint(Path(run_dir) / "sdid.safetensors", stage="sdid")
