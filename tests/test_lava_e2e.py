@@ -150,7 +150,7 @@ def test_floating_pt_matches_float_simulator(stages: Stages) -> None:
 
 def test_killed_run_leaves_no_workers(stages: Stages) -> None:
     with pytest.raises(LavaTimeoutError) as err:
-        run_isolated(lava_job, stages, 4, 8, "confidence", 1.0, 0, True, 256, timeout=12)
+        run_isolated(lava_job, stages, 200, 49, "paper", 1.0, 0, True, 256, timeout=12)  # far longer than 12 s
     info = err.value.info
     assert info.timed_out and info.killed_pids  # Lava was running and was killed
     assert group_members(info.pgid) == []
