@@ -19,6 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="train on the first N images only")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (resumable)")
     parser.add_argument("--resume", action="store_true", help="continue from the run's last checkpoints")
+    parser.add_argument("--sync-bn", action="store_true",
+                        help="under torchrun: BatchNorm statistics over the global batch, not per rank")
+    parser.add_argument("--dist-timeout", type=float, default=600,
+                        help="under torchrun: seconds a collective may wait for another rank before failing")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,6 +11,9 @@ Run directory layout (``--out RUN_DIR``)::
 Resume = uninterrupted: the epoch's shuffle comes from ``seed + epoch``, the stage's own
 torch.Generator state is checkpointed, and the loop position (epoch, step in epoch, global step)
 is restored, so a resumed run replays the same batches with the same random draws.
+
+Under torchrun every function takes a :class:`~spkdiff.train.distributed.DistContext` (``dist``): rank r
+trains on its slice of each global batch and rank 0 alone reads and writes files (see that module).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from spkdiff.config import write_json_atomic
 from spkdiff.data import load_tensor
 from spkdiff.errors import SpkdiffError
 from spkdiff.host import diffusion_loss, training_mask
+from spkdiff.train.distributed import SINGLE, DistContext, param_digest, tensor_digest
 from spkdiff.train.sdid import SDID, SDIDConfig
 from spkdiff.train.vqsvae import VQSVAE, VQSVAEConfig
 
@@ -141,8 +145,12 @@ def run_training(
     step_fn: Callable[[nn.Module, torch.Tensor, torch.Generator], dict[str, torch.Tensor]],
     resume: bool,
     on_start: Callable[[nn.Module, torch.Tensor, torch.Generator], None] | None = None,
+    dist: DistContext = SINGLE,
 ) -> nn.Module:
-    """The shared loop: shuffle per epoch, AdamW, schedule, atomic checkpoints, logs, progress."""
+    """The shared loop: shuffle per epoch, AdamW, schedule, atomic checkpoints, logs, progress.
+
+    ``step_fn`` gets the DDP-wrapped model under torchrun (its attributes still reach the model).
+    """
     stage_cfg = config[stage]
     settings = TrainSettings.from_dict(stage_cfg["train"])
     torch.manual_seed(config["seed"])
@@ -155,10 +163,15 @@ def run_training(
     steps_per_epoch = n // settings.batch_size
     if steps_per_epoch == 0:
         raise SpkdiffError(f"{n} training items are fewer than one batch of {settings.batch_size}")
+    if settings.batch_size % dist.world_size:
+        raise SpkdiffError(f"batch size {settings.batch_size} does not split evenly over {dist.world_size} ranks")
+    if dist.enabled:
+        dist.check_same(f"the {stage} training data (same dataset and --data-root contents on every host?)",
+                        tensor_digest(data))
     total = steps_per_epoch * settings.epochs
     epoch, in_epoch, step = 0, 0, 0
-    if resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, stage=stage)
+    ckpt = dist.run_on_main(lambda: load_checkpoint(ckpt_path, stage=stage) if resume and ckpt_path.exists() else None)
+    if ckpt is not None:
         load_model_weights(model, ckpt.model, ckpt_path)
         if ckpt.optimizer is None:
             raise SpkdiffError(f"{ckpt_path} has no optimizer state to resume from")
@@ -166,17 +179,36 @@ def run_training(
         gen.set_state(ckpt.rng["generator"])
         torch.set_rng_state(ckpt.rng["torch"])
         epoch, in_epoch, step = (ckpt.position[k] for k in ("epoch", "in_epoch", "step"))
-        print(f"resuming {stage} at epoch {epoch}, step {step}", file=sys.stderr)
+        if dist.is_main:
+            print(f"resuming {stage} at epoch {epoch}, step {step}", file=sys.stderr)
     elif on_start is not None:
-        on_start(model, data, gen)
+        on_start(model, data, gen)  # identical on every rank (same data, seed and generator)
+    net = dist.prepare(model)  # DDP (+ SyncBatchNorm2d) under torchrun; DDP broadcasts rank 0's weights
+    if dist.enabled and dist.is_main:
+        per = settings.batch_size // dist.world_size
+        bn = "over the global batch (--sync-bn)" if dist.sync_bn else f"per rank over {per} items (see --sync-bn)"
+        print(f"{stage}: {dist.world_size} ranks ({dist.backend}): global batch {settings.batch_size} = "
+              f"{dist.world_size} x {per} per rank, the single-process batch, so lr {settings.lr:g} is not scaled; "
+              f"BatchNorm statistics {bn}", file=sys.stderr)
+    saved = step if ckpt is not None else -1
 
-    def checkpoint() -> None:
-        save_checkpoint(ckpt_path, model=model.state_dict(), config=config, stage=stage,
-                        optimizer=opt.state_dict(), rng={"generator": gen.get_state(), "torch": torch.get_rng_state()},
-                        position={"epoch": epoch, "in_epoch": in_epoch, "step": step, "total": total})
+    def checkpoint(collective: bool = True) -> None:
+        nonlocal saved
+        position = {"epoch": epoch, "in_epoch": in_epoch, "step": step, "total": total}
+        if dist.enabled:
+            position["world_size"] = dist.world_size
+            if collective:  # every rank's parameter digest: the replicas must be bit-identical
+                position["param_sha256"] = digests = dist.all_gather(param_digest(model))
+                if len(set(digests)) > 1:
+                    raise SpkdiffError(f"the ranks' {stage} parameters diverged by step {step}")
+        if dist.is_main:
+            save_checkpoint(ckpt_path, model=model.state_dict(), config=config, stage=stage,
+                            optimizer=opt.state_dict(),
+                            rng={"generator": gen.get_state(), "torch": torch.get_rng_state()}, position=position)
+        saved = step
 
-    logger = _Logger(run_dir, stage, resume)
-    bar = _progress(total, step, stage)
+    logger = _Logger(run_dir, stage, resume) if dist.is_main else None
+    bar = _progress(total, step, stage) if dist.is_main else None
     model.train()
     t_last, imgs = time.perf_counter(), 0
     try:
@@ -184,27 +216,36 @@ def run_training(
             order = torch.randperm(n, generator=torch.Generator().manual_seed(config["seed"] * 1000 + epoch))
             while in_epoch < steps_per_epoch:
                 if settings.max_steps is not None and step >= settings.max_steps:
+                    if saved != step:
+                        checkpoint()
                     return model
-                idx = order[in_epoch * settings.batch_size:(in_epoch + 1) * settings.batch_size]
+                batch = order[in_epoch * settings.batch_size:(in_epoch + 1) * settings.batch_size]
+                idx = dist.shard(batch)  # this rank's slice of the global batch (all of it in one process)
                 for group in opt.param_groups:
                     group["lr"] = lr_at(step, total, settings)
-                out = step_fn(model, data[idx], gen)
+                out = step_fn(net, data[idx], dist.step_generator(gen, config["seed"], step))
                 opt.zero_grad(set_to_none=True)
                 out["loss"].backward()
                 opt.step()
                 step += 1
                 in_epoch += 1
-                imgs += len(idx)
-                bar.update(1)
+                imgs += len(batch)
+                if bar is not None:
+                    bar.update(1)
                 if step % settings.log_every == 0 or in_epoch == steps_per_epoch:
                     now = time.perf_counter()
-                    values = {k: float(v.detach()) for k, v in out.items() if isinstance(v, torch.Tensor)}
+                    losses = {k: float(v.detach()) for k, v in out.items() if isinstance(v, torch.Tensor)}
+                    stats = {k: float(v) for k, v in out.get("stats", {}).items()}
+                    measured = dist.mean(losses | stats)  # averaged over ranks = the global batch's mean loss
+                    values = {k: measured[k] for k in losses}
                     values["images_per_s"] = imgs / max(now - t_last, 1e-9)
                     values["lr"] = opt.param_groups[0]["lr"]
                     values["epoch"] = epoch
-                    values.update({k: float(v) for k, v in out.get("stats", {}).items()})
-                    logger.log(step, values)
-                    bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{values['images_per_s']:.0f}", refresh=False)
+                    values.update({k: measured[k] for k in stats})
+                    if logger is not None and bar is not None:
+                        logger.log(step, values)
+                        bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{values['images_per_s']:.0f}",
+                                        refresh=False)
                     t_last, imgs = now, 0
                 if step % settings.checkpoint_every == 0:
                     checkpoint()
@@ -212,10 +253,11 @@ def run_training(
             in_epoch = 0
             checkpoint()
     finally:
-        if step > 0 and not (ckpt_path.exists() and load_checkpoint(ckpt_path).position.get("step") == step):
-            checkpoint()  # nothing lost on Ctrl-C or an error
-        bar.close()
-        logger.close()
+        if step > 0 and saved != step and dist.is_main:
+            checkpoint(collective=False)  # nothing lost on Ctrl-C or an error (no collectives: a peer may be gone)
+        if bar is not None and logger is not None:
+            bar.close()
+            logger.close()
     return model
 
 
@@ -234,9 +276,11 @@ def _vqsvae_step(data_variance: float):
     return step
 
 
-def train_vqsvae(run_dir: Path, config: dict[str, Any], data_root: str | None, resume: bool) -> VQSVAE:
+def train_vqsvae(run_dir: Path, config: dict[str, Any], data_root: str | None, resume: bool,
+                 dist: DistContext = SINGLE) -> VQSVAE:
     settings = TrainSettings.from_dict(config["vqsvae"]["train"])
-    images, _ = load_tensor(config["dataset"], data_root, "train", limit=settings.limit)
+    with dist.main_first():  # one download per host
+        images, _ = load_tensor(config["dataset"], data_root, "train", limit=settings.limit)
     images = (images - 0.5).contiguous()  # the paper's [-0.5, 0.5] pixel range
     data_variance = float(images.var())
 
@@ -246,34 +290,46 @@ def train_vqsvae(run_dir: Path, config: dict[str, Any], data_root: str | None, r
             with torch.no_grad():
                 model.init_codebook_(model.features(model.encode_spikes(data[idx])), gen)
 
-    return run_training("vqsvae", run_dir, config, images, _vqsvae_step(data_variance), resume, on_start)
+    return run_training("vqsvae", run_dir, config, images, _vqsvae_step(data_variance), resume, on_start, dist)
 
 
 # ----------------------------------------------------------------------------- stage 2
 
 
 @torch.no_grad()
-def encode_dataset(vq: VQSVAE, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Token grids (N, 7, 7) int64 of images in [0, 1]."""
+def encode_dataset(vq: VQSVAE, images: torch.Tensor, batch_size: int = 500, dist: DistContext = SINGLE
+                   ) -> torch.Tensor:
+    """Token grids (N, 7, 7) int64 of images in [0, 1] (batches shared out over the ranks under torchrun)."""
     vq.eval()
-    out = [vq.encode_tokens(images[i:i + batch_size] - 0.5) for i in range(0, images.shape[0], batch_size)]
+    n_batches = -(-images.shape[0] // batch_size)
+    out = dist.map_batches(lambda i: vq.encode_tokens(images[i * batch_size:(i + 1) * batch_size] - 0.5), n_batches)
     return torch.cat(out)
 
 
-def cached_tokens(run_dir: Path, config: dict[str, Any], data_root: str | None, limit: int | None) -> torch.Tensor:
+def cached_tokens(run_dir: Path, config: dict[str, Any], data_root: str | None, limit: int | None,
+                  dist: DistContext = SINGLE) -> torch.Tensor:
     """Encode the training split once with the trained VQ-SVAE and cache it beside the checkpoint."""
     cache = run_dir / "tokens_train.npy"
-    ckpt_mtime = (run_dir / "vqsvae.safetensors").stat().st_mtime
-    if cache.exists() and cache.stat().st_mtime >= ckpt_mtime:
-        tokens = torch.from_numpy(np.load(cache))
-        if limit is None or tokens.shape[0] == limit:
-            return tokens
-    vq = load_stage(run_dir, "vqsvae")
-    images, _ = load_tensor(config["dataset"], data_root, "train", limit=limit)
-    tokens = encode_dataset(vq, images)
-    tmp = run_dir / "tokens_train.tmp.npy"
-    np.save(tmp, tokens.numpy().astype(np.int16))
-    tmp.replace(cache)
+
+    def cached() -> torch.Tensor | None:
+        ckpt_mtime = (run_dir / "vqsvae.safetensors").stat().st_mtime
+        if cache.exists() and cache.stat().st_mtime >= ckpt_mtime:
+            tokens = torch.from_numpy(np.load(cache))
+            if limit is None or tokens.shape[0] == limit:
+                return tokens
+        return None
+
+    tokens = dist.run_on_main(cached)
+    if tokens is not None:
+        return tokens
+    vq = dist.run_on_main(lambda: load_stage(run_dir, "vqsvae"))
+    with dist.main_first():
+        images, _ = load_tensor(config["dataset"], data_root, "train", limit=limit)
+    tokens = encode_dataset(vq, images, dist=dist)
+    if dist.is_main:
+        tmp = run_dir / "tokens_train.tmp.npy"
+        np.save(tmp, tokens.numpy().astype(np.int16))
+        tmp.replace(cache)
     return tokens
 
 
@@ -290,11 +346,17 @@ def _sdid_step(settings: TrainSettings):
     return step
 
 
-def train_sdid(run_dir: Path, config: dict[str, Any], data_root: str | None, resume: bool) -> SDID:
-    if not (run_dir / "vqsvae.safetensors").exists():
-        raise SpkdiffError(f"no stage-1 checkpoint in {run_dir}: run `spkdiff train --stage vqsvae --out {run_dir}`")
+def train_sdid(run_dir: Path, config: dict[str, Any], data_root: str | None, resume: bool,
+               dist: DistContext = SINGLE) -> SDID:
+    def check_stage1() -> None:
+        if not (run_dir / "vqsvae.safetensors").exists():
+            raise SpkdiffError(f"no stage-1 checkpoint in {run_dir}: "
+                               f"run `spkdiff train --stage vqsvae --out {run_dir}`")
+
+    dist.run_on_main(check_stage1)
     settings = TrainSettings.from_dict(config["sdid"]["train"])
-    tokens = cached_tokens(run_dir, config, data_root, settings.limit).long()
+    tokens = cached_tokens(run_dir, config, data_root, settings.limit, dist).long()
     config["sdid"]["model"]["num_codes"] = config["vqsvae"]["model"]["codebook_size"]
-    write_json_atomic(run_dir / "config.json", config)
-    return run_training("sdid", run_dir, config, tokens, _sdid_step(settings), resume)
+    if dist.is_main:
+        write_json_atomic(run_dir / "config.json", config)
+    return run_training("sdid", run_dir, config, tokens, _sdid_step(settings), resume, dist=dist)

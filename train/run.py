@@ -37,18 +37,27 @@ def resolve_config(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
 
 
 def train_from_args(args: argparse.Namespace) -> None:
+    """Train in this process, or as one rank of a torchrun job (rank 0 owns the run directory)."""
+    from spkdiff.train import distributed
     from spkdiff.train.loop import train_sdid, train_vqsvae
 
     run_dir = Path(args.out)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise SpkdiffError(f"cannot create run directory {run_dir}: {err.strerror}") from None
-    config = resolve_config(args, run_dir)
-    write_json_atomic(run_dir / "config.json", config)
-    stages = STAGE_ORDER if args.stage == "all" else (args.stage,)
-    for stage in stages:
-        if stage == "vqsvae":
-            train_vqsvae(run_dir, config, args.data_root, args.resume)
-        else:
-            train_sdid(run_dir, config, args.data_root, args.resume)
+
+    def prepare() -> dict[str, Any]:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise SpkdiffError(f"cannot create run directory {run_dir}: {err.strerror}") from None
+        config = resolve_config(args, run_dir)
+        write_json_atomic(run_dir / "config.json", config)
+        return config
+
+    timeout = getattr(args, "dist_timeout", distributed.DEFAULT_TIMEOUT_S)
+    with distributed.session(timeout, getattr(args, "sync_bn", False)) as dist:
+        config = dist.run_on_main(prepare)
+        stages = STAGE_ORDER if args.stage == "all" else (args.stage,)
+        for stage in stages:
+            if stage == "vqsvae":
+                train_vqsvae(run_dir, config, args.data_root, args.resume, dist)
+            else:
+                train_sdid(run_dir, config, args.data_root, args.resume, dist)

@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fixed", action="store_true", help="lava backend: fixed_pt (bit-accurate) models")
     parser.add_argument("--timeout", type=float, default=600, help="lava backend: seconds before the run is killed")
     parser.add_argument("--out", default="samples.png", help="PNG grid path; tokens go beside it as .npy")
+    parser.add_argument("--dist-timeout", type=float, default=600,
+                        help="under torchrun (torch backend): seconds a rank may wait for another before failing")
 
 
 def _sampler_settings(args: argparse.Namespace, config: dict) -> tuple[str, int | None, float]:
@@ -48,17 +50,30 @@ def run(args: argparse.Namespace) -> int:
     if args.backend == "torch":
         if args.run is None:
             raise SpkdiffError("the torch backend samples from --run (a bundle holds no torch model)")
+        from spkdiff.train import distributed
         from spkdiff.train.loop import load_stage
         from spkdiff.train.sampling import generate
 
-        run_dir = resolve_run(args.run)
-        config = read_json(run_dir / "config.json", "run config")
-        method, steps, temperature = _sampler_settings(args, config)
-        vq, sdid = load_stage(run_dir, "vqsvae"), load_stage(run_dir, "sdid")
-        images, tokens, stats = generate(vq, sdid, args.n, steps=steps, method=method, temperature=temperature,
-                                         seed=args.seed, batch_size=args.batch_size)
+        def load() -> tuple:
+            run_dir = resolve_run(args.run)
+            return read_json(run_dir / "config.json", "run config"), load_stage(run_dir, "vqsvae"), \
+                load_stage(run_dir, "sdid")
+
+        # Under torchrun: rank 0 loads the models, the batches are shared out, every rank gets all images.
+        with distributed.session(args.dist_timeout) as dist:
+            config, vq, sdid = dist.run_on_main(load)
+            method, steps, temperature = _sampler_settings(args, config)
+            images, tokens, stats = generate(vq, sdid, args.n, steps=steps, method=method, temperature=temperature,
+                                             seed=args.seed, batch_size=args.batch_size, dist=dist)
+        if not dist.is_main:
+            return 0
         calls, snn_steps, seconds = stats.denoiser_calls, stats.snn_steps, stats.seconds
     else:
+        from spkdiff.train.distributed import world_from_env
+
+        if world_from_env()[1] > 1:
+            raise SpkdiffError("under torchrun only the torch backend is shared out over ranks; run "
+                               f"--backend {args.backend} as one process")
         from spkdiff.simulator.generate import sample_backend  # sim / sim-fixed / lava share the bundle loop
 
         images, tokens, info = sample_backend(args)
@@ -66,6 +81,6 @@ def run(args: argparse.Namespace) -> int:
     save_grid(images, out)
     np.save(out.with_suffix(".tokens.npy"), tokens.numpy().astype(np.int16))
     print(f"wrote {out} and {out.with_suffix('.tokens.npy')}: {args.n} images, backend {args.backend}, "
-          f"{calls} denoiser calls and {snn_steps} SNN time steps per image, {args.n / max(seconds, 1e-9):.1f} "
+          f"{calls} denoiser calls and {snn_steps} SNN time steps per image, {args.n / max(seconds, 1e-9):.3g} "
           f"images/s")
     return 0

@@ -21,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bundle for the sim backends (default: export one to a temp dir)")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--dist-timeout", type=float, default=600,
+                        help="under torchrun (torch backend): seconds a rank may wait for another before failing")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from spkdiff.errors import SpkdiffError
     from spkdiff.eval.evaluate import append_results_row, evaluate_images
     from spkdiff.imageio import save_grid
+    from spkdiff.train import distributed
     from spkdiff.train.loop import load_stage
     from spkdiff.train.sample_command import _sampler_settings
     from spkdiff.train.sampling import codebook_usage, generate, reconstruct
@@ -44,30 +47,42 @@ def run(args: argparse.Namespace) -> int:
         raise SpkdiffError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(GENERATIVE + RECONSTRUCTION)}")
     if args.n < 2:
         raise SpkdiffError("--n must be at least 2")
-    run_dir = resolve_run(args.run)
+    wanted_rec = [m for m in metrics if m in RECONSTRUCTION]
+    wanted_gen = [m for m in metrics if m in GENERATIVE]
+    # Under torchrun (torch backend): rank 0 loads the models, the reconstruction and sampling batches are
+    # shared out over the ranks and gathered; then rank 0 alone computes the metrics.
+    with distributed.session(args.dist_timeout) as dist:
+        if dist.enabled and args.backend != "torch":
+            raise SpkdiffError(f"under torchrun only the torch backend is shared out; run --backend {args.backend} "
+                               "as one process")
+        run_dir = dist.run_on_main(lambda: resolve_run(args.run))
+        config = dist.run_on_main(lambda: read_json(run_dir / "config.json", "run config"))
+        if wanted_rec:
+            vq = dist.run_on_main(lambda: load_stage(run_dir, "vqsvae"))
+            with dist.main_first():
+                test, _ = load_tensor(config["dataset"], args.data_root, "test", limit=args.n)
+            recon, tokens = reconstruct(vq, test, args.batch_size, dist=dist)
+        if wanted_gen and args.backend == "torch":
+            method, steps, temperature = _sampler_settings(args, config)
+            vq, sdid = dist.run_on_main(lambda: (load_stage(run_dir, "vqsvae"), load_stage(run_dir, "sdid")))
+            images, _, stats = generate(vq, sdid, args.n, steps=steps, method=method, temperature=temperature,
+                                        seed=args.seed, batch_size=args.batch_size, dist=dist)
+    if not dist.is_main:
+        return 0
     out_dir = run_dir if not args.run.startswith("pretrained:") else Path("eval-" + args.run.split(":", 1)[1])
-    config = read_json(run_dir / "config.json", "run config")
     dataset = config["dataset"]
     row: dict = {"run": args.run, "backend": args.backend, "seed": args.seed}
 
-    wanted_rec = [m for m in metrics if m in RECONSTRUCTION]
     if wanted_rec:
-        vq = load_stage(run_dir, "vqsvae")
-        test, _ = load_tensor(dataset, args.data_root, "test", limit=args.n)
-        recon, tokens = reconstruct(vq, test, args.batch_size)
         row.update(evaluate_images(recon, dataset, args.data_root, wanted_rec, reference=test, progress=False))
         row.update({f"codebook_{k}": v for k, v in codebook_usage(tokens, vq.cfg.codebook_size).items()})
         k = min(16, test.shape[0])
         save_grid(torch.cat([test[:k], recon[:k]]), out_dir / "reconstructions.png", nrow=k)
         row["n_reconstructed"] = int(test.shape[0])
 
-    wanted_gen = [m for m in metrics if m in GENERATIVE]
     if wanted_gen:
         method, steps, temperature = _sampler_settings(args, config)
         if args.backend == "torch":
-            vq, sdid = load_stage(run_dir, "vqsvae"), load_stage(run_dir, "sdid")
-            images, _, stats = generate(vq, sdid, args.n, steps=steps, method=method, temperature=temperature,
-                                        seed=args.seed, batch_size=args.batch_size)
             steps_used = stats.denoiser_calls
         else:
             from spkdiff.simulator.generate import generate_from_run
