@@ -7,6 +7,10 @@ Computes Inception features of a seeded random subset of ``--n`` training images
 ``spkdiff eval`` reuses), then FID, KID and precision/recall (k=3). Prints one JSON line per dataset and
 appends it to ``--out`` if given. A well-behaved FID pipeline gives a small train-vs-test FID (a few units
 at most): both sets come from the same distribution, the remainder is the finite-sample bias at N = 5000.
+
+Measured (MNIST, N = 5000 vs 10000, torch 2.13 CPU): FID 2.244, KID 1.2e-4 +- 1.3e-4, precision 0.784,
+recall 0.801; torchmetrics' FrechetInceptionDistance on the same features gives the same FID to 1e-10.
+Feature extraction took 50 + 25 min on the shared, heavily loaded 2-core machine (~10-14 img/s when idle).
 """
 
 from __future__ import annotations
