@@ -60,8 +60,9 @@ def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
 
     S are unbiased (n - 1) covariances, as in pytorch-fid, clean-fid and torchmetrics; computed in float64.
     With Inception pool3 features this is FID; with the in-domain classifier's features it is CFD.
-    (torchmetrics' FrechetInceptionDistance gives the same value but takes minutes per call for d = 2048 on a
-    small CPU; the tests check the two agree.)
+    torchmetrics' FrechetInceptionDistance gives the same value (to 1e-10 on MNIST Inception features) but solves
+    a general 2048x2048 eigenproblem: tens of seconds per call on 2 cores, over a minute for few-sample
+    (rank-deficient) covariances, where this takes milliseconds. The tests check that the two agree.
     """
     _check_pair(real, fake)
     real, fake = real.double(), fake.double()
