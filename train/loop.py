@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import csv
 import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -137,6 +139,10 @@ def _progress(total: int, initial: int, desc: str):
                 mininterval=0.5 if sys.stderr.isatty() else 30)
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def run_training(
     stage: str,
     run_dir: Path,
@@ -209,6 +215,11 @@ def run_training(
 
     logger = _Logger(run_dir, stage, resume) if dist.is_main else None
     bar = _progress(total, step, stage) if dist.is_main else None
+    # SIGTERM (kill, a scheduler's stop) unwinds like Ctrl-C, so the finally-block checkpoint runs;
+    # a job started in the background by a non-interactive shell ignores SIGINT: restore Python's handler.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGINT)
+                if in_main_thread}
     model.train()
     t_last, imgs = time.perf_counter(), 0
     try:
@@ -258,6 +269,8 @@ def run_training(
         if bar is not None and logger is not None:
             bar.close()
             logger.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return model
 
 

@@ -25,9 +25,13 @@ def resolve_config(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         config["vqsvae"]["model"].update(in_channels=c, image_size=h)
         if h != 28:
             raise SpkdiffError(f"{args.dataset} images are {h}x{w}; the VQ-SVAE presets expect 28x28")
+        if args.stage == "sdid" and stored.exists():  # stage 1 is already trained: keep what it was trained with
+            config["vqsvae"] = read_json(stored, "run config").get("vqsvae", config["vqsvae"])
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "limit": args.limit, "max_steps": args.max_steps}
     for stage in STAGE_ORDER:
         config[stage]["train"].pop("max_steps", None)  # an interruption point, never inherited by --resume
+        if args.stage not in ("all", stage):
+            continue  # overrides apply to the stages being trained
         for key, value in overrides.items():
             if value is not None:
                 config[stage]["train"][key] = value
