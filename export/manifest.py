@@ -24,7 +24,6 @@ A writer fills ``stages.*.file`` (and may add keys); unknown keys must be ignore
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 from importlib import metadata
@@ -33,19 +32,13 @@ from typing import Any
 
 from torch import nn
 
+from spkdiff.files import sha256
+
 from .nir_graphs import DT, StageGraph
 
 FORMAT = "spkdiff-export"
 VERSION = 1
 _PACKAGES = ("spkdiff", "torch", "nir", "nirtorch", "numpy", "h5py", "onnx", "onnxscript", "onnxruntime")
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def versions(packages: tuple[str, ...] = _PACKAGES) -> dict[str, str]:

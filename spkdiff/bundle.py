@@ -15,7 +15,6 @@ integer weight.  A neuron's float potential is ``V = v_int / scale``; graded (an
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from spkdiff.errors import SpkdiffError
+from spkdiff.files import sha256
 
 FORMAT = "spkdiff-export"
 TARGET = "lava"
@@ -113,14 +113,6 @@ class Bundle:
     @property
     def quant_options(self) -> dict[str, Any]:
         return dict(self.manifest.get("lava", {}).get("quantization", {}).get("options", {}))
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:

