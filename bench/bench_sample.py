@@ -10,26 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
+from bench_train import ReferenceSDID, median_rate
 
 from spkdiff.config import load_preset
 from spkdiff.host import MaskSampler
 from spkdiff.train.sampling import generate
 from spkdiff.train.sdid import SDID, SDIDConfig
 from spkdiff.train.vqsvae import VQSVAE, VQSVAEConfig
-
-
-def median_images_per_s(fn, n: int, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return n / statistics.median(times)
 
 
 def main() -> None:
@@ -52,11 +41,11 @@ def main() -> None:
         sdid = SDID(SDIDConfig.from_dict(preset["sdid"]["model"])).eval()
     results = {}
     for name, method, steps in [("paper schedule (49 calls)", "paper", None),
+                                (f"paper 1/t rule, {args.steps} calls (fast preset)", "paper", args.steps),
                                 (f"confidence sampler ({args.steps} calls)", "confidence", args.steps)]:
-        results[name] = median_images_per_s(
+        results[name] = median_rate(
             lambda m=method, s=steps: generate(vq, sdid, args.n, steps=s, method=m, batch_size=args.n), args.n,
             args.repeats)
-    from bench_train import ReferenceSDID
 
     ref = ReferenceSDID().eval()
     sampler = MaskSampler(128, 49, None, "paper")
@@ -66,7 +55,7 @@ def main() -> None:
     def reference():
         sampler.sample(ref, n_ref, (7, 7), torch.Generator().manual_seed(0))
 
-    results["reference analog SDID, paper schedule (denoiser only)"] = median_images_per_s(reference, n_ref, 1)
+    results["reference analog SDID, paper schedule (denoiser only)"] = median_rate(reference, n_ref, 1)
     print(f"{'sampler':55s} {'images/s':>10s}")
     for name, rate in results.items():
         print(f"{name:55s} {rate:10.2f}")
