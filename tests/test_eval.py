@@ -228,13 +228,14 @@ def test_mse_and_ssim():
 
 # ------------------------------------------------------------------------------------------ classifier
 
-def test_shipped_mnist_classifier_reaches_98_percent(shared_data_root):
-    clf = clf_mod.load_classifier("mnist")
+@pytest.mark.parametrize(("dataset", "minimum"), [("mnist", 0.98), ("fashion-mnist", 0.88)])
+def test_shipped_classifier_accuracy(shared_data_root, dataset, minimum):
+    clf = clf_mod.load_classifier(dataset)
     assert clf.path is not None and clf.path.parent == clf_mod.WEIGHTS_DIR
     assert clf.path.stat().st_size < 1_000_000
-    images, labels = feat_mod.load_split("mnist", shared_data_root, "test")
+    images, labels = feat_mod.load_split(dataset, shared_data_root, "test")
     acc = clf_mod.accuracy(clf.model, images, labels)
-    assert acc >= 0.98
+    assert acc >= minimum
     assert acc == pytest.approx(clf.test_accuracy, abs=2e-3)  # the recorded accuracy is the real one
 
 
