@@ -15,7 +15,8 @@ import nir
 import torch
 from torch import nn
 
-from spkdiff.train.snn import leaky_sum, merge_time, split_time
+from spkdiff.host import leaky_sum
+from spkdiff.train.snn import merge_time, split_time
 
 from .lowering import depth_to_space
 from .nir_graphs import StageGraph

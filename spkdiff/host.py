@@ -15,13 +15,17 @@ import torch
 # ----------------------------------------------------------------------------- codebook lookup
 
 
+def leaky_sum(x_seq: torch.Tensor, decay: float) -> torch.Tensor:
+    """sum_t x_t decay^(T-1-t) over the time axis 0: a leaky integrator's final state."""
+    acc = torch.zeros_like(x_seq[0])
+    for t in range(x_seq.shape[0]):
+        acc = decay * acc + x_seq[t]
+    return acc
+
+
 def psp_final(spikes: torch.Tensor, tau_syn: float) -> torch.Tensor:
     """Eq 5 at t = T_s: PSP_t = (1 - 1/tau_syn) PSP_{t-1} + (1/tau_syn) z_t, PSP_0 = 0."""
-    decay = 1.0 - 1.0 / tau_syn
-    acc = torch.zeros_like(spikes[0])
-    for t in range(spikes.shape[0]):
-        acc = decay * acc + spikes[t] / tau_syn
-    return acc
+    return leaky_sum(spikes / tau_syn, 1.0 - 1.0 / tau_syn)
 
 
 def encoder_features(spikes: torch.Tensor, k: torch.Tensor | float, tau_syn: float, variant: str = "paper",
@@ -34,9 +38,7 @@ def encoder_features(spikes: torch.Tensor, k: torch.Tensor | float, tau_syn: flo
     if variant == "paper":
         psp = psp_final(spikes, tau_syn)
     elif variant == "code":
-        psp = torch.zeros_like(spikes[0])
-        for t in range(spikes.shape[0]):
-            psp = code_decay * psp + spikes[t]
+        psp = leaky_sum(spikes, code_decay)
     else:
         raise ValueError(f"unknown psp_variant {variant!r} (paper or code)")
     return k * rate + (1 - k) * psp

@@ -21,7 +21,8 @@ from spkdiff.export.lowering import (
     space_to_depth,
 )
 from spkdiff.export.nir_graphs import li_tau, lif_params
-from spkdiff.train.snn import LIF, leaky_sum
+from spkdiff.host import leaky_sum
+from spkdiff.train.snn import LIF
 
 
 def _run_lowered(spec: ConvSpec, x: torch.Tensor, f_in: int) -> torch.Tensor:

@@ -15,8 +15,8 @@ from spkdiff.data import load_tensor
 from spkdiff.export.nir_graphs import load_models
 from spkdiff.export.onnx_models import SamplerStepConfidence
 from spkdiff.export.onnx_target import run_onnx
-from spkdiff.host import MaskSampler, unmask_schedule
-from spkdiff.train.snn import leaky_sum, merge_time, split_time
+from spkdiff.host import MaskSampler, leaky_sum, unmask_schedule
+from spkdiff.train.snn import merge_time, split_time
 
 FILES = ["codebook_lookup.onnx", "encoder.onnx", "generator.onnx", "manifest.json", "sampler_step.onnx", "sdid.onnx"]
 

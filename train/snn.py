@@ -183,14 +183,6 @@ def psp_sequence(spikes: torch.Tensor, tau_syn: float) -> torch.Tensor:
     return out
 
 
-def leaky_sum(x_seq: torch.Tensor, decay: float) -> torch.Tensor:
-    """sum_t x_t decay^(T-1-t): the authors' read-out (a leaky integrator's final state)."""
-    acc = torch.zeros_like(x_seq[0])
-    for t in range(x_seq.shape[0]):
-        acc = decay * acc + x_seq[t]
-    return acc
-
-
 def merge_time(x: torch.Tensor) -> torch.Tensor:
     """(T, B, ...) -> (T*B, ...) so stateless layers run once over all steps."""
     return x.flatten(0, 1)

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spkdiff.host import codebook_lookup, encoder_features
-from spkdiff.train.snn import LIFParams, SpikingConv, leaky_sum, merge_time, psp_sequence, split_time
+from spkdiff.host import codebook_lookup, encoder_features, leaky_sum
+from spkdiff.train.snn import LIFParams, SpikingConv, merge_time, psp_sequence, split_time
 
 
 @dataclass
