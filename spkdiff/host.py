@@ -9,6 +9,7 @@ Lava host processes (one implementation, so every backend computes the same numb
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -121,6 +122,16 @@ def unmask_schedule(steps: int, num_tokens: int, kind: str) -> list[int]:
     return remaining
 
 
+@dataclass
+class SamplerState:
+    """The mask sampler between steps: tokens (B, H, W) with [MASK] = K, which are masked, steps done."""
+
+    tokens: torch.Tensor
+    masked: torch.Tensor
+    remaining: list[int] | None  # confidence: count still masked after each step
+    i: int = 0
+
+
 class MaskSampler:
     """The mask sampler (host side): starts fully masked, calls ``denoise(h_t, t) -> logits``.
 
@@ -155,32 +166,45 @@ class MaskSampler:
         shape = logits.shape[0], *logits.shape[2:]
         return drawn.view(shape), chosen.view(shape)
 
+    def start(self, batch: int, grid: tuple[int, int]) -> SamplerState:
+        """The fully masked state before the first of ``self.steps`` steps."""
+        remaining = unmask_schedule(self.steps, grid[0] * grid[1], "cosine") if self.method == "confidence" else None
+        return SamplerState(torch.full((batch, *grid), self.num_codes, dtype=torch.long),
+                            torch.ones(batch, *grid, dtype=torch.bool), remaining)
+
+    def time_of(self, state: SamplerState) -> torch.Tensor:
+        """The diffusion time (B,) the denoiser gets at the state's next step."""
+        return torch.full((state.tokens.shape[0],), self.model_time(self.steps - state.i), dtype=torch.long)
+
+    def update(self, state: SamplerState, logits: torch.Tensor, generator: torch.Generator | None) -> None:
+        """One step: draw from ``logits`` (B, K, H, W) and unmask the chosen tokens (in place)."""
+        i, step_t, masked = state.i, self.steps - state.i, state.masked
+        drawn, prob = self.draw(logits, generator)
+        if self.method == "paper":
+            change = (torch.rand(masked.shape, generator=generator) < 1.0 / step_t) & masked
+        else:
+            # MaskGIT: log-confidence plus Gumbel noise annealed to 0, so early steps do not all pick
+            # the most confident (background-like) tokens.
+            batch, num_tokens = masked.shape[0], masked[0].numel()
+            u = torch.rand(prob.shape, generator=generator).clamp(1e-20, 1 - 1e-7)
+            noisy = prob.clamp_min(1e-30).log() - self.choice_temperature * (1 - (i + 1) / self.steps) * (
+                -(-u.log()).log())
+            score = torch.where(masked, noisy, torch.full_like(prob, -math.inf)).flatten(1)
+            n_keep_masked = state.remaining[i]
+            n_masked = masked.flatten(1).sum(1)
+            order = score.argsort(1, descending=True)
+            rank = torch.empty_like(order)
+            rank.scatter_(1, order, torch.arange(num_tokens).expand(batch, -1).contiguous())
+            change = (rank < (n_masked - n_keep_masked).clamp(min=0)[:, None]).view_as(masked) & masked
+        state.tokens = torch.where(change, drawn, state.tokens)
+        state.masked = masked & ~change
+        state.i += 1
+
     def sample(self, denoise, batch: int, grid: tuple[int, int], generator: torch.Generator | None = None
                ) -> torch.Tensor:
-        tokens = torch.full((batch, *grid), self.num_codes, dtype=torch.long)
-        masked = torch.ones(batch, *grid, dtype=torch.bool)
-        num_tokens = grid[0] * grid[1]
-        remaining = unmask_schedule(self.steps, num_tokens, "cosine") if self.method == "confidence" else None
-        for i, step_t in enumerate(range(self.steps, 0, -1)):
-            t = torch.full((batch,), self.model_time(step_t), dtype=torch.long)
-            logits = denoise(tokens, t)
-            drawn, prob = self.draw(logits, generator)
-            if self.method == "paper":
-                change = (torch.rand(masked.shape, generator=generator) < 1.0 / step_t) & masked
-            else:
-                # MaskGIT: log-confidence plus Gumbel noise annealed to 0, so early steps do not all pick
-                # the most confident (background-like) tokens.
-                u = torch.rand(prob.shape, generator=generator).clamp(1e-20, 1 - 1e-7)
-                noisy = prob.clamp_min(1e-30).log() - self.choice_temperature * (1 - (i + 1) / self.steps) * (
-                    -(-u.log()).log())
-                score = torch.where(masked, noisy, torch.full_like(prob, -math.inf)).flatten(1)
-                n_keep_masked = remaining[i]
-                n_masked = masked.flatten(1).sum(1)
-                order = score.argsort(1, descending=True)
-                rank = torch.empty_like(order)
-                rank.scatter_(1, order, torch.arange(num_tokens).expand(batch, -1).contiguous())
-                change = (rank < (n_masked - n_keep_masked).clamp(min=0)[:, None]).view_as(masked) & masked
-            tokens = torch.where(change, drawn, tokens)
-            masked = masked & ~change
-        assert not masked.any(), "sampler left masked tokens"
-        return tokens
+        """``start``, then ``self.steps`` times ``update(denoise(tokens, t))``."""
+        state = self.start(batch, grid)
+        while state.i < self.steps:
+            self.update(state, denoise(state.tokens, self.time_of(state)), generator)
+        assert not state.masked.any(), "sampler left masked tokens"
+        return state.tokens
