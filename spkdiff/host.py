@@ -19,8 +19,8 @@ import torch
 def leaky_sum(x_seq: torch.Tensor, decay: float) -> torch.Tensor:
     """sum_t x_t decay^(T-1-t) over the time axis 0: a leaky integrator's final state."""
     acc = torch.zeros_like(x_seq[0])
-    for t in range(x_seq.shape[0]):
-        acc = decay * acc + x_seq[t]
+    for x_t in x_seq.unbind(0):  # unbind: one cheap backward node (indexing x_seq[t] makes T full-size ones)
+        acc = decay * acc + x_t
     return acc
 
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spkdiff.host import codebook_lookup, encoder_features, leaky_sum
-from spkdiff.train.snn import LIFParams, SpikingConv, merge_time, psp_sequence, split_time
+from spkdiff.train.snn import LIFParams, SpikingConv, psp_sequence
 
 
 @dataclass
@@ -101,8 +101,13 @@ class VQSVAE(nn.Module):
         s = spikes
         for layer in self.decoder:
             s = layer(s, self.steps)
-        out = split_time(self.readout(merge_time(s)), self.steps)
-        return torch.tanh(leaky_sum(out, self.cfg.readout_decay))
+        # Leaky read-out of the output conv: sum_t d^(T-1-t) (W s_t + b) = W (sum_t d^(T-1-t) s_t) + b sum_t d^(T-1-t).
+        # The conv is linear, so it runs once on the integrated spikes instead of T times (same math).
+        decay, r = self.cfg.readout_decay, self.readout
+        integrated = leaky_sum(s, decay).contiguous(memory_format=torch.channels_last)
+        gain = sum(decay**k for k in range(self.steps))
+        out = F.conv_transpose2d(integrated, r.weight, r.bias * gain, r.stride, r.padding, r.output_padding)
+        return torch.tanh(out)
 
     def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.decode_spikes(self.asg_spikes(self.embed(tokens)))
