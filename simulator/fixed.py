@@ -38,9 +38,7 @@ from spkdiff.neuromorphic import loihi
 from .ops import (
     AffineOp,
     ConvOp,
-    IFOp,
     IOp,
-    LIFOp,
     LIOp,
     NeuronOp,
     Op,
@@ -112,16 +110,16 @@ def _neuron_constants(name: str, op: Op) -> tuple[float | None, float, float, bo
             raise SpkdiffError(f"fixed mode: {name}: {what} must be the same for all neurons")
         return v
 
-    if isinstance(op, LIOp | LIFOp):
-        spiking = not isinstance(op, LIOp)
+    if isinstance(op, LIOp):
+        spiking = op.spiking
         if scalar(op.v_leak, "v_leak") != 0.0 or (spiking and scalar(op.v_reset, "v_reset") != 0.0):
             raise SpkdiffError(f"fixed mode: {name}: Loihi needs v_leak = v_reset = 0")
         tau = scalar(op.tau, "tau")
         if tau < 1:
             raise SpkdiffError(f"fixed mode: {name}: tau/dt = {tau} < 1 step has no Loihi decay")
-        return tau, scalar(op.r, "r"), scalar(op.v_th, "v_threshold") if spiking else 1.0, spiking
-    if isinstance(op, IFOp | IOp):
-        spiking = not isinstance(op, IOp)
+        return tau, scalar(op.gain, "r"), scalar(op.v_th, "v_threshold") if spiking else 1.0, spiking
+    if isinstance(op, IOp):
+        spiking = op.spiking
         if spiking and scalar(op.v_reset, "v_reset") != 0.0:
             raise SpkdiffError(f"fixed mode: {name}: Loihi needs v_reset = 0")
         return None, scalar(op.gain, "r"), scalar(op.v_th, "v_threshold") if spiking else 1.0, spiking

@@ -369,9 +369,18 @@ class ThresholdOp(StatelessOp):
 
 
 class NeuronOp(Op):
-    """Base for stateful neurons: loops over time; ``record`` gets ``(T, B, *shape)`` state traces."""
+    """Base for stateful neurons: loops over time; ``record`` gets ``(T, B, *shape)`` state traces.
+
+    The LIF family (LIF, LI, IF, I) is one loop (:func:`_lif_loop`) with different constants: input
+    ``gain`` (r for LIF/LI, r*dt for IF/I), ``tau`` (None: no leak), ``v_leak``, ``v_th``, ``v_reset``.
+    """
 
     kind = "neuron"
+    gain: float | torch.Tensor = 1.0
+    tau: float | torch.Tensor | None = None
+    v_leak: float | torch.Tensor = 0.0
+    v_th: float | torch.Tensor = 0.0
+    v_reset: float | torch.Tensor = 0.0
 
     def _prepare(self, x: Signal, steps: int, gain: float | torch.Tensor) -> tuple[torch.Tensor, bool, int]:
         """Scale the input once for the whole sequence (``gain * x``; skipped when gain is exactly 1)."""
@@ -381,75 +390,58 @@ class NeuronOp(Op):
         batch = d.shape[0] if x.static else d.shape[1]
         return d, x.static, batch
 
-
-class LIFOp(NeuronOp):
-    spiking = True
-
-    def __init__(self, name: str, node: nir.NIRNode, in_shape: Shape, dt: float) -> None:
-        super().__init__(name, node, in_shape, dt)
-        shp = self.in_shape
-        self.tau = _scalar_or_tensor(np.asarray(node.tau, dtype=np.float64) / dt, shp, f"{name}.tau")
-        self.r = _scalar_or_tensor(node.r, shp, f"{name}.r")
-        self.v_leak = _scalar_or_tensor(node.v_leak, shp, f"{name}.v_leak")
-        self.v_th = _scalar_or_tensor(node.v_threshold, shp, f"{name}.v_threshold")
-        self.v_reset = _scalar_or_tensor(node.v_reset, shp, f"{name}.v_reset")
-
-    def state_names(self) -> tuple[str, ...]:
-        return ("v",)
-
-    def run(self, x: Signal, steps: int, record: dict[str, torch.Tensor] | None) -> Signal:
-        d, static, batch = self._prepare(x, steps, self.r)
-        return Signal(_lif_loop(d, static, steps, batch, self.in_shape, self.tau, self.v_leak, self.v_th,
-                                self.v_reset, spiking=True, record=record), False, True)
-
-
-class LIOp(LIFOp):
-    spiking = False
-
-    def __init__(self, name: str, node: nir.NIRNode, in_shape: Shape, dt: float) -> None:
-        Op.__init__(self, name, node, in_shape, dt)
-        shp = self.in_shape
-        self.tau = _scalar_or_tensor(np.asarray(node.tau, dtype=np.float64) / dt, shp, f"{name}.tau")
-        self.r = _scalar_or_tensor(node.r, shp, f"{name}.r")
-        self.v_leak = _scalar_or_tensor(node.v_leak, shp, f"{name}.v_leak")
-        self.v_th = self.v_reset = 0.0
-
-    def run(self, x: Signal, steps: int, record: dict[str, torch.Tensor] | None) -> Signal:
-        d, static, batch = self._prepare(x, steps, self.r)
-        return Signal(_lif_loop(d, static, steps, batch, self.in_shape, self.tau, self.v_leak, 0.0, 0.0,
-                                spiking=False, record=record), False, False)
-
-
-class IFOp(NeuronOp):
-    spiking = True
-
-    def __init__(self, name: str, node: nir.NIRNode, in_shape: Shape, dt: float) -> None:
-        super().__init__(name, node, in_shape, dt)
-        shp = self.in_shape
-        self.gain = _scalar_or_tensor(np.asarray(node.r, dtype=np.float64) * dt, shp, f"{name}.r")
-        self.v_th = _scalar_or_tensor(node.v_threshold, shp, f"{name}.v_threshold")
-        self.v_reset = _scalar_or_tensor(node.v_reset, shp, f"{name}.v_reset")
-
     def state_names(self) -> tuple[str, ...]:
         return ("v",)
 
     def run(self, x: Signal, steps: int, record: dict[str, torch.Tensor] | None) -> Signal:
         d, static, batch = self._prepare(x, steps, self.gain)
-        return Signal(_lif_loop(d, static, steps, batch, self.in_shape, None, 0.0, self.v_th, self.v_reset,
-                                spiking=True, record=record), False, True)
+        return Signal(_lif_loop(d, static, steps, batch, self.in_shape, self.tau, self.v_leak, self.v_th,
+                                self.v_reset, spiking=self.spiking, record=record), False, self.spiking)
 
 
-class IOp(IFOp):
+class LIOp(NeuronOp):
+    """NIR LI: tau dv/dt = (v_leak - v) + r I (no threshold)."""
+
     spiking = False
 
     def __init__(self, name: str, node: nir.NIRNode, in_shape: Shape, dt: float) -> None:
-        Op.__init__(self, name, node, in_shape, dt)
+        super().__init__(name, node, in_shape, dt)
+        shp = self.in_shape
+        self.tau = _scalar_or_tensor(np.asarray(node.tau, dtype=np.float64) / dt, shp, f"{name}.tau")
+        self.gain = _scalar_or_tensor(node.r, shp, f"{name}.r")
+        self.v_leak = _scalar_or_tensor(node.v_leak, shp, f"{name}.v_leak")
+
+
+class LIFOp(LIOp):
+    """NIR LIF: LI plus threshold and reset."""
+
+    spiking = True
+
+    def __init__(self, name: str, node: nir.NIRNode, in_shape: Shape, dt: float) -> None:
+        super().__init__(name, node, in_shape, dt)
+        self.v_th = _scalar_or_tensor(node.v_threshold, self.in_shape, f"{name}.v_threshold")
+        self.v_reset = _scalar_or_tensor(node.v_reset, self.in_shape, f"{name}.v_reset")
+
+
+class IOp(NeuronOp):
+    """NIR I: dv/dt = r I (no leak, no threshold)."""
+
+    spiking = False
+
+    def __init__(self, name: str, node: nir.NIRNode, in_shape: Shape, dt: float) -> None:
+        super().__init__(name, node, in_shape, dt)
         self.gain = _scalar_or_tensor(np.asarray(node.r, dtype=np.float64) * dt, self.in_shape, f"{name}.r")
 
-    def run(self, x: Signal, steps: int, record: dict[str, torch.Tensor] | None) -> Signal:
-        d, static, batch = self._prepare(x, steps, self.gain)
-        return Signal(_lif_loop(d, static, steps, batch, self.in_shape, None, 0.0, 0.0, 0.0,
-                                spiking=False, record=record), False, False)
+
+class IFOp(IOp):
+    """NIR IF: I plus threshold and reset."""
+
+    spiking = True
+
+    def __init__(self, name: str, node: nir.NIRNode, in_shape: Shape, dt: float) -> None:
+        super().__init__(name, node, in_shape, dt)
+        self.v_th = _scalar_or_tensor(node.v_threshold, self.in_shape, f"{name}.v_threshold")
+        self.v_reset = _scalar_or_tensor(node.v_reset, self.in_shape, f"{name}.v_reset")
 
 
 class CubaLIFOp(NeuronOp):
