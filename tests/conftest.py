@@ -30,3 +30,31 @@ def tiny_run(shared_data_root: Path, tmp_path_factory: pytest.TempPathFactory) -
                "--data-root", str(shared_data_root), "--seed", "0"])
     assert rc == 0
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory):
+    """``tiny_export(target)``: the tiny run exported to ``target`` (nir, onnx, lava) once per session.
+
+    Read-only for tests.
+    """
+    from spkdiff.cli import export_main
+
+    done: dict[str, Path] = {}
+
+    def export(target: str) -> Path:
+        if target not in done:
+            out = tmp_path_factory.mktemp("export") / target
+            assert export_main(["--run", str(tiny_run), "--target", target, "--out", str(out)]) == 0
+            done[target] = out
+        return done[target]
+
+    return export
+
+
+@pytest.fixture(scope="session")
+def models(tiny_run: Path):
+    """The tiny run's (VQSVAE, SDID) in eval mode. Shared: deep-copy before changing them."""
+    from spkdiff.export.nir_graphs import load_models
+
+    return load_models(tiny_run)

@@ -19,7 +19,7 @@ from spkdiff.cli import export_main, main
 from spkdiff.data import load_tensor
 from spkdiff.export.lowering import LoweringError, depth_to_space
 from spkdiff.export.manifest import sha256
-from spkdiff.export.nir_graphs import STAGES, StageGraph, build_stage_graphs, load_models, spiking_core
+from spkdiff.export.nir_graphs import STAGES, StageGraph, build_stage_graphs, spiking_core
 from spkdiff.export.verify import encoder_trace, generator_trace, sdid_trace, verify_stage
 from spkdiff.host import training_mask
 
@@ -27,15 +27,8 @@ N_IMAGES = 16
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("export") / "nir"
-    assert export_main(["--run", str(tiny_run), "--target", "nir", "--out", str(out)]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def models(tiny_run: Path):
-    return load_models(tiny_run)
+def exported(tiny_export) -> Path:
+    return tiny_export("nir")
 
 
 @pytest.fixture(scope="module")
@@ -133,34 +126,31 @@ def _run_stepwise(module: nn.Module, x: torch.Tensor, steps: int) -> torch.Tenso
     return torch.stack(outs)
 
 
-@pytest.mark.parametrize("stage", STAGES)
-def test_spikingjelly_import_gives_the_same_spikes(stage: str, exported: Path, stages, models, stage_inputs):
-    """SpikingJelly 2.0 import_from_nir(dt=1) of the file's spiking core (it has no LI/I node)."""
-    from spikingjelly.activation_based.nir_exchange import import_from_nir
+def _import_core(consumer: str, core: nir.NIRGraph) -> tuple[nn.Module, bool]:
+    """The consumer's module for a NIR graph (dt = 1), and whether it must run one sample at a time."""
+    if consumer == "spikingjelly":
+        from spikingjelly.activation_based.nir_exchange import import_from_nir
 
-    sg = stages[stage]
-    core = spiking_core(nir.read(exported / f"{stage}.nir"))
-    x = stage_inputs[stage][:4]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        module = import_from_nir(core, dt=1.0)
-        got = _run_stepwise(module, x, sg.steps)
-    ref, f = _torch_last_spikes(stage, models, x, sg)
-    assert torch.equal(depth_to_space(got, f), ref)
-
-
-@pytest.mark.parametrize("stage", STAGES)
-def test_norse_import_gives_the_same_spikes(stage: str, exported: Path, stages, models, stage_inputs):
-    """Norse from_nir(dt=1) of the file's spiking core, one sample at a time (its import fails at batch > 1)."""
+        return import_from_nir(core, dt=1.0), False
     import norse.torch
 
+    return norse.torch.from_nir(core, dt=1.0), True  # Norse's import fails at batch > 1
+
+
+@pytest.mark.parametrize("consumer", ["spikingjelly", "norse"])
+@pytest.mark.parametrize("stage", STAGES)
+def test_independent_import_gives_the_same_spikes(consumer: str, stage: str, exported: Path, stages, models,
+                                                 stage_inputs):
+    """SpikingJelly 2.0 import_from_nir / Norse from_nir of the file's spiking core (neither has LI/I nodes)
+    reproduce the torch model's last spiking layer bit for bit."""
     sg = stages[stage]
     core = spiking_core(nir.read(exported / f"{stage}.nir"))
-    x = stage_inputs[stage][:2]
+    x = stage_inputs[stage][:3]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        module = norse.torch.from_nir(core, dt=1.0)
-        got = torch.cat([_run_stepwise(module, x[i:i + 1], sg.steps) for i in range(x.shape[0])], dim=1)
+        module, per_sample = _import_core(consumer, core)
+        chunks = x.split(1) if per_sample else [x]
+        got = torch.cat([_run_stepwise(module, c, sg.steps) for c in chunks], dim=1)
     ref, f = _torch_last_spikes(stage, models, x, sg)
     assert torch.equal(depth_to_space(got, f), ref)
 

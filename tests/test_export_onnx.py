@@ -10,9 +10,7 @@ import onnx
 import pytest
 import torch
 
-from spkdiff.cli import export_main
 from spkdiff.data import load_tensor
-from spkdiff.export.nir_graphs import load_models
 from spkdiff.export.onnx_models import SamplerStepConfidence
 from spkdiff.export.onnx_target import run_onnx
 from spkdiff.host import MaskSampler, leaky_sum, unmask_schedule
@@ -22,15 +20,8 @@ FILES = ["codebook_lookup.onnx", "encoder.onnx", "generator.onnx", "manifest.jso
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("export") / "onnx"
-    assert export_main(["--run", str(tiny_run), "--target", "onnx", "--out", str(out)]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def models(tiny_run: Path):
-    return load_models(tiny_run)
+def exported(tiny_export) -> Path:
+    return tiny_export("onnx")
 
 
 @pytest.fixture(scope="module")
