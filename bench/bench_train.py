@@ -1,4 +1,4 @@
-"""Training throughput, measured side by side in one run (medians of several steps).
+"""Training throughput, measured side by side in one run (interleaved rounds, median step times).
 
 Stage 1: our VQ-SVAE at the paper and fast presets vs a naive SpikingJelly 2.0 implementation of the
 paper preset (SeqToANNContainer(conv, BN) + LIFNode(step_mode="m") everywhere, the image repeated
@@ -97,14 +97,19 @@ class ReferenceSDID(nn.Module):
         return out.mean(0)
 
 
-def median_rate(step, batch: int, steps: int) -> float:
-    times = []
-    for i in range(steps + 2):
-        t0 = time.perf_counter()
+def interleaved_rates(configs: dict[str, tuple], rounds: int) -> dict[str, float]:
+    """images/s of each ``name -> (step, batch)``, from the median step time over ``rounds`` rounds in which
+    every configuration takes one step in turn (load on a shared machine then hits them all alike)."""
+    for step, _ in configs.values():  # warm-up: allocator, numba compile cache load
         step()
-        if i >= 2:  # warm-up: allocator, numba compile cache load
-            times.append(time.perf_counter() - t0)
-    return batch / statistics.median(times)
+        step()
+    times: dict[str, list[float]] = {name: [] for name in configs}
+    for _ in range(rounds):
+        for name, (step, _) in configs.items():
+            t0 = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - t0)
+    return {name: configs[name][1] / statistics.median(t) for name, t in times.items()}
 
 
 def vq_step(model, batch: int, opt):
@@ -139,8 +144,8 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     torch.manual_seed(0)
-    results = {}
     paper, fast = load_preset("paper"), load_preset("fast")
+    stage1 = {}
     for name, model, batch, fused in [
         ("stage1 naive SpikingJelly (paper preset)", naive_vqsvae(16), 32, False),
         ("stage1 spkdiff paper preset", VQSVAE(VQSVAEConfig.from_dict(paper["vqsvae"]["model"])), 32, True),
@@ -148,14 +153,16 @@ def main() -> None:
          fast["vqsvae"]["train"]["batch_size"], True),
     ]:
         opt = torch.optim.AdamW(model.parameters(), 1e-3, weight_decay=1e-3, fused=fused)
-        results[name] = median_rate(vq_step(model, batch, opt), batch, args.steps)
+        stage1[name] = (vq_step(model, batch, opt), batch)
+    stage2 = {}
     for name, model, batch in [
         ("stage2 reference-size analog SDID (T=16)", ReferenceSDID(), 32),
         ("stage2 spkdiff SDID fast preset", SDID(SDIDConfig.from_dict(fast["sdid"]["model"])),
          fast["sdid"]["train"]["batch_size"]),
     ]:
         opt = torch.optim.AdamW(model.parameters(), 1e-3, weight_decay=1e-3)
-        results[name] = median_rate(sdid_step(model, batch, opt), batch, max(3, args.steps // 2))
+        stage2[name] = (sdid_step(model, batch, opt), batch)
+    results = interleaved_rates(stage1, args.steps) | interleaved_rates(stage2, max(3, args.steps // 2))
     base = results["stage1 naive SpikingJelly (paper preset)"]
     ref = results["stage2 reference-size analog SDID (T=16)"]
     print(f"{'configuration':45s} {'train images/s':>15s} {'ratio':>8s}")
