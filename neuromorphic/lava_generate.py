@@ -1,14 +1,18 @@
-"""The generative loop on Lava: mask sampler (host) <-> SDID graph, codebook embedding -> ASG + decoder graph.
+"""The generative loop as ONE Lava process graph, run once: simulated on-chip sampling of images.
 
-Structure (per batch, all in one isolated Lava process): the SDID and the generator are each one Lava
-process graph (:class:`~.lava_graph.LavaStage`: Conv/Dense + LIF processes, a host ``HostDrive`` process
-for the input).  For every denoiser call the host writes the token/time spikes into the SDID's drive,
-runs ``d_R + T - 1`` Lava steps (zeroing populations that the delayed wave has not reached yet, which is
-also the reset between diffusion steps) and reads the integrator's ``v``; :class:`spkdiff.host.MaskSampler`
-turns the logits into tokens.  Then the host writes the codebook-embedding currents into the generator's
-drive and reads the LI read-out's ``v``.  The Lava graph is compiled once per stage and reused.  The mask
-sampler and the codebook lookup run in the host program between Lava runs (not as Lava processes), so a
-generation is many short Lava runs of two compiled graphs, not one run of one graph.
+Graph (:func:`build_graph`; host processes in :mod:`.lava_procs`, stage graphs :class:`~.lava_graph.LavaStage`)::
+
+    MaskSamplerProcess --spikes_out--> SDID (Conv/Dense + LIF) --readout v (RefPort)--> MaskSamplerProcess
+    MaskSamplerProcess --tokens_out--> CodebookLookupProcess --a_out--> ASG/decoder (Conv + LIF)
+    generator readout v --(RefPort)--> ImageSinkProcess
+
+The sampler and the lookup hold RefPorts to ``u`` and ``v`` of every population of their stage and zero
+them in the management phase when a call's delayed wave reaches them (the reset between calls, see
+:mod:`.lava_graph`).  :class:`Timeline` fixes every step up front: per batch of ``B`` images, ``S x B``
+SDID calls of ``d_R + T - 1`` steps (sampler step by sampler step, image by image; after each sampler
+step's last image the sampler draws with :class:`spkdiff.host.MaskSampler` and the batch's generator),
+then ``B`` generator calls; :func:`lava_job` runs ``Timeline.total`` steps with one
+``run(condition=RunSteps(total))`` and reads tokens and images from the host processes' Vars.
 
 :func:`sample_reference` runs the identical loop on :class:`spkdiff.simulator.Simulator` (same sampler,
 same random generator), so fixed_pt Lava and the fixed-mode simulator give the same tokens and images.
@@ -28,7 +32,8 @@ import torch
 
 from spkdiff.errors import SpkdiffError
 
-__all__ = ["Stages", "load_stages", "sample_lava", "sample_reference", "run_generation"]
+__all__ = ["Call", "GenerationGraph", "Stages", "Timeline", "build_graph", "decode_image", "lava_job", "load_stages",
+           "run_generation", "sample_lava", "sample_reference"]
 
 
 @dataclass
@@ -116,11 +121,11 @@ def _stage_quant(options: dict) -> dict:
     return {k: dict(options) for k in ("encoder", "generator", "sdid")}
 
 
-def _image(stages: Stages, v: torch.Tensor) -> torch.Tensor:
+def decode_image(v: torch.Tensor, factor: int, crop: tuple[int, int]) -> torch.Tensor:
     """Generator read-out ``v_T`` (B, C f^2, h, w) -> image in [0, 1]: depth-to-space, crop, tanh, + 0.5."""
     from spkdiff.export.lowering import depth_to_space
 
-    x = depth_to_space(v, stages.depth_to_space)[..., : stages.crop[0], : stages.crop[1]]
+    x = depth_to_space(v, factor)[..., : crop[0], : crop[1]]
     return (torch.tanh(x) + 0.5).clamp(0, 1)
 
 
@@ -143,7 +148,7 @@ def run_generation(stages: Stages, sdid_fn: Callable[[torch.Tensor], torch.Tenso
         b = min(batch_size, n - i * batch_size)
         tok = sampler.sample(denoise, b, (stages.grid, stages.grid), batch_generator(seed, i))
         z_q = stages.codebook[tok].permute(0, 3, 1, 2)
-        images.append(_image(stages, gen_fn(z_q)))
+        images.append(decode_image(gen_fn(z_q), stages.depth_to_space, stages.crop))
         tokens.append(tok)
     seconds = time.perf_counter() - start
     info = {"denoiser_calls": sampler.steps, "snn_steps": sampler.steps * stages.sdid_steps + stages.gen_steps,
@@ -175,6 +180,7 @@ def sample_reference(path: str | Stages, n: int, steps: int | None = None, metho
             v = next(iter(out.values()))[-1]
             if record is not None:
                 record.setdefault(key, []).append(v.clone())
+                record.setdefault(key + "_in", []).append(x.clone())
             return v
         return fn
 
@@ -183,11 +189,122 @@ def sample_reference(path: str | Stages, n: int, steps: int | None = None, metho
                           temp, seed, batch_size)
 
 
+@dataclass(frozen=True)
+class Call:
+    """What runs at a Lava step: ``stage`` call for ``image`` of ``batch`` (SDID: at sampler step
+    ``diffusion_step``), at its 1-based ``step``."""
+
+    stage: str  # "sdid" | "generator"
+    batch: int
+    diffusion_step: int
+    image: int
+    step: int
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """The one Lava run, step by step: per batch of ``B`` images, ``steps x B`` SDID calls of ``sdid_len``
+    Lava steps (sampler step by sampler step, image by image), then ``B`` generator calls of ``gen_len``."""
+
+    batches: tuple[int, ...]
+    steps: int
+    sdid_len: int
+    gen_len: int
+
+    def batch_len(self, k: int) -> int:
+        return self.batches[k] * (self.steps * self.sdid_len + self.gen_len)
+
+    @property
+    def total(self) -> int:
+        """Lava steps of the whole run: sum_k B_k (S (d_R + T - 1)_sdid + (d_R + T - 1)_generator)."""
+        return sum(self.batch_len(k) for k in range(len(self.batches)))
+
+    @property
+    def num_images(self) -> int:
+        return sum(self.batches)
+
+    @property
+    def num_sdid_calls(self) -> int:
+        return self.steps * self.num_images
+
+    def first_image(self, k: int) -> int:
+        return sum(self.batches[:k])
+
+    def at(self, t: int) -> Call | None:
+        """The call running at Lava step ``t`` (1-based); None outside the run."""
+        r = t - 1
+        if r < 0:
+            return None
+        for k, b in enumerate(self.batches):
+            n = self.batch_len(k)
+            if r < n:
+                sdid = self.steps * b * self.sdid_len
+                if r < sdid:
+                    c, s = divmod(r, self.sdid_len)
+                    return Call("sdid", k, c // b, c % b, s + 1)
+                c, s = divmod(r - sdid, self.gen_len)
+                return Call("generator", k, 0, c, s + 1)
+            r -= n
+        return None
+
+
+@dataclass
+class GenerationGraph:
+    """The Lava processes of one generation: the two stage graphs and the host processes."""
+
+    timeline: Timeline
+    sdid: Any  # LavaStage
+    generator: Any
+    sampler: Any  # MaskSamplerProcess
+    lookup: Any  # CodebookLookupProcess
+    sink: Any  # ImageSinkProcess
+
+    @property
+    def host(self) -> list[Any]:
+        return [self.sampler, self.lookup, self.sink]
+
+
+def build_graph(stages: Stages, plans: dict, n: int, steps: int | None, method: str, temperature: float, seed: int,
+                batch_size: int, record: bool = False) -> GenerationGraph:
+    """Wire ``sampler -> SDID -> (RefPort) sampler -> lookup -> generator -> (RefPort) sink`` (needs Lava)."""
+    from spkdiff.host import MaskSampler
+    from spkdiff.neuromorphic.lava_graph import LavaStage
+    from spkdiff.neuromorphic.lava_procs.processes import CodebookLookupProcess, ImageSinkProcess, MaskSamplerProcess
+
+    sampler = MaskSampler(stages.num_codes, stages.diffusion_steps, steps, method, temperature)
+    batches = tuple(min(batch_size, n - i * batch_size) for i in range(-(-n // batch_size)))
+    tl = Timeline(batches, sampler.steps, plans["sdid"].run_steps, plans["generator"].run_steps)
+    sp = MaskSamplerProcess(plan=plans["sdid"], timeline=tl, sampler=sampler, seed=seed, num_codes=stages.num_codes,
+                            diffusion_steps=stages.diffusion_steps, time_bins=stages.time_bins, grid=stages.grid,
+                            record=record, name="mask_sampler")
+    sdid = LavaStage(plans["sdid"], sp.spikes_out)
+    sp.connect_populations(sdid.lifs)
+    lookup = CodebookLookupProcess(plan=plans["generator"], timeline=tl, codebook=stages.codebook, grid=stages.grid,
+                                   name="codebook_lookup")
+    sp.tokens_out.connect(lookup.tokens_in)
+    gen = LavaStage(plans["generator"], lookup.a_out)
+    lookup.connect_populations(gen.lifs)
+    ro = plans["generator"].populations[plans["generator"].readout].shape
+    image_shape = tuple(decode_image(torch.zeros(1, *ro), stages.depth_to_space, stages.crop).shape[1:])
+    sink = ImageSinkProcess(plan=plans["generator"], timeline=tl, image_shape=image_shape,
+                            depth_to_space=stages.depth_to_space, crop=stages.crop, record=record, name="image_sink")
+    sink.v.connect_var(gen.lifs[plans["generator"].readout].v)
+    return GenerationGraph(tl, sdid, gen, sp, lookup, sink)
+
+
 def lava_job(path: str | Stages, n: int, steps: int | None, method: str | None, temperature: float | None, seed: int,
              fixed: bool, batch_size: int, record: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Body of the isolated Lava process: build both stage graphs, run the loop, stop Lava."""
-    from spkdiff.neuromorphic.lava_graph import LavaStage, build_plan, host_current, verify_plan
+    """Body of the isolated Lava process: build the one graph, run it once for ``Timeline.total`` steps,
+    read tokens and images from the host processes, stop Lava."""
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
 
+    from spkdiff.neuromorphic.lava_graph import build_plan, verify_plan
+    from spkdiff.neuromorphic.lava_procs.models import host_models
+
+    # the host processes use torch in Lava's forked workers: an intra-op thread pool started before the
+    # fork deadlocks there, so this process (and every worker) stays single-threaded
+    torch.set_num_threads(1)
     stages = load_stages(path)
     t0 = time.perf_counter()
     plans = {"sdid": build_plan(stages.simulator("sdid", fixed), stages.sdid_steps),
@@ -195,41 +312,63 @@ def lava_job(path: str | Stages, n: int, steps: int | None, method: str | None, 
     if fixed and stages.loihi is not None:
         for key, plan in plans.items():
             verify_plan(plan, stages.loihi[key])
-    lava = {k: LavaStage(p) for k, p in plans.items()}
-    recorded: dict[str, list] = {"sdid": [], "generator": [], "sdid_raw": [], "generator_raw": []}
-
-    def runner(key: str) -> Callable[[torch.Tensor], torch.Tensor]:
-        plan, stage = plans[key], lava[key]
-
-        def fn(x: torch.Tensor) -> torch.Tensor:
-            feed = host_current(plan, x) if plan.input_kind == "current" else x.numpy()
-            raw = np.stack([stage.run(feed[b]) for b in range(feed.shape[0])])
-            v = torch.from_numpy(raw)
-            if fixed:  # the simulator's read-out units: v_int / scale, stored as float32
-                v = (v.double() / plan.populations[plan.readout].scale).float()
-            if record:
-                recorded[key].append(v.clone())
-                recorded[key + "_raw"].append(raw.copy())
-            return v.float()
-        return fn
-
+    m, s, temp = _settings(stages, method, steps, temperature)
+    g = build_graph(stages, plans, n, s, m, temp, seed, batch_size, record)
+    tl = g.timeline
+    tag = "fixed_pt" if fixed else "floating_pt"
+    cfg = Loihi2SimCfg(select_tag=tag, exception_proc_model_map=host_models(g.host, tag))
     try:
-        m, s, temp = _settings(stages, method, steps, temperature)
-        images, tokens, info = run_generation(stages, runner("sdid"), runner("generator"), n, s, m, temp, seed,
-                                              batch_size)
+        start = time.perf_counter()
+        g.sampler.create_runtime(run_cfg=cfg)  # compile, start Lava's workers
+        compiled = time.perf_counter()
+        g.sampler.run(condition=RunSteps(num_steps=tl.total))  # the whole generation: one run
+        seconds = time.perf_counter() - compiled
+        lava_steps = int(np.asarray(g.sampler.steps_done.get()).ravel()[0])
+        tokens = np.asarray(g.sampler.tokens.get()).astype(np.int64)
+        images = np.asarray(g.sink.images.get()).astype(np.float32)
+        raw = (np.asarray(g.sampler.readouts.get()), np.asarray(g.sampler.states.get()),
+               np.asarray(g.sink.readouts.get())) if record else None
     finally:
-        for st in lava.values():
-            st.stop()
-    info["seconds_total"] = time.perf_counter() - t0
-    info["lava_steps_per_call"] = {k: p.run_steps for k, p in plans.items()}
-    if record:
-        info["raw"] = recorded
-    return images.numpy(), tokens.numpy(), info
+        g.sampler.stop()
+    info: dict[str, Any] = {"denoiser_calls": tl.steps, "snn_steps": tl.steps * stages.sdid_steps + stages.gen_steps,
+                            "seconds": seconds, "seconds_compile": compiled - start,
+                            "seconds_total": time.perf_counter() - t0,
+                            "lava_steps": lava_steps, "lava_steps_planned": tl.total,
+                            "lava_steps_per_call": {"sdid": tl.sdid_len, "generator": tl.gen_len}}
+    if raw is not None:
+        info["raw"] = _records(plans, tl, *raw)
+    return images, tokens, info
+
+
+def _records(plans: dict, tl: Timeline, sdid: np.ndarray, states: np.ndarray, gen: np.ndarray) -> dict:
+    """The recorded Vars as the simulator's ``record``: ``sdid`` per sampler step (B, K, g, g) and
+    ``generator`` per batch in its units, ``*_raw`` per call/image, ``states`` per SDID call
+    (``name -> (u, v)``)."""
+    from spkdiff.neuromorphic.lava_graph import readout_value
+
+    out: dict[str, list] = {"sdid": [], "generator": [], "sdid_raw": list(sdid), "generator_raw": list(gen),
+                            "states": []}
+    call = 0
+    for k, b in enumerate(tl.batches):
+        for _ in range(tl.steps):
+            out["sdid"].append(readout_value(plans["sdid"], np.stack(sdid[call: call + b])))
+            call += b
+        first = tl.first_image(k)
+        out["generator"].append(readout_value(plans["generator"], gen[first: first + b]))
+    dtype = np.int64 if plans["sdid"].mode == "fixed" else np.float64
+    for row in states:
+        rec, i = {}, 0
+        for name, pop in plans["sdid"].populations.items():
+            size = int(np.prod(pop.shape))
+            rec[name] = tuple(row[i + j * size: i + (j + 1) * size].reshape(pop.shape).astype(dtype) for j in (0, 1))
+            i += 2 * size
+        out["states"].append(rec)
+    return out
 
 
 def sample_lava(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """``spkdiff sample --bundle B --backend lava``: the whole loop in one isolated Lava process (timeout,
-    no orphaned workers or shared memory after success, error or Ctrl-C)."""
+    """``spkdiff sample --bundle B --backend lava``: the whole loop as one Lava graph and one run, in an isolated
+    process (timeout, no orphaned workers or shared memory after success, error or Ctrl-C)."""
     from spkdiff.neuromorphic.lava_runner import run_isolated
 
     source = getattr(args, "bundle", None)

@@ -1,21 +1,22 @@
-"""A NIR stage (as the simulator compiles it) as a Lava process graph, run step by step from the host.
+"""A NIR stage (as the simulator compiles it) as a Lava process graph, fed and reset by host processes.
 
 :func:`build_plan` turns a :class:`spkdiff.simulator.Simulator` (mode ``"fixed"``: the simulator's own
 integers, so Lava and the simulator use the same numbers; mode ``"float"``: float parameters) into a
 :class:`StagePlan` of neuron populations and connections (no Lava import).  :class:`LavaStage` builds it
-in Lava (``Conv``/``Dense`` + ``LIF`` + a :class:`~.lava_procs.host_io.HostDrive` for the input) and runs
-it per image.
+in Lava (``Conv``/``Dense`` + ``LIF``) behind the OutPort of a host process
+(:mod:`.lava_procs`); :mod:`.lava_generate` wires both stages into one graph.
 
 Delays.  Every Lava ``Conv``/``Dense`` delays by one step; the simulator has no delays.  Population ``k``
-therefore sees the simulator's step ``j`` at Lava step ``d_k + j`` (1-based), with ``d = 1`` for a
-population fed by the host's current directly, ``d = d_src + 1`` across a connection.  A direct
+therefore sees the simulator's step ``j`` at Lava step ``d_k + j`` of a call (1-based), with ``d = 1`` for
+a population fed by the host's current directly, ``d = d_src + 1`` across a connection.  A direct
 (identity) spike edge whose source is ``D > 1`` steps ahead goes through ``D - 1`` relay populations
 (``Dense(2 I) -> LIF(du=4095, dv=4096, vth=0)`` re-emits each spike one step later) so that residual
 sums add the same simulator step.  Before its ``d_k``, a population would integrate only its bias (and
-stale activations of the previous run); the host therefore zeroes ``u`` and ``v`` of each population
-after Lava step ``d_k - 1``, before the run when ``d_k = 1`` (its earlier spikes reach the next
-population before that one's own reset).  Then every state equals the simulator's bit for bit (fixed_pt),
-and the read-out population's ``v`` at Lava step ``d_R + T - 1`` is the simulator's ``v`` at its last step.
+stale activations of the previous call); the host process therefore zeroes ``u`` and ``v`` of each
+population after the call's step ``d_k - 1`` (:func:`reset_offset`; after the previous call's last step
+when ``d_k = 1``; its earlier spikes reach the next population before that one's own reset).  Then every
+state equals the simulator's bit for bit (fixed_pt), and the read-out population's ``v`` at the call's
+step ``d_R + T - 1`` (:attr:`StagePlan.run_steps`) is the simulator's ``v`` at its last step.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ import torch
 
 from spkdiff.errors import SpkdiffError
 
-__all__ = ["Connection", "LavaStage", "Population", "StagePlan", "build_plan", "chw_to_whc", "whc_to_chw"]
+__all__ = ["Connection", "LavaStage", "Population", "StagePlan", "build_plan", "chw_to_whc", "host_current",
+           "input_shape", "readout_value", "reset_offset", "verify_plan", "whc_shape", "whc_to_chw"]
 
 RELAY_WEIGHT = 2  # even (Lava truncates MIXED weights to even values), a = 2 > vth = 0
 
@@ -75,7 +77,7 @@ class StagePlan:
     connections: list[Connection]
     input_name: str
     input_shape: tuple[int, ...]
-    input_kind: str  # "spikes": HostDrive -> Conv;  "current": host computes a, HostDrive -> LIF a_in
+    input_kind: str  # "spikes": host OutPort -> Conv;  "current": host computes a, host OutPort -> LIF a_in
     input_target: str  # the population (current) fed by the host
     input_synapse: Any  # simulator op that turns a graded input into the current (current inputs)
     readout: str
@@ -263,26 +265,33 @@ def _relay_params(shape: tuple[int, ...], mode: str) -> dict[str, Any]:
     return {"du": 1.0, "dv": 1.0, "vth": 0.5, "bias_mant": np.zeros(shape), "bias_exp": 0, "gain": 1.0}
 
 
+def readout_value(plan: StagePlan, raw: np.ndarray) -> torch.Tensor:
+    """The read-out ``v`` in the simulator's units (float32): ``v_int / scale`` (fixed), ``v`` (float)."""
+    v = torch.from_numpy(np.asarray(raw))
+    if plan.mode == "fixed":
+        return (v.to(torch.int64).double() / plan.populations[plan.readout].scale).float()
+    return v.float()
+
+
 class LavaStage:
-    """The plan's Lava processes; :meth:`run` feeds one input and returns the read-out ``v`` (torch layout).
+    """The plan's ``LIF`` populations and ``Conv``/``Dense`` connections, fed by ``source`` (an OutPort of a
+    host process: the input spikes for ``"spikes"`` stages, the integer/float current ``a`` of the input
+    population for ``"current"`` stages).  Building only; the populations are reset and read by the host
+    processes through RefPorts (:attr:`lifs`, :func:`reset_offset`)."""
 
-    Must run inside a Lava-enabled process (see :func:`~.lava_runner.run_isolated`); call :meth:`stop`.
-    """
-
-    def __init__(self, plan: StagePlan) -> None:
+    def __init__(self, plan: StagePlan, source: Any) -> None:
         from lava.proc.conv.process import Conv
         from lava.proc.dense.process import Dense
         from lava.proc.lif.process import LIF
 
         from spkdiff.neuromorphic import loihi
-        from spkdiff.neuromorphic.lava_procs.host_io import HostDrive
 
         self.plan = plan
         fixed = plan.mode == "fixed"
         self.lifs: dict[str, Any] = {}
         for name, pop in plan.populations.items():
             p = pop.params
-            whc = tuple(reversed(pop.shape)) if len(pop.shape) == 3 else pop.shape
+            whc = whc_shape(pop.shape)
             if fixed:
                 self.lifs[name] = LIF(shape=whc, du=p["du"], dv=p["dv"], vth=p["vth"],
                                       bias_mant=chw_to_whc(p["bias_mant"]).astype(np.int32),
@@ -291,16 +300,10 @@ class LavaStage:
                 self.lifs[name] = LIF(shape=whc, du=p["du"], dv=p["dv"], vth=p["vth"],
                                       bias_mant=chw_to_whc(np.broadcast_to(p["bias_mant"], pop.shape)), name=name)
         if plan.input_kind == "current":
-            tgt = plan.populations[plan.input_target]
-            self.drive_shape = tuple(reversed(tgt.shape))
-        else:
-            self.drive_shape = tuple(reversed(plan.input_shape))
-        self.drive = HostDrive(shape=self.drive_shape)
-        if plan.input_kind == "current":
-            self.drive.out.connect(self.lifs[plan.input_target].a_in)
+            source.connect(self.lifs[plan.input_target].a_in)
         self.conns: list[Any] = []
         for c in plan.connections:
-            src_port = self.drive.out if c.src == "input" else self.lifs[c.src].s_out
+            src_port = source if c.src == "input" else self.lifs[c.src].s_out
             dst = self.lifs[c.dst]
             if c.kind == "conv":
                 w = loihi.lava_conv_weight(c.weight)
@@ -323,54 +326,23 @@ class LavaStage:
                 src_port.flatten().connect(proc.s_in)
                 proc.a_out.reshape(dst.a_in.shape).connect(dst.a_in)
             self.conns.append(proc)
-        self.started = False
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """One input (torch layout; spikes, or the integer/float current for ``current`` inputs) -> read-out
-        ``v`` at the last simulator step (torch layout; ints in fixed mode)."""
-        from lava.magma.core.run_conditions import RunSteps
-        from lava.magma.core.run_configs import Loihi2SimCfg
 
-        plan = self.plan
-        fixed = plan.mode == "fixed"
-        data = chw_to_whc(x)
-        data = data.astype(np.int32) if fixed else data.astype(float)
-        cfg = Loihi2SimCfg(select_tag="fixed_pt" if fixed else "floating_pt")
-        if not self.started:  # compile with the first input
-            self.drive.data.init = data
-        else:
-            self.drive.data.set(data)
-            for name, pop in plan.populations.items():  # d_k = 1: nothing earlier to zero it, do it now
-                if pop.depth == 1:
-                    zero = np.zeros(self.lifs[name].u.shape, dtype=np.int32 if fixed else float)
-                    self.lifs[name].u.set(zero)
-                    self.lifs[name].v.set(zero)
-        max_depth = max(p.depth for p in plan.populations.values())
-        s = 0
-        while s < plan.run_steps:  # one step at a time while some population still waits, then the rest at once
-            n = 1 if s + 1 < max_depth else plan.run_steps - s
-            self.drive.run(condition=RunSteps(num_steps=n), run_cfg=cfg)
-            self.started = True
-            s += n
-            for name, pop in plan.populations.items():
-                if s == pop.depth - 1:  # its state entering step d_k must be 0 (what came before is dropped)
-                    zero = np.zeros(self.lifs[name].u.shape, dtype=np.int32 if fixed else float)
-                    self.lifs[name].u.set(zero)
-                    self.lifs[name].v.set(zero)
-        v = np.asarray(self.lifs[plan.readout].v.get())
-        return whc_to_chw(v.astype(np.int64) if fixed else v.astype(np.float64))
+def whc_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Lava's (W, H, C) shape of a torch (C, H, W) shape."""
+    return tuple(reversed(shape)) if len(shape) == 3 else tuple(shape)
 
-    def states(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """``name -> (u, v)`` of every population after the last run (torch layout); population ``k`` is then
-        at the simulator's step ``run_steps - d_k`` (0-based)."""
-        out = {}
-        for name, lif in self.lifs.items():
-            out[name] = (whc_to_chw(np.asarray(lif.u.get())), whc_to_chw(np.asarray(lif.v.get())))
-        return out
 
-    def stop(self) -> None:
-        if self.started:
-            self.drive.stop()
+def input_shape(plan: StagePlan) -> tuple[int, ...]:
+    """Lava shape of what the host sends into the stage: the spikes, or the input population's current."""
+    if plan.input_kind == "current":
+        return whc_shape(plan.populations[plan.input_target].shape)
+    return whc_shape(plan.input_shape)
+
+
+def reset_offset(pop: Population) -> int:
+    """Population ``k`` is zeroed (u and v) after call-relative Lava step ``d_k - 1`` (0: before the call)."""
+    return pop.depth - 1
 
 
 def _sign_mode(w: np.ndarray) -> Any:

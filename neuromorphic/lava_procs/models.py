@@ -1,0 +1,270 @@
+"""PyLoihiProcessModels of the host processes (fixed_pt: integer ports, floating_pt: float ports).
+
+The numeric work is :mod:`spkdiff.host` (mask sampler, SDID input spikes), the simulator's first synapse
+(:func:`~spkdiff.neuromorphic.lava_graph.host_current`) and
+:func:`~spkdiff.neuromorphic.lava_generate.decode_image`, so Lava and the simulator compute the same numbers.
+
+Timing (LoihiProtocol).  In the spiking phase of Lava step ``t`` (1-based) a host process sends what the
+stage call running at ``t`` needs; a LIF fed directly integrates it at ``t``, one behind a ``Conv``/``Dense``
+at ``t + 1``.  In the management phase after step ``t`` (``post_guard``/``run_post_mgmt``, where RefPorts
+may read and write other processes' Vars) it zeroes ``u`` and ``v`` of population ``k`` when ``t`` is the
+call's step ``d_k - 1`` (step 0: the previous call's last step), reads the read-out after the call's last
+step and prepares what the next step sends.  Synapse buffers (``Conv``/``Dense`` ``a_buff``) are not
+written: what they hold from before a call reaches population ``k`` at or before the call's step
+``d_k - 1`` and is dropped by that zeroing.
+
+The RefPorts ``u{j}``/``v{j}`` depend on the stage, so :func:`host_models` derives, per process instance,
+a model class that declares them; pass it as ``Loihi2SimCfg(exception_proc_model_map=...)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from lava.magma.core.decorator import implements, requires, tag
+from lava.magma.core.model.py.model import PyLoihiProcessModel
+from lava.magma.core.model.py.ports import PyInPort, PyOutPort, PyRefPort
+from lava.magma.core.model.py.type import LavaPyType
+from lava.magma.core.resources import CPU
+from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+
+from spkdiff.neuromorphic.lava_graph import chw_to_whc, readout_value, reset_offset, whc_to_chw
+from spkdiff.neuromorphic.lava_procs.processes import CodebookLookupProcess, ImageSinkProcess, MaskSamplerProcess
+
+
+class _Resetting(PyLoihiProcessModel):
+    """Zeroes the stage's populations (RefPorts ``u{j}``, ``v{j}``) when a call's wave reaches them."""
+
+    stage = ""  # the Timeline stage whose calls this process serves
+
+    def _resets_due(self, t: int) -> list[int]:
+        tl, plan = self.proc_params["timeline"], self.proc_params["plan"]
+        due = []
+        for j, pop in enumerate(plan.populations.values()):
+            call = tl.at(t + 1 - reset_offset(pop))
+            if call is not None and call.stage == self.stage and call.step == 1:
+                due.append(j)
+        return due
+
+    def _zero(self, due: list[int]) -> None:
+        for j in due:
+            for var in "uv":
+                port = getattr(self, f"{var}{j}")
+                port.write(np.zeros(port._shape, port._d_type))
+        for j in due:  # wait for the acknowledgements once all writes are out
+            getattr(self, f"v{j}").wait()
+            getattr(self, f"u{j}").wait()
+
+
+class _MaskSamplerBase(_Resetting):
+    stage = "sdid"
+    tokens: np.ndarray = LavaPyType(np.ndarray, np.int32)
+    steps_done: np.ndarray = LavaPyType(np.ndarray, np.int32)
+    readouts: np.ndarray = LavaPyType(np.ndarray, float)
+    states: np.ndarray = LavaPyType(np.ndarray, float)
+
+    def __init__(self, proc_params: Any) -> None:
+        super().__init__(proc_params)
+        p = proc_params
+        self.timeline, self.plan, self.sampler = p["timeline"], p["plan"], p["sampler"]
+        self.readout_j = list(self.plan.populations).index(self.plan.readout)
+        self.state: Any = None  # the batch's spkdiff.host.SamplerState
+        self.generator: torch.Generator | None = None
+        self.spikes: np.ndarray | None = None  # (B, *Lava input shape) for the current diffusion step
+        self.final: np.ndarray | None = None  # the batch's tokens once sampled
+        self.values: list[torch.Tensor] = []  # read-outs of the current diffusion step, per image
+        self.call_index = 0
+
+    def _prepare(self) -> None:
+        from spkdiff.host import sdid_input_spikes
+
+        p = self.proc_params
+        x = sdid_input_spikes(self.state.tokens, self.sampler.time_of(self.state), p["num_codes"],
+                              p["diffusion_steps"], p["time_bins"])
+        self.spikes = np.stack([chw_to_whc(x[b].numpy()) for b in range(x.shape[0])]).astype(self.spike_dtype)
+
+    def run_spk(self) -> None:
+        from spkdiff.train.sampling import batch_generator
+
+        self.steps_done[0] = self.time_step
+        call = self.timeline.at(self.time_step)
+        if call is not None and call.stage == "sdid" and call.diffusion_step == 0 and call.image == 0 \
+                and call.step == 1:  # a new batch
+            self.state = self.sampler.start(self.timeline.batches[call.batch], (self.proc_params["grid"],) * 2)
+            self.generator = batch_generator(self.proc_params["seed"], call.batch)
+            self.final = None
+            self._prepare()
+        if call is not None and call.stage == "sdid":
+            self.spikes_out.send(self.spikes[call.image])
+        else:
+            self.spikes_out.send(np.zeros(self.spikes_out._shape, self.spike_dtype))
+        tok = np.full(self.tokens_out._shape, -1, np.int32)
+        if self.final is not None:
+            tok[: len(self.final)] = self.final
+        self.tokens_out.send(tok)
+
+    def post_guard(self) -> bool:
+        call = self.timeline.at(self.time_step)
+        read = call is not None and call.stage == "sdid" and call.step == self.timeline.sdid_len
+        return read or bool(self._resets_due(self.time_step))
+
+    def run_post_mgmt(self) -> None:
+        t = self.time_step
+        call = self.timeline.at(t)
+        if call is not None and call.stage == "sdid" and call.step == self.timeline.sdid_len:
+            raw = whc_to_chw(np.asarray(getattr(self, f"v{self.readout_j}").read()))
+            self.values.append(readout_value(self.plan, raw))
+            if self.proc_params["record"]:
+                self.readouts[self.call_index] = raw
+                self.states[self.call_index] = np.concatenate(
+                    [whc_to_chw(np.asarray(getattr(self, f"{var}{j}").read(), float)).ravel()
+                     for j in range(len(self.plan.populations)) for var in "uv"])
+            self.call_index += 1
+            if call.image == self.timeline.batches[call.batch] - 1:  # the batch's logits: one sampler step
+                logits = torch.stack(self.values) / self.plan.steps
+                self.values = []
+                self.sampler.update(self.state, logits, self.generator)
+                if self.state.i == self.sampler.steps:
+                    if self.state.masked.any():
+                        raise RuntimeError("sampler left masked tokens")
+                    self.final = self.state.tokens.numpy().astype(np.int32)
+                    start = self.timeline.first_image(call.batch)
+                    self.tokens[start: start + len(self.final)] = self.final
+                else:
+                    self._prepare()
+        self._zero(self._resets_due(t))
+
+
+
+@implements(proc=MaskSamplerProcess, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyMaskSamplerFixed(_MaskSamplerBase):
+    spike_dtype = np.int32
+    spikes_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=32)
+    tokens_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=32)
+
+
+@implements(proc=MaskSamplerProcess, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyMaskSamplerFloat(_MaskSamplerBase):
+    spike_dtype = float
+    spikes_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
+    tokens_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=32)
+
+
+class _CodebookLookupBase(_Resetting):
+    stage = "generator"
+
+    def __init__(self, proc_params: Any) -> None:
+        super().__init__(proc_params)
+        self.timeline, self.plan = proc_params["timeline"], proc_params["plan"]
+        self.current: np.ndarray | None = None  # (B, *Lava input shape) of the batch
+
+    def run_spk(self) -> None:
+        from spkdiff.neuromorphic.lava_graph import host_current
+
+        tok = self.tokens_in.recv()
+        call = self.timeline.at(self.time_step)
+        if call is not None and call.stage == "generator" and call.image == 0 and call.step == 1:
+            b = self.timeline.batches[call.batch]
+            h = torch.from_numpy(np.asarray(tok[:b]).astype(np.int64))
+            if (h < 0).any():
+                raise RuntimeError("the mask sampler sent no tokens for the batch")
+            z_q = self.proc_params["codebook"][h].permute(0, 3, 1, 2)  # Eq 8: z^Q = Z[h]
+            cur = host_current(self.plan, z_q)
+            self.current = np.stack([chw_to_whc(c) for c in cur]).astype(self.current_dtype)
+        if call is not None and call.stage == "generator":
+            self.a_out.send(self.current[call.image])
+        else:
+            self.a_out.send(np.zeros(self.a_out._shape, self.current_dtype))
+
+    def post_guard(self) -> bool:
+        return bool(self._resets_due(self.time_step))
+
+    def run_post_mgmt(self) -> None:
+        self._zero(self._resets_due(self.time_step))
+
+
+@implements(proc=CodebookLookupProcess, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyCodebookLookupFixed(_CodebookLookupBase):
+    current_dtype = np.int32
+    tokens_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=32)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=32)
+
+
+@implements(proc=CodebookLookupProcess, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyCodebookLookupFloat(_CodebookLookupBase):
+    current_dtype = float
+    tokens_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=32)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
+
+
+class _ImageSinkBase(PyLoihiProcessModel):
+    images: np.ndarray = LavaPyType(np.ndarray, float)
+    readouts: np.ndarray = LavaPyType(np.ndarray, float)
+
+    def __init__(self, proc_params: Any) -> None:
+        super().__init__(proc_params)
+        self.timeline, self.plan = proc_params["timeline"], proc_params["plan"]
+        self.values: list[torch.Tensor] = []
+
+    def post_guard(self) -> bool:
+        call = self.timeline.at(self.time_step)
+        return call is not None and call.stage == "generator" and call.step == self.timeline.gen_len
+
+    def run_post_mgmt(self) -> None:
+        from spkdiff.neuromorphic.lava_generate import decode_image
+
+        p = self.proc_params
+        call = self.timeline.at(self.time_step)
+        raw = whc_to_chw(np.asarray(self.v.read()))
+        index = self.timeline.first_image(call.batch) + call.image
+        if p["record"]:
+            self.readouts[index] = raw
+        self.values.append(readout_value(self.plan, raw))
+        if call.image == self.timeline.batches[call.batch] - 1:
+            images = decode_image(torch.stack(self.values), p["depth_to_space"], p["crop"])
+            self.values = []
+            start = self.timeline.first_image(call.batch)
+            self.images[start: start + len(images)] = images.double().numpy()
+
+
+@implements(proc=ImageSinkProcess, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyImageSinkFixed(_ImageSinkBase):
+    v: PyRefPort = LavaPyType(PyRefPort.VEC_DENSE, np.int32)
+
+
+@implements(proc=ImageSinkProcess, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyImageSinkFloat(_ImageSinkBase):
+    v: PyRefPort = LavaPyType(PyRefPort.VEC_DENSE, float)
+
+
+MODELS = {(MaskSamplerProcess, "fixed_pt"): PyMaskSamplerFixed, (MaskSamplerProcess, "floating_pt"): PyMaskSamplerFloat,
+          (CodebookLookupProcess, "fixed_pt"): PyCodebookLookupFixed,
+          (CodebookLookupProcess, "floating_pt"): PyCodebookLookupFloat,
+          (ImageSinkProcess, "fixed_pt"): PyImageSinkFixed, (ImageSinkProcess, "floating_pt"): PyImageSinkFloat}
+
+
+def host_models(procs: list[Any], select_tag: str) -> dict[Any, type]:
+    """``process -> model class`` for ``Loihi2SimCfg(exception_proc_model_map=...)``: the tag's model,
+    subclassed to declare the instance's population RefPorts (int32 ``u``/``v`` in fixed_pt, float else)."""
+    dtype = np.int32 if select_tag == "fixed_pt" else float
+    out = {}
+    for proc in procs:
+        base = MODELS[(type(proc), select_tag)]
+        refs = {port.name: LavaPyType(PyRefPort.VEC_DENSE, dtype) for port in proc.ref_ports
+                if not hasattr(base, port.name)}
+        out[proc] = type(f"{base.__name__}_{proc.name}", (base,), refs) if refs else base
+    return out

@@ -1,0 +1,98 @@
+"""Host-side Lava processes of the generative loop (their models: :mod:`.models`).
+
+One Lava run samples images: ``MaskSamplerProcess --spikes_out--> SDID graph``, the SDID read-out's ``v``
+``--RefPort--> MaskSamplerProcess --tokens_out--> CodebookLookupProcess --a_out--> ASG/decoder graph``,
+the generator read-out's ``v`` ``--RefPort--> ImageSinkProcess``.  The sampler and the lookup also hold one
+RefPort per ``u`` and ``v`` of every population of their graph to zero it between stage calls (management
+phase).  Read-outs come in through RefPorts too: Lava's ``LIF`` exposes ``v`` only as a Var (its one
+OutPort carries spikes, and the read-out integrators do not spike), and a RefPort read in the management
+phase is Lava's way to read another process's Var during a run.  Each process takes the plan of its
+stage (:class:`~spkdiff.neuromorphic.lava_graph.StagePlan`) and the run's
+:class:`~spkdiff.neuromorphic.lava_generate.Timeline` as parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from lava.magma.core.process.ports.ports import InPort, OutPort, RefPort
+from lava.magma.core.process.process import AbstractProcess
+from lava.magma.core.process.variable import Var
+
+from spkdiff.neuromorphic.lava_graph import input_shape, whc_shape
+
+
+class _ResettingProcess(AbstractProcess):
+    """A host process with RefPorts ``u{j}``/``v{j}`` to the populations of its stage (``plan`` order)."""
+
+    def _population_refs(self, plan: Any) -> None:
+        for j, pop in enumerate(plan.populations.values()):
+            setattr(self, f"u{j}", RefPort(shape=whc_shape(pop.shape)))
+            setattr(self, f"v{j}", RefPort(shape=whc_shape(pop.shape)))
+
+    def connect_populations(self, lifs: dict[str, Any]) -> None:
+        """Connect the RefPorts to the ``LIF`` processes' ``u`` and ``v`` (``lifs`` in plan order)."""
+        for j, lif in enumerate(lifs.values()):
+            getattr(self, f"u{j}").connect_var(lif.u)
+            getattr(self, f"v{j}").connect_var(lif.v)
+
+
+class MaskSamplerProcess(_ResettingProcess):
+    """The absorbing-state mask sampler (:class:`spkdiff.host.MaskSampler`) as a Lava process.
+
+    Every step it sends the current SDID call's token/time spikes on ``spikes_out`` (zeros outside SDID
+    calls) and the finished batch's tokens on ``tokens_out`` (``-1`` while none).  In the management phase
+    it zeroes the SDID's populations when the delayed wave of a call reaches them, and after the last step
+    of a call reads the read-out ``v``; after the last image of a diffusion step it draws the next tokens.
+    ``tokens``: all tokens at the end of the run, ``steps_done``: Lava steps run; with ``record``:
+    ``readouts`` (raw read-out per call and image) and ``states`` (``u`` and ``v`` of every population at
+    the end of each call, torch layout, flattened).
+    """
+
+    def __init__(self, *, plan: Any, timeline: Any, sampler: Any, seed: int, num_codes: int, diffusion_steps: int,
+                 time_bins: int, grid: int, record: bool = False, **kwargs: Any) -> None:
+        super().__init__(plan=plan, timeline=timeline, sampler=sampler, seed=seed, num_codes=num_codes,
+                         diffusion_steps=diffusion_steps, time_bins=time_bins, grid=grid, record=record, **kwargs)
+        n, calls = timeline.num_images, timeline.num_sdid_calls
+        self.spikes_out = OutPort(shape=input_shape(plan))
+        self.tokens_out = OutPort(shape=(max(timeline.batches), grid, grid))
+        self.tokens = Var(shape=(n, grid, grid), init=np.full((n, grid, grid), -1))
+        self.steps_done = Var(shape=(1,), init=0)  # the Lava step counter, as the sampler saw it
+        ro = plan.populations[plan.readout].shape
+        state = sum(2 * int(np.prod(p.shape)) for p in plan.populations.values())
+        self.readouts = Var(shape=(calls, *ro) if record else (1,), init=0)
+        self.states = Var(shape=(calls, state) if record else (1,), init=0)
+        self._population_refs(plan)
+
+
+class CodebookLookupProcess(_ResettingProcess):
+    """Tokens in -> code embedding ``z^Q = Z[h]`` (Eq 8) -> the ASG input population's current out.
+
+    At the first step of a batch's generator calls it takes the batch's tokens from ``tokens_in`` and
+    computes the input current of every image (the first synapse of the generator, as the simulator does);
+    during generator call ``b`` it sends image ``b``'s current on ``a_out`` (zeros otherwise) and zeroes the
+    generator's populations when the call's wave reaches them.
+    """
+
+    def __init__(self, *, plan: Any, timeline: Any, codebook: Any, grid: int, **kwargs: Any) -> None:
+        super().__init__(plan=plan, timeline=timeline, codebook=codebook, grid=grid, **kwargs)
+        self.tokens_in = InPort(shape=(max(timeline.batches), grid, grid))
+        self.a_out = OutPort(shape=input_shape(plan))
+        self._population_refs(plan)
+
+
+class ImageSinkProcess(AbstractProcess):
+    """Collects the images: reads the generator read-out ``v`` (RefPort ``v``) after each generator call and
+    decodes each finished batch (depth-to-space, crop, tanh + 0.5) into ``images``; with ``record`` also the
+    raw read-outs (``readouts``)."""
+
+    def __init__(self, *, plan: Any, timeline: Any, image_shape: tuple[int, ...], depth_to_space: int,
+                 crop: tuple[int, int], record: bool = False, **kwargs: Any) -> None:
+        super().__init__(plan=plan, timeline=timeline, image_shape=tuple(image_shape), depth_to_space=depth_to_space,
+                         crop=tuple(crop), record=record, **kwargs)
+        n = timeline.num_images
+        ro = plan.populations[plan.readout].shape
+        self.v = RefPort(shape=whc_shape(ro))
+        self.images = Var(shape=(n, *image_shape), init=0)
+        self.readouts = Var(shape=(n, *ro) if record else (1,), init=0)
