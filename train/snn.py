@@ -203,14 +203,12 @@ def split_time(x: torch.Tensor, steps: int) -> torch.Tensor:
 class ConvBN(nn.Sequential):
     """Conv2d (or ConvTranspose2d) + BatchNorm2d; BN is folded into the conv at export.
 
-    Activations run channels-last: oneDNN's convolutions, the transposed ones above all, are 1.5-2x
-    faster on it than on NCHW for these shapes (the same math; only the memory layout differs)."""
+    Activations stay NCHW: channels-last would make oneDNN's transposed convolutions 1.5-2x faster, but
+    their rounding then depends on the batch size, so a run split over ranks would no longer equal the
+    single-process run (spikes flip at the threshold)."""
 
     def __init__(self, conv: nn.Conv2d | nn.ConvTranspose2d, batch_norm: bool = True):
         super().__init__(conv, nn.BatchNorm2d(conv.out_channels) if batch_norm else nn.Identity())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.contiguous(memory_format=torch.channels_last))
 
 
 class SpikingConv(nn.Module):

@@ -104,7 +104,7 @@ class VQSVAE(nn.Module):
         # Leaky read-out of the output conv: sum_t d^(T-1-t) (W s_t + b) = W (sum_t d^(T-1-t) s_t) + b sum_t d^(T-1-t).
         # The conv is linear, so it runs once on the integrated spikes instead of T times (same math).
         decay, r = self.cfg.readout_decay, self.readout
-        integrated = leaky_sum(s, decay).contiguous(memory_format=torch.channels_last)
+        integrated = leaky_sum(s, decay)
         gain = sum(decay**k for k in range(self.steps))
         out = F.conv_transpose2d(integrated, r.weight, r.bias * gain, r.stride, r.padding, r.output_padding)
         return torch.tanh(out)
