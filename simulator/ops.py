@@ -390,6 +390,10 @@ class NeuronOp(Op):
         batch = d.shape[0] if x.static else d.shape[1]
         return d, x.static, batch
 
+    def _threshold_and_reset(self, node: nir.NIRNode, name: str) -> None:
+        self.v_th = _scalar_or_tensor(node.v_threshold, self.in_shape, f"{name}.v_threshold")
+        self.v_reset = _scalar_or_tensor(node.v_reset, self.in_shape, f"{name}.v_reset")
+
     def state_names(self) -> tuple[str, ...]:
         return ("v",)
 
@@ -419,8 +423,7 @@ class LIFOp(LIOp):
 
     def __init__(self, name: str, node: nir.NIRNode, in_shape: Shape, dt: float) -> None:
         super().__init__(name, node, in_shape, dt)
-        self.v_th = _scalar_or_tensor(node.v_threshold, self.in_shape, f"{name}.v_threshold")
-        self.v_reset = _scalar_or_tensor(node.v_reset, self.in_shape, f"{name}.v_reset")
+        self._threshold_and_reset(node, name)
 
 
 class IOp(NeuronOp):
@@ -440,8 +443,7 @@ class IFOp(IOp):
 
     def __init__(self, name: str, node: nir.NIRNode, in_shape: Shape, dt: float) -> None:
         super().__init__(name, node, in_shape, dt)
-        self.v_th = _scalar_or_tensor(node.v_threshold, self.in_shape, f"{name}.v_threshold")
-        self.v_reset = _scalar_or_tensor(node.v_reset, self.in_shape, f"{name}.v_reset")
+        self._threshold_and_reset(node, name)
 
 
 class CubaLIFOp(NeuronOp):
@@ -457,8 +459,7 @@ class CubaLIFOp(NeuronOp):
         self.v_leak = _scalar_or_tensor(node.v_leak, shp, f"{name}.v_leak")
         self.w_in = _scalar_or_tensor(node.w_in, shp, f"{name}.w_in")
         if self.spiking:
-            self.v_th = _scalar_or_tensor(node.v_threshold, shp, f"{name}.v_threshold")
-            self.v_reset = _scalar_or_tensor(node.v_reset, shp, f"{name}.v_reset")
+            self._threshold_and_reset(node, name)
         else:
             self.v_th = self.v_reset = 0.0
 
