@@ -100,15 +100,8 @@ def _lif_backward_kernel(grad_spikes, hs, constant, tau, v_th, v_reset, alpha, g
                 grad_v[j - lo] = gh - gh / tau
 
 
-def _memory_order(x: torch.Tensor) -> list[int]:
-    """Dimension order of ``x`` (time first) in which its memory is contiguous, e.g. channels-last
-    activations (T, B, C, H, W) -> [0, 1, 3, 4, 2]: the kernels are elementwise over neurons, so they
-    run on the memory as it lies and the spikes keep the input's layout (no copies)."""
-    return [0, *sorted(range(1, x.dim()), key=lambda d: -x.stride(d))]
-
-
-def _flat(x: torch.Tensor) -> np.ndarray:
-    return x.detach().view(x.shape[0], -1).numpy()
+def _as_2d(x: torch.Tensor) -> np.ndarray:
+    return x.detach().contiguous().view(x.shape[0], -1).numpy()
 
 
 class _LIFMultiStep(torch.autograd.Function):
@@ -119,26 +112,25 @@ class _LIFMultiStep(torch.autograd.Function):
         if x.dtype != torch.float32:
             raise TypeError("LIF kernels run in float32")
         x_seq = x.unsqueeze(0) if constant else x
-        order = _memory_order(x_seq)
-        x_seq = x_seq.permute(order).contiguous()
-        spikes = torch.empty((steps, *x_seq.shape[1:]), dtype=torch.float32)
-        hs = torch.empty_like(spikes)
-        _lif_forward_kernel(_flat(x_seq), constant, steps, np.float32(p.tau), np.float32(p.v_threshold),
-                            np.float32(p.v_reset), _flat(spikes), _flat(hs))
+        shape = (steps, *x_seq.shape[1:])
+        spikes = torch.empty(shape, dtype=torch.float32)
+        hs = torch.empty(shape, dtype=torch.float32)
+        _lif_forward_kernel(_as_2d(x_seq), constant, steps, np.float32(p.tau), np.float32(p.v_threshold),
+                            np.float32(p.v_reset), spikes.view(steps, -1).numpy(), hs.view(steps, -1).numpy())
         ctx.save_for_backward(hs)
-        ctx.constant, ctx.p, ctx.order = constant, p, order
-        return spikes.permute(np.argsort(order).tolist())
+        ctx.constant, ctx.p, ctx.in_shape = constant, p, x.shape
+        return spikes
 
     @staticmethod
     def backward(ctx, grad_spikes: torch.Tensor):  # type: ignore[override]
         (hs,) = ctx.saved_tensors
         p: LIFParams = ctx.p
-        grad_x = torch.empty((1 if ctx.constant else hs.shape[0], *hs.shape[1:]), dtype=torch.float32)
-        _lif_backward_kernel(_flat(grad_spikes.float().permute(ctx.order).contiguous()), _flat(hs), ctx.constant,
-                             np.float32(p.tau), np.float32(p.v_threshold), np.float32(p.v_reset),
-                             np.float32(p.alpha), _flat(grad_x))
-        grad_x = grad_x.permute(np.argsort(ctx.order).tolist())
-        return (grad_x[0] if ctx.constant else grad_x), None, None, None
+        rows = 1 if ctx.constant else hs.shape[0]
+        grad_x = torch.empty((rows, *hs.shape[1:]), dtype=torch.float32)
+        _lif_backward_kernel(_as_2d(grad_spikes.float()), _as_2d(hs), ctx.constant, np.float32(p.tau),
+                             np.float32(p.v_threshold), np.float32(p.v_reset), np.float32(p.alpha),
+                             grad_x.view(rows, -1).numpy())
+        return grad_x.view(ctx.in_shape), None, None, None
 
 
 def lif_multi_step(x: torch.Tensor, p: LIFParams = LIFParams(), steps: int | None = None) -> torch.Tensor:
