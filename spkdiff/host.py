@@ -9,6 +9,8 @@ Lava host processes (one implementation, so every backend computes the same numb
 from __future__ import annotations
 
 import math
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -16,17 +18,27 @@ import torch
 # ----------------------------------------------------------------------------- codebook lookup
 
 
-def leaky_sum(x_seq: torch.Tensor, decay: float) -> torch.Tensor:
-    """sum_t x_t decay^(T-1-t) over the time axis 0: a leaky integrator's final state."""
+def leaky_states(x_seq: torch.Tensor, decay: float) -> Iterator[torch.Tensor]:
+    """The states acc_t = decay acc_{t-1} + x_t (acc_0 = 0) of a leaky integrator over time axis 0."""
     acc = torch.zeros_like(x_seq[0])
     for x_t in x_seq.unbind(0):  # unbind: one cheap backward node (indexing x_seq[t] makes T full-size ones)
         acc = decay * acc + x_t
-    return acc
+        yield acc
+
+
+def leaky_sum(x_seq: torch.Tensor, decay: float) -> torch.Tensor:
+    """sum_t x_t decay^(T-1-t): the final state only (earlier states are freed as it goes)."""
+    return deque(leaky_states(x_seq, decay), maxlen=1)[0]
 
 
 def psp_final(spikes: torch.Tensor, tau_syn: float) -> torch.Tensor:
     """Eq 5 at t = T_s: PSP_t = (1 - 1/tau_syn) PSP_{t-1} + (1/tau_syn) z_t, PSP_0 = 0."""
     return leaky_sum(spikes / tau_syn, 1.0 - 1.0 / tau_syn)
+
+
+def psp_sequence(spikes: torch.Tensor, tau_syn: float) -> torch.Tensor:
+    """Eq 5 for every t (the PSP-MMD kernel of Eq 9), stacked on time axis 0."""
+    return torch.stack(list(leaky_states(spikes / tau_syn, 1.0 - 1.0 / tau_syn)))
 
 
 def encoder_features(spikes: torch.Tensor, k: torch.Tensor | float, tau_syn: float, variant: str = "paper",

@@ -12,8 +12,8 @@ from safetensors.torch import save_file
 from spkdiff.checkpoint import load_checkpoint, save_checkpoint
 from spkdiff.cli import main
 from spkdiff.errors import CheckpointError
-from spkdiff.host import encoder_features, psp_final
-from spkdiff.train.snn import LIFParams, lif_multi_step, lif_multi_step_reference, psp_sequence, sfr
+from spkdiff.host import encoder_features, psp_final, psp_sequence
+from spkdiff.train.snn import LIFParams, lif_multi_step, lif_multi_step_reference, sfr
 from spkdiff.train.vqsvae import VQSVAE, VQSVAEConfig
 
 

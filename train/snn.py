@@ -172,17 +172,6 @@ def sfr(spikes: torch.Tensor) -> torch.Tensor:
     return spikes.mean(0)
 
 
-def psp_sequence(spikes: torch.Tensor, tau_syn: float) -> torch.Tensor:
-    """Eq 5 for every t: PSP_t = (1 - 1/tau_syn) PSP_{t-1} + (1/tau_syn) z_t, PSP_0 = 0."""
-    decay = 1.0 - 1.0 / tau_syn
-    acc = torch.zeros_like(spikes[0])
-    out = []
-    for z_t in spikes.unbind(0):
-        acc = decay * acc + z_t / tau_syn
-        out.append(acc)
-    return torch.stack(out)
-
-
 def merge_time(x: torch.Tensor) -> torch.Tensor:
     """(T, B, ...) -> (T*B, ...) so stateless layers run once over all steps."""
     return x.flatten(0, 1)

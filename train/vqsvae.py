@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spkdiff.host import codebook_lookup, encoder_features, leaky_sum
-from spkdiff.train.snn import LIFParams, SpikingConv, psp_sequence
+from spkdiff.host import codebook_lookup, encoder_features, leaky_sum, psp_sequence
+from spkdiff.train.snn import LIFParams, SpikingConv
 
 
 @dataclass
