@@ -19,6 +19,7 @@ a model class that declares them; pass it as ``Loihi2SimCfg(exception_proc_model
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -137,25 +138,6 @@ class _MaskSamplerBase(_Resetting):
         self._zero(self._resets_due(t))
 
 
-
-@implements(proc=MaskSamplerProcess, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("fixed_pt")
-class PyMaskSamplerFixed(_MaskSamplerBase):
-    spike_dtype = np.int32
-    spikes_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=32)
-    tokens_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=32)
-
-
-@implements(proc=MaskSamplerProcess, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("floating_pt")
-class PyMaskSamplerFloat(_MaskSamplerBase):
-    spike_dtype = float
-    spikes_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
-    tokens_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=32)
-
-
 class _CodebookLookupBase(_Resetting):
     stage = "generator"
 
@@ -189,24 +171,6 @@ class _CodebookLookupBase(_Resetting):
         self._zero(self._resets_due(self.time_step))
 
 
-@implements(proc=CodebookLookupProcess, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("fixed_pt")
-class PyCodebookLookupFixed(_CodebookLookupBase):
-    current_dtype = np.int32
-    tokens_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=32)
-    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=32)
-
-
-@implements(proc=CodebookLookupProcess, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("floating_pt")
-class PyCodebookLookupFloat(_CodebookLookupBase):
-    current_dtype = float
-    tokens_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=32)
-    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
-
-
 class _ImageSinkBase(PyLoihiProcessModel):
     images: np.ndarray = LavaPyType(np.ndarray, float)
     readouts: np.ndarray = LavaPyType(np.ndarray, float)
@@ -237,24 +201,33 @@ class _ImageSinkBase(PyLoihiProcessModel):
             self.images[start: start + len(images)] = images.double().numpy()
 
 
-@implements(proc=ImageSinkProcess, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("fixed_pt")
-class PyImageSinkFixed(_ImageSinkBase):
-    v: PyRefPort = LavaPyType(PyRefPort.VEC_DENSE, np.int32)
+_TAG_DTYPES = {"fixed_pt": np.int32, "floating_pt": float}
 
 
-@implements(proc=ImageSinkProcess, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("floating_pt")
-class PyImageSinkFloat(_ImageSinkBase):
-    v: PyRefPort = LavaPyType(PyRefPort.VEC_DENSE, float)
+def _value_port(kind: Any, dtype: Any) -> LavaPyType:
+    """A port type carrying ``dtype`` values (int32 ports declare their 32-bit precision)."""
+    return LavaPyType(kind, np.int32, precision=32) if dtype is np.int32 else LavaPyType(kind, dtype)
 
 
-MODELS = {(MaskSamplerProcess, "fixed_pt"): PyMaskSamplerFixed, (MaskSamplerProcess, "floating_pt"): PyMaskSamplerFloat,
-          (CodebookLookupProcess, "fixed_pt"): PyCodebookLookupFixed,
-          (CodebookLookupProcess, "floating_pt"): PyCodebookLookupFloat,
-          (ImageSinkProcess, "fixed_pt"): PyImageSinkFixed, (ImageSinkProcess, "floating_pt"): PyImageSinkFloat}
+def _tagged_models(proc: type, base: type, ports: Callable[[Any], dict[str, Any]]) -> dict[tuple[type, str], type]:
+    """One model class per tag (Lava selects models by tag): ``base`` plus ``ports(dtype)`` of that tag."""
+    out = {}
+    for select_tag, dtype in _TAG_DTYPES.items():
+        cls = type(f"Py{proc.__name__.removesuffix('Process')}_{select_tag}", (base,),
+                   {"__module__": __name__, **ports(dtype)})
+        out[(proc, select_tag)] = implements(proc=proc, protocol=LoihiProtocol)(requires(CPU)(tag(select_tag)(cls)))
+    return out
+
+
+MODELS = {
+    **_tagged_models(MaskSamplerProcess, _MaskSamplerBase, lambda dtype: {
+        "spike_dtype": dtype, "spikes_out": _value_port(PyOutPort.VEC_DENSE, dtype),
+        "tokens_out": _value_port(PyOutPort.VEC_DENSE, np.int32)}),
+    **_tagged_models(CodebookLookupProcess, _CodebookLookupBase, lambda dtype: {
+        "current_dtype": dtype, "tokens_in": _value_port(PyInPort.VEC_DENSE, np.int32),
+        "a_out": _value_port(PyOutPort.VEC_DENSE, dtype)}),
+    **_tagged_models(ImageSinkProcess, _ImageSinkBase, lambda dtype: {"v": LavaPyType(PyRefPort.VEC_DENSE, dtype)}),
+}
 
 
 def host_models(procs: list[Any], select_tag: str) -> dict[Any, type]:
