@@ -35,6 +35,7 @@ class VQSVAEConfig:
     psp_variant: str = "paper"  # "paper": Eq 5-6 as written; "code": sum_t s_t 0.8^(T-1-t), k unconstrained
     readout_decay: float = 0.8
     k_init: float = 0.5
+    recon_loss: str = "mse"  # "mse" (Eq 9 as written) or "saturated_l1" (see reconstruction_loss)
 
     @classmethod
     def from_dict(cls, d: dict) -> VQSVAEConfig:
@@ -45,6 +46,31 @@ class VQSVAEConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+RECON_LOSSES = ("mse", "saturated_l1")
+PIXEL_MIN, PIXEL_MAX = -0.5, 0.5  # the paper's pixel range; shown images are clamped to it
+
+
+def reconstruction_loss(x_hat: torch.Tensor, x: torch.Tensor, kind: str, data_variance: float) -> torch.Tensor:
+    """The reconstruction term of Eq 9.
+
+    ``mse``: ||x - x^||^2 / Var(x), as in the paper.
+    ``saturated_l1``: |r| / Std(x) with r = x^ - x, except that a pixel at the range's end is not
+    penalised for overshooting it: r = max(r, 0) where x = PIXEL_MIN and r = min(r, 0) where
+    x = PIXEL_MAX.  It is the L1 error of the image the user sees (clamped to the range), with a
+    gradient on both sides. The median (L1) keeps edges sharper than the mean (MSE), and an
+    overshoot into the clamp gives exact black background and saturated strokes, where MSE
+    leaves faint noise on both sides of the target.
+    """
+    if kind == "mse":
+        return F.mse_loss(x_hat, x) / data_variance
+    if kind == "saturated_l1":
+        r = x_hat - x
+        r = torch.where(x <= PIXEL_MIN, r.clamp(min=0), r)
+        r = torch.where(x >= PIXEL_MAX, r.clamp(max=0), r)
+        return r.abs().mean() / data_variance**0.5
+    raise ValueError(f"unknown recon_loss {kind!r}: choose one of {', '.join(RECON_LOSSES)}")
 
 
 class VQSVAE(nn.Module):
@@ -128,7 +154,7 @@ class VQSVAE(nn.Module):
         # gradient goes to the encoder's spikes.
         dec_in = z_spikes + (q_spikes - z_spikes).detach()
         x_hat = self.decode_spikes(dec_in)
-        recon = F.mse_loss(x_hat, x) / data_variance
+        recon = reconstruction_loss(x_hat, x, self.cfg.recon_loss, data_variance)
         vq = F.mse_loss(z_q, z_e.detach()) + beta * F.mse_loss(z_e, z_q.detach())
         # MMD with PSP as kernel, summed over t (mean over elements at each t).
         psp_e = psp_sequence(z_spikes, self.cfg.tau_syn)
