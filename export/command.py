@@ -20,7 +20,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from spkdiff import validate
 from spkdiff.errors import SpkdiffError
+from spkdiff.files import lock_folder
 
 #: target -> "module:function"; the function writes into an empty folder and returns the manifest dict.
 TARGETS: dict[str, str] = {
@@ -34,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="trained run directory (or pretrained:NAME)")
     parser.add_argument("--target", required=True, metavar="TARGET",
                         help=f"output format: {', '.join(TARGETS)}")
-    parser.add_argument("--out", required=True, help="output folder (created; must be absent or empty unless --force)")
+    parser.add_argument("--out", required=True, type=validate.out_dir,
+                        help="output folder (created; must be absent or empty unless --force)")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
 
 
@@ -48,37 +51,49 @@ def _writer(target: str):
 
 @contextlib.contextmanager
 def atomic_output_dir(out: Path, force: bool = False) -> Iterator[Path]:
-    """Yield an empty temp folder beside ``out``; on success it replaces ``out``, on error it is removed."""
+    """Yield an empty temp folder beside ``out``; on success it replaces ``out``, on error it is removed.
+
+    One writer at a time: a lock file beside ``out`` (``out`` itself is replaced) refuses a second one.
+    """
     out = Path(out)
+    _check_target(out, force)
+    parent = out.absolute().parent
+    created: list[Path] = []
+    try:
+        with contextlib.ExitStack() as held:
+            try:
+                for p in reversed([parent, *parent.parents]):
+                    if not p.exists():
+                        p.mkdir()
+                        created.append(p)
+                held.enter_context(lock_folder(parent / f".{out.name}.lock", f"output folder {out}"))
+                _check_target(out, force)  # again under the lock: another writer may have finished meanwhile
+                tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+                tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result is an ordinary folder
+            except OSError as err:
+                raise SpkdiffError(f"cannot write output {out}: {err.strerror or err}") from None
+            try:
+                yield tmp
+                if out.exists():
+                    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
+                    os.replace(out, old / out.name)
+                    os.replace(tmp, out)
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    os.replace(tmp, out)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+    except BaseException:
+        _remove_created(created)  # after the lock file is gone, so the folders are empty
+        raise
+
+
+def _check_target(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise SpkdiffError(f"output {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise SpkdiffError(f"output folder {out} is not empty; pass --force to replace it")
-    parent = out.absolute().parent
-    created: list[Path] = []
-    try:
-        for p in reversed([parent, *parent.parents]):
-            if not p.exists():
-                p.mkdir()
-                created.append(p)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result is an ordinary folder
-    except OSError as err:
-        _remove_created(created)
-        raise SpkdiffError(f"cannot write output {out}: {err.strerror or err}") from None
-    try:
-        yield tmp
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        _remove_created(created)
-        raise
 
 
 def _umask() -> int:

@@ -9,7 +9,6 @@ sampling read only ``model/…`` plus the config.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from spkdiff.errors import CheckpointError
+from spkdiff.errors import CheckpointError, SpkdiffError
+from spkdiff.files import atomic_write
 
 FORMAT = "spkdiff-checkpoint"
 FORMAT_VERSION = "1"
@@ -64,21 +64,33 @@ def save_checkpoint(
         tensors.update(opt_tensors)
     for name, value in (rng or {}).items():
         tensors[f"rng/{name}"] = value.contiguous()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={"spkdiff": json.dumps(meta)})
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # safetensors creates 0600 files: give the usual permissions
-    tmp.replace(path)
+
+    def write(tmp: Path) -> None:
+        try:
+            save_file(tensors, str(tmp), metadata={"spkdiff": json.dumps(meta)})
+        except SafetensorError as err:  # safetensors reports a full disk as its own error type
+            raise OSError(f"{err}") from None
+
+    atomic_write(Path(path), write)
 
 
 class Checkpoint:
     """A loaded checkpoint: ``model`` weights, ``config``, ``stage``, optional resume state."""
 
     def __init__(self, path: Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor]):
+        from spkdiff.validate import check_finite, check_position, check_run_config
+
+        try:
+            check_run_config(meta["config"], f"checkpoint {path}: config", stages=(meta["stage"],))
+            if "optimizer" in meta:  # a training checkpoint: its loop position is what --resume continues from
+                check_position(meta.get("position"), path)
+            for name, value in tensors.items():
+                if name.startswith("model/"):
+                    check_finite(value, f"checkpoint {path}: tensor {name[6:]}")
+        except KeyError as err:
+            raise CheckpointError(f"checkpoint {path}: metadata lacks the field {err}") from None
+        except SpkdiffError as err:
+            raise CheckpointError(str(err)) from None
         self.path = path
         self.stage: str = meta["stage"]
         self.config: dict[str, Any] = meta["config"]
@@ -102,13 +114,14 @@ def load_checkpoint(path: Path, stage: str | None = None) -> Checkpoint:
         raise CheckpointError(f"checkpoint {path} is truncated or not a safetensors file ({err})") from None
     try:
         meta = json.loads(header["spkdiff"])
-        assert meta["format"] == FORMAT
+        assert isinstance(meta, dict) and meta["format"] == FORMAT
     except (KeyError, json.JSONDecodeError, AssertionError, TypeError):
         raise CheckpointError(f"checkpoint {path} was not written by spkdiff (no spkdiff metadata)") from None
-    if meta["version"] != FORMAT_VERSION:
+    if meta.get("version") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {path} has format version {meta['version']}, expected {FORMAT_VERSION}")
-    if stage is not None and meta["stage"] != stage:
-        raise CheckpointError(f"checkpoint {path} holds stage {meta['stage']!r}, expected {stage!r}")
+    if meta.get("stage") not in ("vqsvae", "sdid") or (stage is not None and meta["stage"] != stage):
+        raise CheckpointError(f"checkpoint {path} holds stage {meta.get('stage')!r}, "
+                              f"expected {stage or 'vqsvae or sdid'!r}")
     return Checkpoint(path, meta, tensors)
 
 
@@ -122,4 +135,9 @@ def load_model_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor]
         raise CheckpointError(
             f"checkpoint {source} does not fit the model: missing {missing[:3]}, unexpected {extra[:3]}, "
             f"wrong shape {bad[:3]}")
+    # load_state_dict would cast silently (an int64 or f16 tensor gives a different model): refuse instead
+    cast = [k for k in own if weights[k].dtype != own[k].dtype]
+    if cast:
+        k = cast[0]
+        raise CheckpointError(f"checkpoint {source}: tensor {k} is {weights[k].dtype}, expected {own[k].dtype}")
     module.load_state_dict(weights, strict=True)

@@ -10,26 +10,40 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("spkdiff.train.command", "train the VQ-SVAE (stage 1) and/or the SDID (stage 2)"),
-    "sample": ("spkdiff.train.sample_command", "generate images from a run, a bundle or a pretrained model"),
+    "sample": ("spkdiff.sample_command", "generate images from a run, a bundle or a pretrained model"),
     "eval": ("spkdiff.eval.command", "FID/KID/CFD/precision-recall/MSE/SSIM of a run"),
     "export": ("spkdiff.export.command", "export the SNN stages to NIR, ONNX or a Lava bundle"),
     "sim": ("spkdiff.simulator.command", "simulated on-chip sampling with SOP, energy and mapping report"),
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the promised one-line usage error (``prog: error: ...``, exit 2), no usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
+
+
+def one_line(message: object) -> str:
+    """A message as one line (a YAML snippet or a chained reason must not spread over several)."""
+    return " ".join(str(message).split()) or "unknown error"
+
+
 def build_parser(command: str | None = None, prog: str = "spkdiff") -> argparse.ArgumentParser:
     """The parser of one subcommand (importing only its module), or the top-level overview."""
     if command is not None:
         module = importlib.import_module(COMMANDS[command][0])
-        parser = argparse.ArgumentParser(prog=prog, description=COMMANDS[command][1])
+        parser = Parser(prog=prog, description=COMMANDS[command][1])
         module.add_arguments(parser)
         parser.set_defaults(_module=module)
         return parser
-    parser = argparse.ArgumentParser(prog="spkdiff", description="Spiking-Diffusion toolchain: train, "
+    parser = Parser(prog="spkdiff", description="Spiking-Diffusion toolchain: train, "
                                      "export to NIR/ONNX/Lava, simulate on a Loihi-style chip.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_, help_text) in COMMANDS.items():
@@ -37,28 +51,38 @@ def build_parser(command: str | None = None, prog: str = "spkdiff") -> argparse.
     return parser
 
 
-def _dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+def _dispatch(command: str, prog: str, argv: list[str]) -> int:
     from spkdiff.errors import SpkdiffError
 
-    args = parser.parse_args(argv)
     try:
+        parser = build_parser(command, prog=prog)
+        args = parser.parse_args(argv)
         return int(args._module.run(args) or 0)
     except SpkdiffError as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
+        return 2
+    except OSError as err:  # disk full, permissions, a vanished file: the user's environment, not a bug
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"{prog}: error: {where}{one_line(err.strerror or err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        # A second Ctrl-C must not cut this message short (the training loop already saved its checkpoint).
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+        print(f"{prog}: interrupted", file=sys.stderr)
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
         return 130
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in COMMANDS:
-        return _dispatch(build_parser(argv[0], prog=f"spkdiff {argv[0]}"), argv[1:])
+        return _dispatch(argv[0], f"spkdiff {argv[0]}", argv[1:])
     build_parser().parse_args(argv)  # prints the overview / usage error and exits
     return 2
 
 
 def export_main(argv: list[str] | None = None) -> int:
     """``spkdiff-export`` is ``spkdiff export``."""
-    return _dispatch(build_parser("export", prog="spkdiff-export"), sys.argv[1:] if argv is None else argv)
+    return _dispatch("export", "spkdiff-export", sys.argv[1:] if argv is None else list(argv))

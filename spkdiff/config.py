@@ -13,23 +13,27 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from spkdiff.errors import SpkdiffError
+from spkdiff.files import atomic_write
 
 PRESETS = ("paper", "fast", "tiny")
 
 
 def load_preset(name: str) -> dict[str, Any]:
     """Return the preset ``name`` (paper, fast, tiny) or a YAML file path as a dict."""
+    from spkdiff.validate import check_preset, load_yaml
+
     path = Path(name)
     if path.suffix in (".yaml", ".yml") and path.exists():
-        text = path.read_text()
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            raise SpkdiffError(f"cannot read preset {path}: {getattr(err, 'strerror', None) or err}") from None
     else:
         if name not in PRESETS:
             raise SpkdiffError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)} or a .yaml file")
         text = resources.files("spkdiff.configs").joinpath(f"{name}.yaml").read_text()
-    return yaml.safe_load(text)
+    return check_preset(load_yaml(text, f"preset {name}"), name)
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -44,9 +48,8 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    tmp.replace(path)
+    text = json.dumps(data, indent=2, sort_keys=True)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def read_json(path: Path, what: str) -> Any:
@@ -56,6 +59,16 @@ def read_json(path: Path, what: str) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise SpkdiffError(f"{what} {path} is not valid JSON ({err.msg} at line {err.lineno})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpkdiffError(f"cannot read {what} {path}: {getattr(err, 'strerror', None) or err}") from None
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    """RUN_DIR/config.json, checked: the dataset, the seed and both stages' model and train sections."""
+    from spkdiff.validate import check_run_config
+
+    path = Path(run_dir) / "config.json"
+    return check_run_config(read_json(path, "run config"), path)
 
 
 PRETRAINED_PREFIX = "pretrained:"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from spkdiff import validate
 from spkdiff.config import PRESETS
 
 
@@ -11,17 +12,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage", choices=("vqsvae", "sdid", "all"), default="all")
     parser.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist, kmnist, letters, cifar10")
     parser.add_argument("--preset", default="fast", help=f"one of {', '.join(PRESETS)} or a YAML file")
-    parser.add_argument("--out", required=True, help="run directory (checkpoints, logs, config.json)")
-    parser.add_argument("--data-root", default=None, help="dataset root (default: $SPKDIFF_DATA or ./data)")
-    parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
-    parser.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size")
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--limit", type=int, default=None, help="train on the first N images only")
-    parser.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (resumable)")
+    parser.add_argument("--out", required=True, type=validate.out_dir,
+                        help="run directory (checkpoints, logs, config.json)")
+    parser.add_argument("--data-root", default=None, type=validate.in_dir,
+                        help="dataset root (default: $SPKDIFF_DATA or ./data)")
+    parser.add_argument("--epochs", type=validate.count, default=None, help="override the preset's epochs")
+    parser.add_argument("--batch-size", type=validate.batch, default=None, help="override the preset's batch size")
+    parser.add_argument("--seed", type=validate.seed, default=None)
+    parser.add_argument("--limit", type=validate.count, default=None, help="train on the first N images only")
+    parser.add_argument("--max-steps", type=validate.count, default=None,
+                        help="stop after N optimizer steps (resumable)")
     parser.add_argument("--resume", action="store_true", help="continue from the run's last checkpoints")
     parser.add_argument("--sync-bn", action="store_true",
                         help="under torchrun: BatchNorm statistics over the global batch, not per rank")
-    parser.add_argument("--dist-timeout", type=float, default=600,
+    parser.add_argument("--dist-timeout", type=validate.seconds, default=600,
                         help="under torchrun: seconds a collective may wait for another rank before failing")
 
 

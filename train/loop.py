@@ -18,13 +18,14 @@ trains on its slice of each global batch and rank 0 alone reads and writes files
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from spkdiff.checkpoint import load_checkpoint, load_model_weights, save_checkpo
 from spkdiff.config import write_json_atomic
 from spkdiff.data import load_tensor
 from spkdiff.errors import SpkdiffError
+from spkdiff.files import atomic_write, save_npy_atomic
 from spkdiff.host import diffusion_loss, training_mask
 from spkdiff.train.distributed import SINGLE, DistContext, param_digest, tensor_digest
 from spkdiff.train.sdid import SDID, SDIDConfig
@@ -97,12 +99,27 @@ def lr_at(step: int, total: int, s: TrainSettings) -> float:
 
 
 class _Logger:
-    """CSV + TensorBoard scalars (TensorBoard optional at runtime: its import is slow)."""
+    """CSV + TensorBoard scalars (TensorBoard optional at runtime: its import is slow).
 
-    def __init__(self, run_dir: Path, stage: str, resume: bool):
+    ``keep_until``: on resume, the checkpoint's step; rows logged after it (by a run killed before its next
+    checkpoint) are dropped, so the resumed run does not log those steps twice.  None starts a new CSV.
+    """
+
+    def __init__(self, run_dir: Path, stage: str, keep_until: int | None):
         self.path = run_dir / f"{stage}_log.csv"
         self.stage = stage
-        new = not (resume and self.path.exists())
+        new = keep_until is None or not self.path.exists()
+        if not new:
+            with open(self.path, newline="") as fh:
+                rows = list(csv.reader(fh))
+            kept = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= keep_until]
+
+            def write(tmp: Path) -> None:
+                with open(tmp, "w", newline="") as fh:
+                    csv.writer(fh).writerows(kept)
+
+            atomic_write(self.path, write)
+            new = not kept
         self.file = open(self.path, "w" if new else "a", newline="")  # noqa: SIM115 (closed in close())
         self.writer: csv.writer | None = None
         self.header_written = not new
@@ -139,8 +156,54 @@ def _progress(total: int, initial: int, desc: str):
                 mininterval=0.5 if sys.stderr.isatty() else 30)
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+class _Signals:
+    """SIGINT and SIGTERM raise KeyboardInterrupt, except inside :meth:`deferred`, which holds them to its end.
+
+    SIGTERM (kill, a scheduler's stop) unwinds like Ctrl-C, so the final checkpoint runs; a job started in the
+    background by a non-interactive shell ignores SIGINT, so the handler is installed explicitly.
+    """
+
+    def __init__(self) -> None:
+        self.pending: int | None = None
+        self.depth = 0
+        self.previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.depth:
+            self.pending = signum
+            return
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    @contextlib.contextmanager
+    def deferred(self, raise_pending: bool = True) -> Iterator[None]:
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+        if raise_pending and not self.depth and self.pending is not None:
+            signum, self.pending = self.pending, None
+            raise KeyboardInterrupt(f"signal {signum}")
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _snapshot(model: nn.Module, gen: torch.Generator) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """What a forward pass changes besides the parameters: buffers (BatchNorm statistics) and RNG states."""
+    return [b.detach().clone() for b in model.buffers()], gen.get_state(), torch.get_rng_state()
+
+
+def _restore(model: nn.Module, gen: torch.Generator, snap: tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]
+             ) -> None:
+    with torch.no_grad():
+        for buf, saved in zip(model.buffers(), snap[0], strict=True):
+            buf.copy_(saved)
+    gen.set_state(snap[1])
+    torch.set_rng_state(snap[2])
 
 
 def run_training(
@@ -184,7 +247,7 @@ def run_training(
         opt.load_state_dict(ckpt.optimizer)
         gen.set_state(ckpt.rng["generator"])
         torch.set_rng_state(ckpt.rng["torch"])
-        epoch, in_epoch, step = (ckpt.position[k] for k in ("epoch", "in_epoch", "step"))
+        epoch, in_epoch, step = (int(ckpt.position[k]) for k in ("epoch", "in_epoch", "step"))
         if dist.is_main:
             print(f"resuming {stage} at epoch {epoch}, step {step}", file=sys.stderr)
     elif on_start is not None:
@@ -213,15 +276,14 @@ def run_training(
                             rng={"generator": gen.get_state(), "torch": torch.get_rng_state()}, position=position)
         saved = step
 
-    logger = _Logger(run_dir, stage, resume) if dist.is_main else None
+    logger = _Logger(run_dir, stage, step if ckpt is not None else None) if dist.is_main else None
     bar = _progress(total, step, stage) if dist.is_main else None
-    # SIGTERM (kill, a scheduler's stop) unwinds like Ctrl-C, so the finally-block checkpoint runs;
-    # a job started in the background by a non-interactive shell ignores SIGINT: restore Python's handler.
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGINT)
-                if in_main_thread}
+    signals = _Signals()
     model.train()
     t_last, imgs = time.perf_counter(), 0
+    # The state of the last completed step while a step is under way: an interruption restores it, so the
+    # final checkpoint holds exactly that step (a half-done forward pass moves BatchNorm statistics and RNGs).
+    before_step: tuple[list[torch.Tensor], torch.Tensor, torch.Tensor] | None = None
     try:
         while epoch < settings.epochs:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(config["seed"] * 1000 + epoch))
@@ -232,14 +294,17 @@ def run_training(
                     return model
                 batch = order[in_epoch * settings.batch_size:(in_epoch + 1) * settings.batch_size]
                 idx = dist.shard(batch)  # this rank's slice of the global batch (all of it in one process)
-                for group in opt.param_groups:
-                    group["lr"] = lr_at(step, total, settings)
+                before_step = _snapshot(model, gen)
                 out = step_fn(net, data[idx], dist.step_generator(gen, config["seed"], step))
                 opt.zero_grad(set_to_none=True)
                 out["loss"].backward()
-                opt.step()
-                step += 1
-                in_epoch += 1
+                with signals.deferred():  # the update and the position change together or not at all
+                    for group in opt.param_groups:
+                        group["lr"] = lr_at(step, total, settings)
+                    opt.step()
+                    step += 1
+                    in_epoch += 1
+                    before_step = None
                 imgs += len(batch)
                 if bar is not None:
                     bar.update(1)
@@ -264,13 +329,15 @@ def run_training(
             in_epoch = 0
             checkpoint()
     finally:
-        if step > 0 and saved != step and dist.is_main:
-            checkpoint(collective=False)  # nothing lost on Ctrl-C or an error (no collectives: a peer may be gone)
-        if bar is not None and logger is not None:
-            bar.close()
-            logger.close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        with signals.deferred(raise_pending=False):  # a second Ctrl-C must not cut the last checkpoint short
+            if before_step is not None:
+                _restore(model, gen, before_step)
+            if step > 0 and saved != step and dist.is_main:
+                checkpoint(collective=False)  # nothing lost on Ctrl-C or an error (no collectives: a peer may be gone)
+            if bar is not None and logger is not None:
+                bar.close()
+                logger.close()
+        signals.restore()
     return model
 
 
@@ -340,9 +407,7 @@ def cached_tokens(run_dir: Path, config: dict[str, Any], data_root: str | None, 
         images, _ = load_tensor(config["dataset"], data_root, "train", limit=limit)
     tokens = encode_dataset(vq, images, dist=dist)
     if dist.is_main:
-        tmp = run_dir / "tokens_train.tmp.npy"
-        np.save(tmp, tokens.numpy().astype(np.int16))
-        tmp.replace(cache)
+        save_npy_atomic(cache, tokens.numpy().astype(np.int16))
     return tokens
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 from typing import Any
 
-from spkdiff.config import load_preset, read_json, write_json_atomic
+from spkdiff.config import load_preset, read_run_config, write_json_atomic
 from spkdiff.data import get_spec
 from spkdiff.errors import SpkdiffError
+from spkdiff.files import LOCK_NAME, clean_stale_temps, lock_folder
 
 STAGE_ORDER = ("vqsvae", "sdid")
 
@@ -16,7 +18,7 @@ STAGE_ORDER = ("vqsvae", "sdid")
 def resolve_config(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     stored = run_dir / "config.json"
     if args.resume and stored.exists():
-        config = read_json(stored, "run config")
+        config = read_run_config(run_dir)
     else:
         preset = load_preset(args.preset)
         spec = get_spec(args.dataset)
@@ -26,7 +28,7 @@ def resolve_config(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         if h != 28:
             raise SpkdiffError(f"{args.dataset} images are {h}x{w}; the VQ-SVAE presets expect 28x28")
         if args.stage == "sdid" and stored.exists():  # stage 1 is already trained: keep what it was trained with
-            config["vqsvae"] = read_json(stored, "run config").get("vqsvae", config["vqsvae"])
+            config["vqsvae"] = read_run_config(run_dir)["vqsvae"]
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "limit": args.limit, "max_steps": args.max_steps}
     for stage in STAGE_ORDER:
         config[stage]["train"].pop("max_steps", None)  # an interruption point, never inherited by --resume
@@ -46,18 +48,22 @@ def train_from_args(args: argparse.Namespace) -> None:
     from spkdiff.train.loop import train_sdid, train_vqsvae
 
     run_dir = Path(args.out)
+    held = contextlib.ExitStack()
 
     def prepare() -> dict[str, Any]:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise SpkdiffError(f"cannot create run directory {run_dir}: {err.strerror}") from None
+        # One writer per run directory, held to the end; then whatever a killed writer left half-written goes.
+        held.enter_context(lock_folder(run_dir / LOCK_NAME, f"run directory {run_dir}"))
+        clean_stale_temps(run_dir)
         config = resolve_config(args, run_dir)
         write_json_atomic(run_dir / "config.json", config)
         return config
 
     timeout = getattr(args, "dist_timeout", distributed.DEFAULT_TIMEOUT_S)
-    with distributed.session(timeout, getattr(args, "sync_bn", False)) as dist:
+    with held, distributed.session(timeout, getattr(args, "sync_bn", False)) as dist:
         config = dist.run_on_main(prepare)
         stages = STAGE_ORDER if args.stage == "all" else (args.stage,)
         for stage in stages:
