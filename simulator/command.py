@@ -68,7 +68,7 @@ def _load_inputs(args: argparse.Namespace, shapes: dict[str, tuple[int, ...]]) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from .energy import energy
+    from .energy import energy, sop_time_ns
     from .engine import Simulator
     from .mapping import ChipLimits, map_to_chip
 
@@ -86,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     res = sim.run(_load_inputs(args, sim.inputs), steps=args.steps, per_neuron=True)
     assert res.counters is not None
     limits = ChipLimits(cores_per_chip=args.cores_per_chip, compartments_per_core=args.compartments_per_core,
-                        synapse_memory_bytes=int(args.synapse_memory_kb * 1024), synapse_bits=args.synapse_bits)
+                        synapse_memory_bytes=int(args.synapse_memory_kb * 1024), synapse_bits=args.synapse_bits,
+                        time_per_sop_ns=sop_time_ns(args.profile))
     mapping = map_to_chip(sim, limits, counters=res.counters)
     rep = energy(res.counters, args.profile, args.ann_profile)
 

@@ -6,7 +6,13 @@ non-zero/all weights that reach a valid output, see :meth:`SynapseOp.fan_out`):
 * ``sops``   synaptic operations, input is spike events: ``sum_i x_i * f_nz_i`` (each spike times its
   actual fan-out; a spike edge straight into a neuron counts 1 per spike);
 * ``macs``   dense multiply-accumulates, input is analog: ``sum_i f_i`` (every step, constant or not);
+* ``effective_macs`` analog input, NeuroBench's convention: ``sum_i [x_i != 0] * f_nz_i`` (zero inputs
+  and zero weights skipped, bias not counted);
 * ``neuron_updates`` neurons x steps of every neuron node;
+* ``active_updates`` the *active* part of ``neuron_updates``: a compartment is active at step ``t`` if
+  it received a non-zero input current, or its state (``v``, and ``i``/``u`` where it has one) differs
+  from step ``t - 1``, or it spiked.  A compartment at rest with no input is inactive (at ``t = 0`` only
+  input and spikes count: the state before the first step is the rest state);
 * ``spikes`` output spikes of spiking neurons.
 
 ``ann_macs``/``ann_adds`` are the ANN-equivalent network's dense counts for ONE pass (no time):
@@ -15,11 +21,15 @@ weights as MACs, pooling as adds.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+#: counts priced by an energy profile
 COUNT_KEYS = ("sops", "macs", "neuron_updates", "spikes")
+#: every ``(T, B)`` count array of a layer
+ARRAY_KEYS = (*COUNT_KEYS, "active_updates", "effective_macs")
 
 
 @dataclass
@@ -35,7 +45,16 @@ class LayerCounts:
     macs: np.ndarray
     neuron_updates: np.ndarray
     spikes: np.ndarray
+    active_updates: np.ndarray | None = None  # None: not measured, every update counts as active
+    effective_macs: np.ndarray | None = None  # None: not measured, equal to ``macs``
     incoming_sops: np.ndarray | None = None  # (T, *out_shape): SOPs arriving at each output, summed over batch
+    spiking: bool = False  # a spiking neuron node (its output counts in ActivationSparsity)
+
+    def __post_init__(self) -> None:
+        if self.active_updates is None:
+            self.active_updates = self.neuron_updates.copy()
+        if self.effective_macs is None:
+            self.effective_macs = self.macs.copy()
 
     def total(self, key: str) -> np.ndarray:
         """Per sample, summed over time: ``(B,)``."""
@@ -74,7 +93,7 @@ class Counters:
 
     def totals(self) -> dict[str, float]:
         """Mean per sample of every count, plus the ANN-equivalent counts."""
-        out = {k: float(self.per_sample(k).mean()) for k in COUNT_KEYS}
+        out = {k: float(self.per_sample(k).mean()) for k in ARRAY_KEYS}
         out["ann_macs"] = float(self.ann_macs)
         out["ann_adds"] = float(self.ann_adds)
         return out
@@ -85,8 +104,90 @@ class Counters:
         for layer in self.layers.values():
             row: dict[str, float | str | int] = {"layer": layer.name, "type": layer.nir_type, "kind": layer.kind,
                                                  "neurons": layer.neurons, "synapses": layer.synapses}
-            for k in COUNT_KEYS:
+            for k in ARRAY_KEYS:
                 row[k] = float(layer.total(k).mean())
             row["firing_rate"] = layer.firing_rate
             rows.append(row)
         return rows
+
+    @staticmethod
+    def concat(parts: Sequence[Counters], axis: int, ann_scale: int = 1) -> Counters:
+        """Concatenate along time (``axis=0``, one graph run after another) or samples (``axis=1``);
+        the ANN-equivalent counts are one run's times ``ann_scale``."""
+        first = parts[0]
+        steps = sum(p.steps for p in parts) if axis == 0 else first.steps
+        batch = sum(p.batch for p in parts) if axis == 1 else first.batch
+        out = Counters(steps, batch, ann_macs=first.ann_macs * ann_scale, ann_adds=first.ann_adds * ann_scale)
+        for name, lc in first.layers.items():
+            layers = [p.layers[name] for p in parts]
+            arrays = {k: np.concatenate([getattr(x, k) for x in layers], axis=axis) for k in ARRAY_KEYS}
+            out.layers[name] = LayerCounts(name, lc.nir_type, lc.kind, lc.neurons, lc.synapses, **arrays,
+                                           spiking=lc.spiking)
+        return out
+
+    def add_relays(self, relays: Mapping[str, str]) -> list[str]:
+        """Count relay populations (``relay name -> source neuron layer``) as neuron layers.
+
+        A relay (the Lava graph's delay line on a residual skip, :mod:`spkdiff.neuromorphic.lava_graph`)
+        has one identity synapse per neuron and re-emits each spike of its source once, so per step
+        ``sops = spikes = active_updates = spikes_src`` and ``neuron_updates = neurons``.  Returns the
+        relays whose source has no counts here (e.g. the graph input), which are not counted.
+        """
+        missing: list[str] = []
+        for relay, src in relays.items():
+            lc = self.layers.get(src)
+            if lc is None or not lc.spiking:
+                missing.append(relay)
+                continue
+            spk = lc.spikes.copy()
+            self.layers[relay] = LayerCounts(relay, "Relay", "neuron", lc.neurons, lc.neurons, sops=spk.copy(),
+                                             macs=np.zeros_like(spk), neuron_updates=np.full_like(spk, lc.neurons),
+                                             spikes=spk.copy(), active_updates=spk.copy(), spiking=True)
+        return missing
+
+
+@dataclass(frozen=True)
+class NeuroBenchMetrics:
+    """Workload metrics under NeuroBench's names and conventions (``neurobench.metrics.workload``), per sample.
+
+    * ``Effective_ACs``  synaptic ops of layers whose input is spikes: ``sum_t sum_i s_i f_nz_i`` (= ``sops``);
+    * ``Effective_MACs`` ops of layers whose input is not spikes, zero inputs and weights skipped:
+      ``sum_t sum_i [x_i != 0] f_nz_i`` (``effective_macs``; not the dense ``macs``);
+    * ``ActivationSparsity`` ``1 - nonzero outputs / all outputs`` over the spiking neuron layers, all
+      steps and samples (a ratio, not a count);
+    * ``MembraneUpdates`` every neuron at the first step, then each neuron whose membrane state changed
+      (or that spiked): ``sum_layers (N + sum_{t >= 1} active_t)``, one forward pass per call.
+    """
+
+    Effective_ACs: float
+    Effective_MACs: float
+    ActivationSparsity: float
+    MembraneUpdates: float
+
+    @staticmethod
+    def of(counters: Counters | Mapping[str, Counters], steps_per_call: Mapping[str, int] | int | None = None
+           ) -> NeuroBenchMetrics:
+        """From one graph's counters or per-stage counters; ``steps_per_call`` (per stage): the SNN steps of
+        one forward pass when a stage's time axis holds several calls (each call starts from rest)."""
+        stages = {"graph": counters} if isinstance(counters, Counters) else dict(counters)
+        acs = macs = updates = nonzero = total = 0.0
+        for stage, ctr in stages.items():
+            per_call = steps_per_call.get(stage) if isinstance(steps_per_call, Mapping) else steps_per_call
+            per_call = per_call or ctr.steps
+            first = np.arange(ctr.steps) % per_call == 0  # the first step of each call
+            for lc in ctr.layers.values():
+                if lc.nir_type == "Relay":
+                    continue  # a chip artefact (lava_graph's delay line), not part of the network
+                acs += float(lc.total("sops").mean())
+                macs += float(lc.total("effective_macs").mean())
+                if lc.kind != "neuron":
+                    continue
+                updates += float((lc.active_updates[~first].sum(axis=0) + lc.neurons * first.sum()).mean())
+                if lc.spiking:
+                    nonzero += float(lc.spikes.sum())
+                    total += float(lc.neurons * ctr.steps * ctr.batch)
+        sparsity = 1.0 - nonzero / total if total else 0.0
+        return NeuroBenchMetrics(acs, macs, sparsity, updates)
+
+    def to_dict(self) -> dict[str, float]:
+        return dict(self.__dict__)

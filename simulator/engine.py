@@ -175,14 +175,16 @@ class Simulator:
             for name in self.flat.order:
                 op = self.ops[name]
                 x = sigs[name] if op.kind == "input" else op.gather([(p, sigs[p]) for p in self.flat.preds[name]])
-                rec: dict[str, torch.Tensor] | None = {} if name in want else None
+                # neuron states are needed to count active updates
+                traced = name in want or (counters is not None and op.kind == "neuron")
+                rec: dict[str, torch.Tensor] | None = {} if traced else None
                 y = op.run(x, steps, rec)
                 sigs[name] = y
                 warnings.extend(op.last_warnings)
-                if rec is not None:
+                if rec is not None and name in want:
                     recordings[name] = {"out": _full(y, steps), **rec}
                 if counters is not None and op.kind in ("synapse", "neuron"):
-                    counters.layers[name] = self._count(name, op, x, y, steps, nbatch, sigs, per_neuron)
+                    counters.layers[name] = self._count(name, op, x, y, steps, nbatch, sigs, per_neuron, rec)
                 for p in self.flat.preds.get(name, []):  # free intermediate sequences early
                     remaining[p] -= 1
                     if remaining[p] == 0 and p not in keep:
@@ -192,7 +194,7 @@ class Simulator:
 
     # -- counting ----------------------------------------------------------------------------------
     def _count(self, name: str, op: Op, x: Signal, y: Signal, steps: int, batch: int,
-               sigs: dict[str, Signal], per_neuron: bool) -> LayerCounts:
+               sigs: dict[str, Signal], per_neuron: bool, rec: dict[str, torch.Tensor] | None) -> LayerCounts:
         zeros = np.zeros((steps, batch))
         n_out = int(np.prod(op.out_shape))
         lc = LayerCounts(name, type(op.node).__name__, op.kind, n_out, 0, zeros.copy(), zeros.copy(),
@@ -210,12 +212,15 @@ class Simulator:
                     lc.incoming_sops = inc.round().numpy().copy()
             else:
                 lc.macs[:] = plan.dense_macs
+                lc.effective_macs = _weighted_sum(_nonzero(x), plan.fan_out_nz, plan.fan_out_total, steps, batch)
             return lc
         # neuron node
         lc.synapses = 0
         lc.neuron_updates[:] = n_out
+        lc.spiking = bool(op.spiking)
         if op.spiking:
             lc.spikes = _weighted_sum(y, None, float(n_out), steps, batch)
+        lc.active_updates = _active_updates(op, x, y, rec or {}, steps)
         inc_total = np.zeros((steps, *op.out_shape)) if per_neuron else None
         for p in self.flat.preds[name]:
             ps = sigs[p]
@@ -229,6 +234,22 @@ class Simulator:
         if inc_total is not None and lc.synapses:
             lc.incoming_sops = inc_total
         return lc
+
+
+def _nonzero(sig: Signal) -> Signal:
+    return Signal((sig.data != 0).float(), sig.static, True)
+
+
+def _active_updates(op: Op, x: Signal, y: Signal, rec: dict[str, torch.Tensor], steps: int) -> np.ndarray:
+    """``(T, B)``: compartments with input, a changed state or a spike (see :mod:`.counters`)."""
+    active = x.full(steps) != 0
+    if op.spiking:
+        active |= y.data != 0
+    for key in op.state_names():
+        state = rec.get(key)
+        if state is not None and steps > 1:
+            active[1:] |= state[1:] != state[:-1]
+    return active.reshape(steps, active.shape[1], -1).sum(-1).double().numpy()
 
 
 def _full(sig: Signal, steps: int) -> torch.Tensor:

@@ -28,6 +28,7 @@ import numpy as np
 from spkdiff.errors import SpkdiffError
 
 from .counters import Counters
+from .energy import sop_time_ns
 from .engine import Simulator
 from .ops import SynapseOp
 
@@ -40,7 +41,7 @@ class ChipLimits:
     compartments_per_core: int = 1024
     synapse_memory_bytes: int = 128 * 1024
     synapse_bits: int = 8  # bits per stored synapse, from the weight format
-    time_per_sop_ns: float = 3.5
+    time_per_sop_ns: float = field(default_factory=sop_time_ns)  # the loihi profile's time_ns.sop
 
     def __post_init__(self) -> None:
         for k in ("cores_per_chip", "compartments_per_core", "synapse_memory_bytes", "synapse_bits"):

@@ -15,33 +15,82 @@ from typing import Any
 
 from spkdiff.errors import SpkdiffError
 
-from .energy import energy
+from .counters import Counters, NeuroBenchMetrics
+from .energy import energy, sop_time_ns
+from .engine import Simulator
 from .generate import Generation, generate
 from .mapping import ChipLimits, map_to_chip
 
 
+def relay_sources(sim: Simulator, counters: Counters, steps: int) -> dict[str, str]:
+    """``relay population -> the neuron layer whose spikes it re-emits``, read from the Lava graph of ``sim``
+    (:func:`spkdiff.neuromorphic.lava_graph.build_plan`, as the chip runs it; a stage whose input layer
+    counts dense MACs has a graded input, computed on the host as :mod:`~spkdiff.neuromorphic.lava_generate`
+    does)."""
+    from spkdiff.neuromorphic.lava_graph import build_plan
+
+    inp = sim.flat.inputs[0]
+    graded = any(counters.layers[s].macs.any() for s in sim.flat.succs[inp] if s in counters.layers)
+    plan = build_plan(sim, steps, graded_input=graded)
+    feeds = {c.dst: c.src for c in plan.connections if "__relay" in c.dst}
+    out: dict[str, str] = {}
+    for relay, src in feeds.items():
+        while src in feeds:  # a chain of relays re-emits the first one's source
+            src = feeds[src]
+        out[relay] = src
+    return out
+
+
 def build_report(gen: Generation, profile: str = "loihi", ann_profile: str = "cmos45nm",
-                 limits: ChipLimits | None = None) -> dict[str, Any]:
-    """JSON-ready report of one generation run (counts, energy and mapping per image)."""
+                 limits: ChipLimits | None = None, count_relays: bool = True) -> dict[str, Any]:
+    """JSON-ready report of one generation run (counts, energy and mapping per image).
+
+    ``count_relays``: add the Lava graph's relay populations (residual-skip delay lines) to the counts, so
+    the energy is what the chip does; the NeuroBench metrics describe the network and leave them out.
+    """
+    steps_per_call = {st: ctr.steps // (gen.denoiser_calls if st == "sdid" else 1)
+                      for st, ctr in gen.counters.items()}
+    notes: list[str] = []
+    for stage, ctr in gen.counters.items():
+        sim = gen.simulators.get(stage)
+        if count_relays and sim is not None and not any(lc.nir_type == "Relay" for lc in ctr.layers.values()):
+            missing = ctr.add_relays(relay_sources(sim, ctr, steps_per_call[stage]))
+            if missing:
+                notes.append(f"{stage}: relays of the graph input not counted: {', '.join(missing)}")
     rep = energy(gen.counters, profile, ann_profile)
     stages: dict[str, Any] = {}
     for stage, ctr in gen.counters.items():
-        entry: dict[str, Any] = {"time_steps_per_image": ctr.steps, "per_image": ctr.totals(),
-                                 "layers": ctr.summary()}
+        entry: dict[str, Any] = {"time_steps_per_image": ctr.steps, "time_steps_per_call": steps_per_call[stage],
+                                 "per_image": ctr.totals(), "layers": ctr.summary()}
         sim = gen.simulators.get(stage)
         if sim is not None:
-            entry["mapping"] = map_to_chip(sim, limits).summary()
+            entry["mapping"] = map_to_chip(sim, limits).summary()  # relays are not mapped (yet)
         stages[stage] = entry
     totals = {k: sum(s["per_image"][k] for s in stages.values())
-              for k in ("sops", "macs", "neuron_updates", "spikes", "ann_macs", "ann_adds")}
+              for k in ("sops", "macs", "neuron_updates", "active_updates", "spikes", "ann_macs", "ann_adds")}
     info = gen.info()
     info.pop("per_image", None)
     return {"settings": {k: info[k] for k in ("backend", "method", "steps", "temperature", "seed", "batch_size", "n")},
             "throughput": {"seconds": gen.seconds, "images_per_s": info["images_per_s"],
                            "denoiser_calls_per_image": gen.denoiser_calls, "snn_steps_per_image": gen.snn_steps},
-            "quantization": {"from_bundle": gen.quant_from_bundle,
-                             "bundle_matches_simulator": gen.quant_matches_simulator},
-            "per_image": totals, "stages": stages, "energy_per_image": rep.to_dict(), "warnings": gen.warnings}
+            # the generation refactor may drop these fields from Generation
+            "quantization": {"from_bundle": getattr(gen, "quant_from_bundle", None),
+                             "bundle_matches_simulator": getattr(gen, "quant_matches_simulator", None)},
+            "per_image": totals, "neurobench": NeuroBenchMetrics.of(gen.counters, steps_per_call).to_dict(),
+            "stages": stages, "energy_per_image": rep.to_dict(), "warnings": gen.warnings + notes}
+
+
+def _energy_notes(report: dict[str, Any]) -> list[str]:
+    """The papers' convention, the NeuroBench metrics and what the profile leaves out (markdown lines)."""
+    e, nb = report["energy_per_image"], report["neurobench"]
+    pc = e["papers_convention"]
+    lines = [f"Papers' convention (45 nm, E_AC = {pc['e_ac_pj']} pJ per SOP, E_MAC = {pc['e_mac_pj']} pJ per dense "
+             f"MAC): SNN {pc['snn_j'] * 1e6:.4f} uJ vs ANN {pc['ann_j'] * 1e6:.4f} uJ, ratio {pc['ratio_vs_ann']:.2f}.",
+             "", "NeuroBench workload metrics per image (the network, without relays): "
+             + ", ".join(f"{k} {v:.4g}" for k, v in nb.items()) + "."]
+    if e["leaves_out"]:
+        lines += ["", f"Profile `{e['profile']}` leaves out:", *[f"- {x}" for x in e["leaves_out"]]]
+    return lines
 
 
 def write_markdown(report: dict[str, Any], path: Path) -> None:
@@ -60,7 +109,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
     lines += [f"| total | {p['sops']:.0f} | {p['macs']:.0f} | {p['neuron_updates']:.0f} | {p['spikes']:.0f} | "
               f"{e['total_j'] * 1e6:.4f} | {e['ann_total_j'] * 1e6:.4f} |", "",
               f"Energy profile `{e['profile']}`, ANN equivalent on `{e['ann_profile']}`: ratio ANN/SNN "
-              f"{e['ratio_vs_ann']:.2f}.", "", "## Layers (per image)", "",
+              f"{e['ratio_vs_ann']:.2f}.", "", *_energy_notes(report), "", "## Layers (per image)", "",
               "| stage | layer | type | neurons | SOPs | MACs | spikes | firing rate |",
               "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for stage, entry in report["stages"].items():
@@ -142,7 +191,8 @@ def run_bundle(args: argparse.Namespace) -> int:
     gen = generate(args.bundle, args.n, fixed=fixed, steps=args.steps, method=args.method,
                    temperature=args.temperature, seed=args.seed, batch_size=args.batch_size)
     limits = ChipLimits(cores_per_chip=args.cores_per_chip, compartments_per_core=args.compartments_per_core,
-                        synapse_memory_bytes=int(args.synapse_memory_kb * 1024), synapse_bits=args.synapse_bits)
+                        synapse_memory_bytes=int(args.synapse_memory_kb * 1024), synapse_bits=args.synapse_bits,
+                        time_per_sop_ns=sop_time_ns(args.profile))
     report = build_report(gen, args.profile, args.ann_profile, limits)
     e = report["energy_per_image"]
     print(f"{'stage':<10} {'SOPs':>12} {'MACs':>10} {'updates':>10} {'spikes':>10} {'uJ':>9} {'ANN uJ':>9}")
@@ -155,7 +205,11 @@ def run_bundle(args: argparse.Namespace) -> int:
     print(f"per image ({report['settings']['backend']}): {t['denoiser_calls_per_image']} denoiser calls, "
           f"{e['total_j'] * 1e6:.4f} uJ ({e['profile']}) vs {e['ann_total_j'] * 1e6:.4f} uJ ANN "
           f"({e['ann_profile']}); {t['images_per_s']:.2f} images/s")
-    for w in gen.warnings:
+    pc, nb = e["papers_convention"], report["neurobench"]
+    print(f"papers' convention (SOPs x {pc['e_ac_pj']} pJ vs dense MACs x {pc['e_mac_pj']} pJ): "
+          f"{pc['snn_j'] * 1e6:.4f} uJ vs {pc['ann_j'] * 1e6:.4f} uJ ANN (ratio {pc['ratio_vs_ann']:.2f})")
+    print("NeuroBench per image: " + ", ".join(f"{k} {v:.4g}" for k, v in nb.items()))
+    for w in report["warnings"]:
         print(f"warning: {w}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
