@@ -24,6 +24,7 @@ import numpy as np
 
 from spkdiff.errors import SpkdiffError
 from spkdiff.files import sha256
+from spkdiff.validate import check_integer, check_integer_array, check_manifest
 
 FORMAT = "spkdiff-export"
 TARGET = "lava"
@@ -134,6 +135,10 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if manifest.get("bundle_version") != BUNDLE_VERSION:
         raise BundleError(f"{root} is bundle version {manifest.get('bundle_version')!r}; this spkdiff reads version "
                           f"{BUNDLE_VERSION}: re-export it with this version")
+    try:
+        check_manifest(manifest, mpath)
+    except SpkdiffError as err:
+        raise BundleError(str(err)) from None
     for name, digest in manifest.get("files", {}).items():
         f = root / name
         if not f.is_file():
@@ -143,14 +148,34 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def _layer(name: str, meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> LoihiLayer:
-    syns = {s: LoihiSynapse(s, None if m.get("weight") is None else tensors[m["weight"]].astype(np.int64),
-                            int(m["weight_exp"]), m.get("sign_mode"), bool(m.get("analog_input", False)))
-            for s, m in meta.get("synapses", {}).items()}
-    direct = {d: (int(m["weight"]), int(m["weight_exp"])) for d, m in meta.get("direct", {}).items()}
-    return LoihiLayer(name, meta["method"], int(meta["du"]), int(meta["dv"]), int(meta["vth"]), float(meta["scale"]),
-                      bool(meta["spiking"]), float(meta["analog_factor"]), tensors[meta["bias_mant"]].astype(np.int64),
-                      tensors[meta["bias_exp"]].astype(np.int64), syns, direct)
+def _layer(name: str, meta: dict[str, Any], tensors: dict[str, np.ndarray], where: str) -> LoihiLayer:
+    """One neuron node's integers, each checked to be integral and in its Loihi format's range."""
+    where = f"{where}.{name}"
+
+    def synapse(s: str, m: dict[str, Any]) -> LoihiSynapse:
+        at = f"{where}.synapses.{s}"
+        sign = None if m.get("sign_mode") is None else check_integer(m["sign_mode"], "sign_mode", at)
+        weight = None if m.get("weight") is None else check_integer_array(tensors[m["weight"]], "weight_int", at)
+        return LoihiSynapse(s, weight, check_integer(m["weight_exp"], "weight_exp", at), sign,
+                            bool(m.get("analog_input", False)))
+
+    syns = {s: synapse(s, m) for s, m in meta.get("synapses", {}).items()}
+    direct = {d: (check_integer(m["weight"], "weight", f"{where}.direct.{d}"),
+                  check_integer(m["weight_exp"], "weight_exp", f"{where}.direct.{d}"))
+              for d, m in meta.get("direct", {}).items()}
+    ints = {k: check_integer(meta[k], k, where) for k in ("du", "dv", "vth")}
+    return LoihiLayer(name, meta["method"], ints["du"], ints["dv"], ints["vth"], float(meta["scale"]),
+                      bool(meta["spiking"]), float(meta["analog_factor"]),
+                      check_integer_array(tensors[meta["bias_mant"]], "bias_mant", where),
+                      check_integer_array(tensors[meta["bias_exp"]], "bias_exp", where), syns, direct)
+
+
+def _check_graph_finite(graph: Any, where: str) -> None:
+    """NaN/Inf in any NIR node parameter (a NaN model exports and simulates to garbage)."""
+    for node_name, node in graph.nodes.items():
+        for key, value in vars(node).items():
+            if isinstance(value, np.ndarray) and value.dtype.kind == "f" and not np.isfinite(value).all():
+                raise BundleError(f"{where}: node {node_name}.{key} holds NaN or Inf")
 
 
 def load_bundle(path: str | Path) -> Bundle:
@@ -165,14 +190,18 @@ def load_bundle(path: str | Path) -> Bundle:
     for stage, entry in manifest["stages"].items():
         try:
             graphs[stage] = nir.read(str(root / entry["file"]))
-        except Exception as err:  # h5py / nir raise many types
-            raise BundleError(f"bundle {root}: cannot read {entry.get('file')}: {err}") from None
+        except Exception as err:  # h5py / nir raise many types, some with an empty message
+            raise BundleError(f"bundle {root}: cannot read {entry.get('file')}: {str(err) or type(err).__name__}"
+                              ) from None
+        _check_graph_finite(graphs[stage], f"bundle {root}: {entry['file']}")
         q = entry.get("loihi")
         if q is None:
             raise BundleError(f"bundle {root}: stage {stage} has no Loihi parameters")
         try:
             tensors = load_file(str(root / q["file"]))
-            layers[stage] = {n: _layer(n, m, tensors) for n, m in q["layers"].items()}
+            layers[stage] = {n: _layer(n, m, tensors, f"bundle {root}: {stage}") for n, m in q["layers"].items()}
+        except SpkdiffError as err:
+            raise BundleError(str(err)) from None
         except (OSError, KeyError, ValueError, TypeError) as err:
             raise BundleError(f"bundle {root}: stage {stage}: bad Loihi parameters ({err})") from None
     codebook = np.asarray(manifest["host"]["codebook_lookup"]["codebook"], dtype=np.float32)

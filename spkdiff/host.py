@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from spkdiff.validate import check_finite
+
 # ----------------------------------------------------------------------------- codebook lookup
 
 
@@ -171,6 +173,7 @@ class MaskSampler:
 
     def draw(self, logits: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample tokens from Categorical(logits / temperature); logits (B, K, H, W). Returns (tokens, prob)."""
+        check_finite(logits, "the denoiser's logits (a model with NaN/Inf weights?)")
         probs = torch.softmax(logits.float() / max(self.temperature, 1e-6), dim=1)
         flat = probs.permute(0, 2, 3, 1).reshape(-1, probs.shape[1])
         drawn = torch.multinomial(flat, 1, generator=generator).squeeze(1)

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from spkdiff.errors import SpkdiffError
+from spkdiff.files import atomic_write
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -28,9 +29,12 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, p
         r, col = divmod(i, nrow)
         grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = arr[i]
     path = Path(path)
+    image_format = Image.registered_extensions().get(path.suffix.lower())
+    if image_format is None:
+        raise SpkdiffError(f"cannot write {path}: unknown image extension {path.suffix!r} (use .png)")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(grid.squeeze(-1) if c == 1 else grid).save(path)
     except OSError as err:
         raise SpkdiffError(f"cannot write {path}: {err.strerror or err}") from None
-    return path
+    image = Image.fromarray(grid.squeeze(-1) if c == 1 else grid)
+    return atomic_write(path, lambda tmp: image.save(tmp, format=image_format))  # never a partial PNG
