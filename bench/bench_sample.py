@@ -15,8 +15,9 @@ import torch
 from bench_train import ReferenceSDID, median_rate
 
 from spkdiff.config import load_preset
+from spkdiff.generation import SamplerSettings
 from spkdiff.host import MaskSampler
-from spkdiff.train.sampling import generate
+from spkdiff.train.sampling import generate_images
 from spkdiff.train.sdid import SDID, SDIDConfig
 from spkdiff.train.vqsvae import VQSVAE, VQSVAEConfig
 
@@ -44,7 +45,8 @@ def main() -> None:
                                 (f"paper 1/t rule, {args.steps} calls (fast preset)", "paper", args.steps),
                                 (f"confidence sampler ({args.steps} calls)", "confidence", args.steps)]:
         results[name] = median_rate(
-            lambda m=method, s=steps: generate(vq, sdid, args.n, steps=s, method=m, batch_size=args.n), args.n,
+            lambda m=method, s=steps: generate_images(vq, sdid, args.n, SamplerSettings(m, s, 1.0), batch_size=args.n),
+            args.n,
             args.repeats)
 
     ref = ReferenceSDID().eval()

@@ -28,10 +28,11 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
+    from spkdiff.generation import SamplerSettings
     from spkdiff.simulator.generate import generate
     from spkdiff.simulator.report import build_report
     from spkdiff.train.loop import load_stage
-    from spkdiff.train.sampling import generate as torch_generate
+    from spkdiff.train.sampling import generate_images
 
     with tempfile.TemporaryDirectory() as tmp:
         bundle = args.bundle
@@ -59,8 +60,8 @@ def main() -> None:
         s = gens["sim"].settings
         vq, sdid = load_stage(args.run, "vqsvae"), load_stage(args.run, "sdid")
         t0, c0 = time.perf_counter(), time.process_time()
-        images, tokens, _ = torch_generate(vq, sdid, args.n, steps=s["steps"], method=s["method"],
-                                           temperature=s["temperature"], seed=args.seed, batch_size=args.batch_size)
+        settings = SamplerSettings(s["method"], s["steps"], s["temperature"])
+        images, tokens, _ = generate_images(vq, sdid, args.n, settings, seed=args.seed, batch_size=args.batch_size)
         results["torch"] = {"images_per_s": args.n / (time.perf_counter() - t0),
                             "cpu_s_per_image": (time.process_time() - c0) / args.n}
         results["sim"]["tokens_equal_torch"] = bool(torch.equal(tokens, gens["sim"].tokens))

@@ -28,9 +28,9 @@ from spkdiff.train.distributed import (
     DistContext,
     SyncBatchNorm2d,
     convert_sync_batchnorm,
-    derived_seed,
     param_digest,
 )
+from spkdiff.generation import derived_seed
 from spkdiff.train.loop import build_model
 
 TRAIN = ["--preset", "tiny", "--dataset", "mnist", "--limit", "64", "--epochs", "2", "--seed", "0"]

@@ -15,8 +15,9 @@ from PIL import Image
 from spkdiff.cli import export_main, main
 from spkdiff.config import resolve_run
 from spkdiff.eval.classifier import load_classifier
+from spkdiff.generation import SamplerSettings
 from spkdiff.train.loop import load_stage
-from spkdiff.train.sampling import generate
+from spkdiff.train.sampling import generate_images
 
 SHIPPED = ["mnist", "fashion-mnist"]
 
@@ -28,7 +29,7 @@ def test_shipped_model_generates_in_domain_images_with_torch(name: str):
     assert config["dataset"] == name
     vq, sdid = load_stage(run, "vqsvae"), load_stage(run, "sdid")
     with torch.no_grad():
-        images, tokens, _ = generate(vq, sdid, 32, method="paper", steps=12, seed=0)
+        images, tokens, _ = generate_images(vq, sdid, 32, SamplerSettings("paper", 12, 1.0), seed=0)
     assert images.shape == (32, 1, 28, 28) and images.min() >= 0 and images.max() <= 1
     assert tokens.shape == (32, 7, 7) and int(tokens.max()) < sdid.cfg.num_codes
     clf = load_classifier(name)

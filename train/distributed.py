@@ -37,26 +37,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from spkdiff.errors import SpkdiffError
+from spkdiff.generation import keyed_generator
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT_S = 600.0
-
-
-def derived_seed(*keys: int) -> int:
-    """A well-mixed 63-bit seed from integer keys, e.g. (seed, batch index) or (seed, step, rank)."""
-    state = np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in keys]).generate_state(2, np.uint32)
-    return int(state.view(np.uint64)[0]) >> 1
-
-
-def keyed_generator(*keys: int) -> torch.Generator:
-    """A CPU torch.Generator seeded by :func:`derived_seed` of ``keys``."""
-    return torch.Generator().manual_seed(derived_seed(*keys))
 
 
 @dataclass(frozen=True)

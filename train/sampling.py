@@ -1,14 +1,13 @@
-"""Generation with the torch models: mask sampler (host) <-> SDID, then ASG + decoder."""
+"""Generation and reconstruction with the torch models (the torch backend of :mod:`spkdiff.generation`)."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
 
-from spkdiff.host import MaskSampler
-from spkdiff.train.distributed import SINGLE, DistContext, keyed_generator
+from spkdiff.generation import SamplerSettings, decode_readout, generate
+from spkdiff.train.distributed import SINGLE, DistContext
 from spkdiff.train.sdid import SDID
 from spkdiff.train.vqsvae import VQSVAE
 
@@ -25,35 +24,27 @@ class SampleStats:
         return self.images / max(self.seconds, 1e-9)
 
 
-def batch_generator(seed: int, batch_index: int) -> torch.Generator:
-    """The sampler's generator for batch ``batch_index`` of a run seeded ``seed`` (its only randomness)."""
-    return keyed_generator(seed, batch_index)
+def decode_tokens(vq: VQSVAE, tokens: torch.Tensor) -> torch.Tensor:
+    """Token grids -> images in [0, 1]: embedding (Eq 8), ASG + decoder, the host decode."""
+    return decode_readout(vq.generator_potential(vq.embed(tokens)))
 
 
 @torch.no_grad()
-def generate(vq: VQSVAE, sdid: SDID, n: int, *, steps: int | None = None, method: str = "confidence",
-             temperature: float = 1.0, seed: int = 0, batch_size: int = 256, dist: DistContext = SINGLE
-             ) -> tuple[torch.Tensor, torch.Tensor, SampleStats]:
-    """Sample ``n`` images; returns (images (n, C, H, W) in [0, 1], tokens (n, 7, 7), stats).
+def generate_images(vq: VQSVAE, sdid: SDID, n: int, settings: SamplerSettings, *, seed: int = 0,
+                    batch_size: int = 256, dist: DistContext = SINGLE
+                    ) -> tuple[torch.Tensor, torch.Tensor, SampleStats]:
+    """Sample ``n`` images; returns (images (n, C, H, W) in [0, 1], tokens (n, h, w), stats).
 
-    Batch i (images i*batch_size ...) draws from :func:`batch_generator` (seed, i), so the result depends
-    on (seed, batch size) only: under torchrun batch i runs on rank i mod W and every rank gets all n.
+    Under torchrun batch i runs on rank i mod W and every rank gets all n images.
     """
     vq.eval()
     sdid.eval()
     cfg = sdid.cfg
-    sampler = MaskSampler(cfg.num_codes, cfg.diffusion_steps, steps, method, temperature)
-
-    def one_batch(i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        b = min(batch_size, n - i * batch_size)
-        tok = sampler.sample(sdid, b, (cfg.grid, cfg.grid), batch_generator(seed, i))
-        return vq.decode_tokens(tok) + 0.5, tok
-
-    start = time.perf_counter()
-    batches = dist.map_batches(one_batch, -(-n // batch_size))
-    seconds = time.perf_counter() - start
-    stats = SampleStats(n, seconds, sampler.steps, sampler.steps * cfg.time_steps + vq.steps)
-    return torch.cat([im for im, _ in batches]).clamp(0, 1), torch.cat([t for _, t in batches]), stats
+    out = generate(sdid, lambda tokens: decode_tokens(vq, tokens), n, num_codes=cfg.num_codes,
+                   diffusion_steps=cfg.diffusion_steps, grid=(cfg.grid, cfg.grid), settings=settings, seed=seed,
+                   batch_size=batch_size, map_batches=dist.map_batches)
+    stats = SampleStats(n, out.seconds, out.denoiser_calls, out.denoiser_calls * cfg.time_steps + vq.steps)
+    return out.images, out.tokens, stats
 
 
 @torch.no_grad()
@@ -64,10 +55,10 @@ def reconstruct(vq: VQSVAE, images: torch.Tensor, batch_size: int = 500, dist: D
 
     def one_batch(i: int) -> tuple[torch.Tensor, torch.Tensor]:
         tok = vq.encode_tokens(images[i * batch_size:(i + 1) * batch_size] - 0.5)
-        return vq.decode_tokens(tok) + 0.5, tok
+        return decode_tokens(vq, tok), tok
 
     batches = dist.map_batches(one_batch, -(-images.shape[0] // batch_size))
-    return torch.cat([r for r, _ in batches]).clamp(0, 1), torch.cat([t for _, t in batches])
+    return torch.cat([r for r, _ in batches]), torch.cat([t for _, t in batches])
 
 
 def codebook_usage(tokens: torch.Tensor, codebook_size: int) -> dict[str, float]:

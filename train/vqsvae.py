@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spkdiff.generation import embed_tokens
 from spkdiff.host import codebook_lookup, encoder_features, leaky_sum, psp_sequence
 from spkdiff.train.snn import LIFParams, SpikingConv
 
@@ -116,7 +117,7 @@ class VQSVAE(nn.Module):
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Eq 8 for given token grids: z^Q = Z[h] as (B, C, H, W)."""
-        return self.codebook[tokens].permute(0, 3, 1, 2)
+        return embed_tokens(self.codebook, tokens)
 
     def asg_spikes(self, z_q: torch.Tensor) -> torch.Tensor:
         """Adaptive spike generator: z^Q (constant over time) -> z^Q_{1:Ts}."""
@@ -124,6 +125,10 @@ class VQSVAE(nn.Module):
 
     def decode_spikes(self, spikes: torch.Tensor) -> torch.Tensor:
         """Decoder SNN + leaky read-out + tanh: spike train -> image in [-1, 1] (pixels live in [-0.5, 0.5])."""
+        return torch.tanh(self.readout_potential(spikes))
+
+    def readout_potential(self, spikes: torch.Tensor) -> torch.Tensor:
+        """Decoder SNN + leaky read-out: spike train -> the read-out's v_T (before the host's tanh)."""
         s = spikes
         for layer in self.decoder:
             s = layer(s, self.steps)
@@ -132,11 +137,11 @@ class VQSVAE(nn.Module):
         decay, r = self.cfg.readout_decay, self.readout
         integrated = leaky_sum(s, decay)
         gain = sum(decay**k for k in range(self.steps))
-        out = F.conv_transpose2d(integrated, r.weight, r.bias * gain, r.stride, r.padding, r.output_padding)
-        return torch.tanh(out)
+        return F.conv_transpose2d(integrated, r.weight, r.bias * gain, r.stride, r.padding, r.output_padding)
 
-    def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.decode_spikes(self.asg_spikes(self.embed(tokens)))
+    def generator_potential(self, z_q: torch.Tensor) -> torch.Tensor:
+        """The generator stage (ASG + decoder) on embeddings z^Q: the read-out's v_T."""
+        return self.readout_potential(self.asg_spikes(z_q))
 
     @torch.no_grad()
     def encode_tokens(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """PyLoihiProcessModels of the host processes (fixed_pt: integer ports, floating_pt: float ports).
 
-The numeric work is :mod:`spkdiff.host` (mask sampler, SDID input spikes), the simulator's first synapse
-(:func:`~spkdiff.neuromorphic.lava_graph.host_current`) and
-:func:`~spkdiff.neuromorphic.lava_generate.decode_image`, so Lava and the simulator compute the same numbers.
+The numeric work is :mod:`spkdiff.host` (mask sampler, SDID input spikes), :mod:`spkdiff.generation` (keyed
+generator, embedding, decode) and the stage's first synapse (:func:`~spkdiff.neuromorphic.lava_graph.host_current`),
+so Lava and the simulator compute the same numbers.
 
 Timing (LoihiProtocol).  In the spiking phase of Lava step ``t`` (1-based) a host process sends what the
 stage call running at ``t`` needs; a LIF fed directly integrates it at ``t``, one behind a ``Conv``/``Dense``
@@ -31,6 +31,7 @@ from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
+from spkdiff.generation import batch_generator, decode_readout, embed_tokens
 from spkdiff.neuromorphic.lava_graph import chw_to_whc, readout_value, reset_offset, whc_to_chw
 from spkdiff.neuromorphic.lava_procs.processes import CodebookLookupProcess, ImageSinkProcess, MaskSamplerProcess
 
@@ -87,13 +88,11 @@ class _MaskSamplerBase(_Resetting):
         self.spikes = np.stack([chw_to_whc(x[b].numpy()) for b in range(x.shape[0])]).astype(self.spike_dtype)
 
     def run_spk(self) -> None:
-        from spkdiff.train.sampling import batch_generator
-
         self.steps_done[0] = self.time_step
         call = self.timeline.at(self.time_step)
         if call is not None and call.stage == "sdid" and call.diffusion_step == 0 and call.image == 0 \
                 and call.step == 1:  # a new batch
-            self.state = self.sampler.start(self.timeline.batches[call.batch], (self.proc_params["grid"],) * 2)
+            self.state = self.sampler.start(self.timeline.batches[call.batch], tuple(self.proc_params["grid"]))
             self.generator = batch_generator(self.proc_params["seed"], call.batch)
             self.final = None
             self._prepare()
@@ -156,7 +155,7 @@ class _CodebookLookupBase(_Resetting):
             h = torch.from_numpy(np.asarray(tok[:b]).astype(np.int64))
             if (h < 0).any():
                 raise RuntimeError("the mask sampler sent no tokens for the batch")
-            z_q = self.proc_params["codebook"][h].permute(0, 3, 1, 2)  # Eq 8: z^Q = Z[h]
+            z_q = embed_tokens(self.proc_params["codebook"], h)  # Eq 8: z^Q = Z[h]
             cur = host_current(self.plan, z_q)
             self.current = np.stack([chw_to_whc(c) for c in cur]).astype(self.current_dtype)
         if call is not None and call.stage == "generator":
@@ -185,8 +184,6 @@ class _ImageSinkBase(PyLoihiProcessModel):
         return call is not None and call.stage == "generator" and call.step == self.timeline.gen_len
 
     def run_post_mgmt(self) -> None:
-        from spkdiff.neuromorphic.lava_generate import decode_image
-
         p = self.proc_params
         call = self.timeline.at(self.time_step)
         raw = whc_to_chw(np.asarray(self.v.read()))
@@ -195,7 +192,7 @@ class _ImageSinkBase(PyLoihiProcessModel):
             self.readouts[index] = raw
         self.values.append(readout_value(self.plan, raw))
         if call.image == self.timeline.batches[call.batch] - 1:
-            images = decode_image(torch.stack(self.values), p["depth_to_space"], p["crop"])
+            images = decode_readout(torch.stack(self.values), p["depth_to_space"], p["crop"])
             self.values = []
             start = self.timeline.first_image(call.batch)
             self.images[start: start + len(images)] = images.double().numpy()

@@ -51,13 +51,14 @@ class MaskSamplerProcess(_ResettingProcess):
     """
 
     def __init__(self, *, plan: Any, timeline: Any, sampler: Any, seed: int, num_codes: int, diffusion_steps: int,
-                 time_bins: int, grid: int, record: bool = False, **kwargs: Any) -> None:
+                 time_bins: int, grid: tuple[int, int], record: bool = False, **kwargs: Any) -> None:
         super().__init__(plan=plan, timeline=timeline, sampler=sampler, seed=seed, num_codes=num_codes,
-                         diffusion_steps=diffusion_steps, time_bins=time_bins, grid=grid, record=record, **kwargs)
+                         diffusion_steps=diffusion_steps, time_bins=time_bins, grid=tuple(grid), record=record,
+                         **kwargs)
         n, calls = timeline.num_images, timeline.num_sdid_calls
         self.spikes_out = OutPort(shape=input_shape(plan))
-        self.tokens_out = OutPort(shape=(max(timeline.batches), grid, grid))
-        self.tokens = Var(shape=(n, grid, grid), init=np.full((n, grid, grid), -1))
+        self.tokens_out = OutPort(shape=(max(timeline.batches), *grid))
+        self.tokens = Var(shape=(n, *grid), init=np.full((n, *grid), -1))
         self.steps_done = Var(shape=(1,), init=0)  # the Lava step counter, as the sampler saw it
         ro = plan.populations[plan.readout].shape
         state = sum(2 * int(np.prod(p.shape)) for p in plan.populations.values())
@@ -75,9 +76,9 @@ class CodebookLookupProcess(_ResettingProcess):
     generator's populations when the call's wave reaches them.
     """
 
-    def __init__(self, *, plan: Any, timeline: Any, codebook: Any, grid: int, **kwargs: Any) -> None:
-        super().__init__(plan=plan, timeline=timeline, codebook=codebook, grid=grid, **kwargs)
-        self.tokens_in = InPort(shape=(max(timeline.batches), grid, grid))
+    def __init__(self, *, plan: Any, timeline: Any, codebook: Any, grid: tuple[int, int], **kwargs: Any) -> None:
+        super().__init__(plan=plan, timeline=timeline, codebook=codebook, grid=tuple(grid), **kwargs)
+        self.tokens_in = InPort(shape=(max(timeline.batches), *grid))
         self.a_out = OutPort(shape=input_shape(plan))
         self._population_refs(plan)
 

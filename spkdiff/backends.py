@@ -1,0 +1,89 @@
+"""Where the commands meet the backends of :mod:`spkdiff.generation`.
+
+``torch`` samples from a run's checkpoints; ``sim``, ``sim-fixed`` and ``lava`` run a deployment bundle
+(a run given instead is exported to a temporary bundle first), so data flows one way:
+checkpoint -> export -> bundle -> simulator or Lava.  This module (with the commands) is the only place
+that knows all of train, export, simulator and neuromorphic.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spkdiff.errors import SpkdiffError
+
+BACKENDS = ("torch", "sim", "sim-fixed", "lava")
+
+
+@contextmanager
+def bundle_for(run: str | None, bundle: str | Path | None) -> Iterator[Path]:
+    """``bundle`` as it is, or ``run`` exported to a temporary bundle that is removed afterwards."""
+    if bundle is not None:
+        yield Path(bundle)
+        return
+    if run is None:
+        raise SpkdiffError("give --run or --bundle")
+    from spkdiff.export.command import export
+
+    with tempfile.TemporaryDirectory(prefix="spkdiff-bundle-") as tmp:
+        out = Path(tmp) / "bundle"
+        export(run, "lava", out)
+        yield out
+
+
+def sample_images(backend: str, *, run: str | None = None, bundle: str | Path | None = None, n: int,
+                  steps: int | None = None, method: str | None = None, temperature: float | None = None,
+                  seed: int = 0, batch_size: int = 256, fixed: bool = False, timeout: float = 600.0,
+                  dist: Any = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """``n`` images in [0, 1], their tokens and an info dict (``denoiser_calls``, ``snn_steps``, ``seconds``,
+    ``method``, ``steps``, ``temperature``; the simulator adds per-stage counters) from ``backend``.
+
+    ``dist`` (torch backend under torchrun): the batches are shared out and every rank gets all images.
+    """
+    if backend not in BACKENDS:
+        raise SpkdiffError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend == "torch":
+        if run is None:
+            raise SpkdiffError("the torch backend samples from --run (a bundle holds no torch model)")
+        return _sample_torch(run, n, steps, method, temperature, seed, batch_size, dist)
+    with bundle_for(run, bundle) as path:
+        if backend == "lava":
+            from spkdiff.neuromorphic.lava_generate import sample_lava
+
+            return sample_lava(path, n, steps=steps, method=method, temperature=temperature, seed=seed, fixed=fixed,
+                               batch_size=batch_size, timeout=timeout)
+        from spkdiff.simulator.generate import generate
+
+        gen = generate(path, n, fixed=backend == "sim-fixed", steps=steps, method=method, temperature=temperature,
+                       seed=seed, batch_size=batch_size)
+    return gen.images, gen.tokens, gen.info()
+
+
+def _sample_torch(run: str, n: int, steps: int | None, method: str | None, temperature: float | None, seed: int,
+                  batch_size: int, dist: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    from spkdiff.config import read_json, resolve_run
+    from spkdiff.generation import resolve_sampler_settings
+    from spkdiff.train.distributed import SINGLE
+    from spkdiff.train.loop import load_stage
+    from spkdiff.train.sampling import generate_images
+
+    dist = dist or SINGLE
+
+    def load() -> tuple:
+        run_dir = resolve_run(run)
+        return read_json(run_dir / "config.json", "run config"), load_stage(run_dir, "vqsvae"), \
+            load_stage(run_dir, "sdid")
+
+    config, vq, sdid = dist.run_on_main(load)  # rank 0 reads the files
+    settings = resolve_sampler_settings(config.get("sdid", {}).get("sample"), method, steps, temperature)
+    images, tokens, stats = generate_images(vq, sdid, n, settings, seed=seed, batch_size=batch_size, dist=dist)
+    info = {"backend": "torch", "method": settings.method, "steps": stats.denoiser_calls,
+            "temperature": settings.temperature, "denoiser_calls": stats.denoiser_calls,
+            "snn_steps": stats.snn_steps, "seconds": stats.seconds}
+    return images, tokens, info
