@@ -86,7 +86,7 @@ def _parse_profile(where: str, text: str, default_name: str) -> Profile:
     energies = _numbers(where, "energy_pj", data["energy_pj"], positive=False)
     bad = sorted(set(energies) - _ENERGY_KEYS)
     if bad:
-        raise SpkdiffError(f"{where}: field energy_pj.{bad[0]} is not an operation; "
+        raise SpkdiffError(f"{where}: field energy_pj.{bad[0]}: unknown operations {bad}; "
                            f"known: {', '.join(sorted(_ENERGY_KEYS))}")
     if (_ACTIVE in energies) != (_INACTIVE in energies) or (_ACTIVE in energies and "neuron_update" in energies):
         raise SpkdiffError(f"{where}: field energy_pj needs either neuron_update or both {_ACTIVE} and {_INACTIVE}")
