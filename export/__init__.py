@@ -2,8 +2,7 @@
 
 Public API (import from the submodules; this package imports nothing heavy so ``--help`` stays fast):
 
-* :func:`spkdiff.export.nir_graphs.export_stages` ``(run_dir) -> {stage: nir.NIRGraph}``;
-  :func:`~spkdiff.export.nir_graphs.build_stage_graphs` ``(vq, sdid) -> {stage: StageGraph}`` (graph + layer
+* :func:`spkdiff.export.nir_graphs.build_stage_graphs` ``(vq, sdid) -> {stage: StageGraph}`` (graph + layer
   table + read-out mapping); :func:`~spkdiff.export.nir_graphs.spiking_core` (graph without its LI/I read-out).
 * :func:`spkdiff.export.manifest.build_manifest` / :func:`~spkdiff.export.manifest.write_manifest`.
 * :func:`spkdiff.export.lowering.lower_conv`, :func:`~spkdiff.export.lowering.fold_batchnorm` (exact lowerings).

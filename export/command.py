@@ -1,7 +1,9 @@
-"""``spkdiff export`` / ``spkdiff-export``: write a run's SNN stages as NIR or ONNX files plus manifest.json.
+"""``spkdiff export`` / ``spkdiff-export``: write a run's SNN stages as NIR or ONNX files, or as a Lava
+deployment bundle (NIR files + Loihi integers + host constants), plus manifest.json.
 
     spkdiff-export --run RUN_DIR --target nir  --out OUT_DIR
     spkdiff-export --run RUN_DIR --target onnx --out OUT_DIR
+    spkdiff-export --run RUN_DIR --target lava --out BUNDLE_DIR
 
 Output is written to a temporary folder beside OUT_DIR and renamed into place only when complete,
 so a failure leaves nothing behind.  Targets are registered in :data:`TARGETS` as

@@ -291,12 +291,6 @@ def load_models(run_dir: Path) -> tuple[nn.Module, nn.Module | None]:
     return vq, sdid
 
 
-def export_stages(run_dir: Path) -> dict[str, nir.NIRGraph]:
-    """``stage -> nir.NIRGraph`` for a run directory (``encoder``, ``generator`` and, if trained, ``sdid``)."""
-    vq, sdid = load_models(run_dir)
-    return {name: sg.graph for name, sg in build_stage_graphs(vq, sdid).items()}
-
-
 def spiking_core(graph: nir.NIRGraph) -> nir.NIRGraph:
     """The graph without its non-spiking read-out (conv -> LI/I): its output is the last LIF's spikes.
 

@@ -62,11 +62,6 @@ def simulator_executor(graph: nir.NIRGraph, x: torch.Tensor, steps: int) -> dict
 # ----------------------------------------------------------------------------- torch traces
 
 
-def _spiking_conv_trace(layer: nn.Module, x: torch.Tensor, steps: int, constant: bool) -> torch.Tensor:
-    return layer(x, steps, constant_input=constant)
-
-
-@torch.no_grad()
 def encoder_trace(vq: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Torch spikes of every encoder layer, keyed by NIR node name; ``x`` is the image in [-0.5, 0.5]."""
     steps = vq.steps
@@ -110,7 +105,7 @@ def sdid_trace(sdid: nn.Module, x_in: torch.Tensor) -> dict[str, torch.Tensor]:
 # ----------------------------------------------------------------------------- comparison
 
 
-def readout_value(stage: StageGraph, trace: torch.Tensor) -> torch.Tensor:
+def stage_readout_value(stage: StageGraph, trace: torch.Tensor) -> torch.Tensor:
     """Host-side mapping of the read-out node's trace (T, B, ...) to the torch value (B, C, H, W)."""
     v_t = trace[-1]
     ro = stage.readout
@@ -138,7 +133,7 @@ def compare_stage(stage: StageGraph, nir_out: dict[str, torch.Tensor], torch_out
                 raise AssertionError(f"{info.name}: shape {tuple(got.shape)} != torch {tuple(ref.shape)}")
             check.layers.append(LayerCheck(info.name, info.source, int((got != ref).sum()), ref.numel()))
         else:
-            got = readout_value(stage, nir_out[info.name])
+            got = stage_readout_value(stage, nir_out[info.name])
             err = float((got - ref).abs().max())
             check.readout_max_abs_err = max(check.readout_max_abs_err, err)
             check.layers.append(LayerCheck(info.name, info.source, 0, ref.numel(), err))

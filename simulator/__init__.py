@@ -21,7 +21,7 @@ API
 ``Simulator(graph, mode="float"|"fixed", quant=None).run(inputs, record=False) -> SimResult``,
 ``load_profile(name_or_path)``, ``energy(counters, profile)``, ``map_to_chip(graph, limits)``::
 
-    sim = Simulator("vqsvae_encoder.nir")                 # or a nir.NIRGraph
+    sim = Simulator("bundle/encoder.nir")                  # or a nir.NIRGraph
     res = sim.run({"input": images}, steps=16)            # (B, C, H, W): constant in time, computed once
     res.outputs["output"]                                  # (T, B, ...)
     res.counters.totals()                                  # SOPs, MACs, neuron updates, spikes per sample

@@ -23,6 +23,7 @@ import torch
 
 from spkdiff.checkpoint import load_checkpoint, load_model_weights
 from spkdiff.cli import main
+from spkdiff.generation import derived_seed
 from spkdiff.train.distributed import (
     SINGLE,
     DistContext,
@@ -30,7 +31,6 @@ from spkdiff.train.distributed import (
     convert_sync_batchnorm,
     param_digest,
 )
-from spkdiff.generation import derived_seed
 from spkdiff.train.loop import build_model
 
 TRAIN = ["--preset", "tiny", "--dataset", "mnist", "--limit", "64", "--epochs", "2", "--seed", "0"]

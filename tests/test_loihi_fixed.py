@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from lava_reference import ConvCase, DenseCase, LifSpec, run_cases
 
 from spkdiff.neuromorphic import loihi as L
 from spkdiff.neuromorphic.lava_compat import lava_available
-from spkdiff.neuromorphic.lava_reference import ConvCase, DenseCase, LifSpec, run_cases
 from spkdiff.neuromorphic.lava_runner import run_isolated
 
 T = 20
