@@ -174,7 +174,9 @@ def test_energy_is_counts_times_profile(tmp_path):
     assert t["sops"] > 0 and t["macs"] == 8 * 30 and t["spikes"] > 0
     rep = energy(c, "loihi")
     pj = 1e-12
-    expected = (t["sops"] * 23.6 + t["neuron_updates"] * 52.0 + t["spikes"] * 1.7 + t["macs"] * 4.6) * pj
+    inactive = t["neuron_updates"] - t["active_updates"]  # Davies 2018: 81 pJ active, 52 pJ inactive
+    expected = (t["sops"] * 23.6 + t["active_updates"] * 81.0 + inactive * 52.0 + t["spikes"] * 1.7
+                + t["macs"] * 4.6) * pj
     assert rep.total_j == pytest.approx(expected, rel=1e-12)
     assert rep.ann_total_j == pytest.approx((30 + 15) * 4.6 * pj)
     assert rep.ratio_vs_ann == pytest.approx(rep.ann_total_j / rep.total_j)
