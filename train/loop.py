@@ -62,6 +62,7 @@ class TrainSettings:
     loss_weighting: str = "reweighted"  # stage 2: "reweighted" (authors' code) or "elbo" (Eq 14)
     limit: int | None = None  # use only the first N training images (tests)
     max_steps: int | None = None  # stop after this many optimizer steps in total (tests / interruption)
+    sop_weight: float = 0.0  # stage 2: weight of the SOP regulariser (spkdiff.train.sdid.SDID.sop_fraction)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -415,11 +416,17 @@ def _sdid_step(settings: TrainSettings):
     def step(model: nn.Module, tokens: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
         cfg: SDIDConfig = model.cfg
         t, masked, h_t = training_mask(tokens, cfg.num_codes, cfg.diffusion_steps, gen)
-        logits = model(h_t, t)
+        spikes: list[torch.Tensor] | None = [] if settings.sop_weight else None
+        logits = model(h_t, t, spikes)
         loss = diffusion_loss(logits, tokens, masked, t, cfg.diffusion_steps, settings.loss_weighting)
         with torch.no_grad():
             acc = ((logits.argmax(1) == tokens) & masked).sum() / masked.sum().clamp(min=1)
-        return {"loss": loss, "stats": {"masked_accuracy": acc}}
+        stats = {"masked_accuracy": acc}
+        if spikes is not None:  # the energy lever: SOPs per call relative to the ANN's dense MACs
+            sops = getattr(model, "module", model).sop_fraction(spikes)
+            loss = loss + settings.sop_weight * sops
+            stats["sop_fraction"] = sops.detach()
+        return {"loss": loss, "stats": stats}
 
     return step
 

@@ -6,6 +6,12 @@ blocks whose skip is a *sum of synaptic inputs* into the block's second LIF (two
 node), and a 1x1 conv read-out into non-spiking integrators (NIR ``I``): the logits are the time
 mean of the read-out currents, i.e. the integrator's final state / T (the authors' "time-mean of
 the last layer's output").  Softmax and sampling are host-side (spkdiff.host.MaskSampler).
+
+Energy lever (``sop_weight`` in the SDID train settings): :meth:`SDID.sop_fraction` is the synaptic
+operations of one call per sample, each layer's spikes weighted by their fan-out (synapses per spike),
+relative to the dense MACs of the same network as an ANN (one pass):
+``R = sum_l sum_{t,c,h,w} s_l[t,c,h,w] f_l[h,w] / MACs_dense``.  On Loihi a SOP costs about 5x an ANN
+MAC at 45 nm (23.6 vs 4.6 pJ), so R < 0.2 is where the chip starts to pay off.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from spkdiff.host import sdid_input_spikes
@@ -50,9 +57,18 @@ class ResidualBlock(nn.Module):
         self.second = ConvBN(nn.Conv2d(channels, channels, 3, 1, 1))
         self.neuron = LIF(lif)
 
-    def forward(self, s: torch.Tensor, steps: int) -> torch.Tensor:
+    def forward(self, s: torch.Tensor, steps: int, spikes: list[torch.Tensor] | None = None) -> torch.Tensor:
         h = self.first(s, steps)
+        if spikes is not None:
+            spikes.append(h)
         return self.neuron(split_time(self.second(merge_time(h)), steps) + s)
+
+
+def _taps(conv: nn.Conv2d, grid: int) -> torch.Tensor:
+    """(H, W): outputs each input position reaches per output channel (fewer at the borders)."""
+    k = torch.ones(1, 1, *conv.kernel_size)
+    outputs = torch.ones_like(F.conv2d(torch.ones(1, 1, grid, grid), k, stride=conv.stride, padding=conv.padding))
+    return F.conv_transpose2d(outputs, k, stride=conv.stride, padding=conv.padding)[0, 0]  # the adjoint
 
 
 class SDID(nn.Module):
@@ -68,15 +84,44 @@ class SDID(nn.Module):
         c = self.cfg
         return sdid_input_spikes(tokens, t, c.num_codes, c.diffusion_steps, c.time_bins)
 
-    def forward_spikes(self, x: torch.Tensor) -> torch.Tensor:
-        """Input spikes (B, C_in, H, W), constant over time -> logits (B, K, H, W)."""
+    def forward_spikes(self, x: torch.Tensor, spikes: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Input spikes (B, C_in, H, W), constant over time -> logits (B, K, H, W); ``spikes`` (a list)
+        collects every LIF layer's output (T, B, C, H, W) in the order of :meth:`fan_outs`."""
         steps = self.cfg.time_steps
         s = self.stem(x, steps, constant_input=True)
         for block in self.blocks:
-            s = block(s, steps)
+            if spikes is not None:
+                spikes.append(s)
+            s = block(s, steps, spikes)
+        if spikes is not None:
+            spikes.append(s)
         # Integrator read-out: v_T = sum_t (W s_t + b); logits = v_T / T.  Summing spikes first is the
         # same linear map, computed once.
         return self.readout(s.mean(0))
 
-    def forward(self, tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.forward_spikes(self.input_spikes(tokens, t))
+    def forward(self, tokens: torch.Tensor, t: torch.Tensor, spikes: list[torch.Tensor] | None = None
+                ) -> torch.Tensor:
+        return self.forward_spikes(self.input_spikes(tokens, t), spikes)
+
+    def fan_outs(self) -> list[torch.Tensor]:
+        """Synapses per spike (H, W) of each spiking layer, as the chip counts SOPs: a block's input feeds
+        its first conv and its skip (one synapse), its hidden layer the second conv, the last output the
+        read-out."""
+        g = self.cfg.grid
+        out = []
+        for block in self.blocks:
+            conv = block.first.synapse[0]
+            out += [_taps(conv, g) * conv.out_channels + 1, _taps(block.second[0], g) * block.second[0].out_channels]
+        return [*out, _taps(self.readout, g) * self.readout.out_channels]
+
+    def dense_macs(self) -> float:
+        """MACs of one pass of the same network as an ANN (every conv, all positions)."""
+        g = self.cfg.grid
+        convs = [m for m in self.modules() if isinstance(m, nn.Conv2d)]
+        return float(sum(_taps(c, g).sum() * c.in_channels // c.groups * c.out_channels for c in convs))
+
+    def sop_fraction(self, spikes: list[torch.Tensor]) -> torch.Tensor:
+        """R per sample, batch mean (module docstring): differentiable through the surrogate spikes.  The
+        input spikes' SOPs are left out: the model cannot change them."""
+        sops = sum((s.sum((0, 2)) * f.to(s)).sum() for s, f in zip(spikes, self.fan_outs(), strict=True))
+        return sops / (spikes[0].shape[1] * self.dense_macs())
