@@ -1,0 +1,149 @@
+"""FID-energy front: mJ per generated image on the Loihi profile (fixed-point simulator) vs FID (std).
+
+    python bench/energy_front.py --run pretrained:mnist [--run runs/mnist-narrow ...] \
+        [--steps 4,6,8,12,16,24] [--n 2000] [--sim-n 16] [--no-fid] [--data-root ../shared/data] \
+        [--reference pretrained:mnist:12] [--default pretrained:mnist:12] [--out bench/energy_front]
+
+Operating points = every run (an SDID variant) x every sampler step count.  For each point the bundle's
+fixed-point simulator (``spkdiff sim --fixed`` machinery, :func:`spkdiff.simulator.generate.generate`)
+generates the images and counts what the chip does (relays included); :func:`build_report` prices it on
+``loihi``, its ANN equivalent on ``cmos45nm`` and the papers' convention (E_AC / E_MAC at 45 nm).  FID is
+the std protocol (``spkdiff eval`` machinery) of the same ``--n`` images; ``--no-fid`` skips it and counts
+on ``--sim-n`` images only (seconds).  Writes ``front.json``, ``front.md`` and ``front.png`` (FID vs mJ per
+image, log x; the ANN equivalents as a dashed line; the reference and the shipped default marked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _point(s: str, runs: list[str]) -> tuple[str, int] | None:
+    """``RUN:STEPS`` (RUN may itself contain ':', e.g. pretrained:mnist:12)."""
+    if not s:
+        return None
+    run, _, steps = s.rpartition(":")
+    if run not in runs:
+        raise SystemExit(f"{s}: {run!r} is not one of --run {runs}")
+    return run, int(steps)
+
+
+def measure(run: str, bundle: Path, steps: int, n: int, fid: bool, data_root: str | None, seed: int,
+            batch_size: int) -> dict[str, Any]:
+    from spkdiff.bundle import load_bundle
+    from spkdiff.simulator.generate import generate
+    from spkdiff.simulator.report import build_report
+
+    b = load_bundle(bundle)
+    t0 = time.process_time()
+    gen = generate(b, n, fixed=True, steps=steps, seed=seed, batch_size=batch_size)
+    rep = build_report(gen)
+    e = rep["energy_per_image"]
+    row: dict[str, Any] = {
+        "run": run, "steps": gen.denoiser_calls, "n": n, "mj_per_image": e["total_j"] * 1e3,
+        "ann_mj_per_image": e["ann_total_j"] * 1e3, "ratio_vs_ann": e["ratio_vs_ann"],
+        "sdid_share": sum(e["per_stage_j"].get("sdid", {}).values()) / max(e["total_j"], 1e-30),
+        "papers_snn_mj": e["papers_convention"]["snn_j"] * 1e3, "papers_ann_mj": e["papers_convention"]["ann_j"] * 1e3,
+        "sops_per_image": rep["per_image"]["sops"], **rep["neurobench"],
+        "time_steps": b.time_steps("sdid"), "cpu_s": time.process_time() - t0, "fid": None}
+    if fid:
+        from spkdiff.config import load_run_config, resolve_run
+        from spkdiff.eval.evaluate import evaluate_images
+
+        dataset = load_run_config(resolve_run(run))["dataset"] if not run.startswith("pretrained:") \
+            else run.split(":", 1)[1]
+        row["fid"] = float(evaluate_images(gen.images, dataset, data_root, metrics=("fid",), protocol="std",
+                                           progress=False)["fid"])
+    return row
+
+
+def write_outputs(rows: list[dict[str, Any]], out: Path, reference: tuple[str, int] | None,
+                  default: tuple[str, int] | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "front.json").write_text(json.dumps({"rows": rows, "reference": reference, "default": default}, indent=2))
+    lines = ["| run | T | steps | n | mJ/image (Loihi) | ANN mJ (45 nm) | ANN / SNN | SDID share | papers SNN mJ "
+             "| SOPs/image | ActivationSparsity | FID (std) |", "|" + " --- |" * 12]
+    for r in rows:
+        mark = " (reference)" if (r["run"], r["steps"]) == reference else ""
+        mark += " (default)" if (r["run"], r["steps"]) == default else ""
+        fid = f"{r['fid']:.1f}" if r["fid"] is not None else "-"
+        lines.append(f"| {r['run']}{mark} | {r['time_steps']} | {r['steps']} | {r['n']} | {r['mj_per_image']:.3f} | "
+                     f"{r['ann_mj_per_image']:.3f} | {r['ratio_vs_ann']:.2f} | {r['sdid_share']:.1%} | "
+                     f"{r['papers_snn_mj']:.4f} | {r['sops_per_image']:.3g} | {r['ActivationSparsity']:.3f} | {fid} |")
+    (out / "front.md").write_text("\n".join(lines) + "\n")
+
+    have_fid = all(r["fid"] is not None for r in rows)
+    y = (lambda r: r["fid"]) if have_fid else (lambda r: r["steps"])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for run in dict.fromkeys(r["run"] for r in rows):
+        pts = sorted((r for r in rows if r["run"] == run), key=lambda r: r["mj_per_image"])
+        ax.plot([r["mj_per_image"] for r in pts], [y(r) for r in pts], "o-", label=f"{run} (Loihi)")
+        ax.plot([r["ann_mj_per_image"] for r in pts], [y(r) for r in pts], "x--", color="grey", alpha=0.7,
+                label=f"{run} ANN equivalent (45 nm)")
+    for point, style, name in ((reference, dict(marker="*", s=250, color="gold"), "reference"),
+                               (default, dict(marker="s", s=120, facecolors="none", edgecolors="red"), "default")):
+        hit = [r for r in rows if (r["run"], r["steps"]) == point]
+        if hit:
+            ax.scatter([hit[0]["mj_per_image"]], [y(hit[0])], zorder=5, label=name, **style)
+    ax.set_xscale("log")
+    ax.set_xlabel("energy per generated image (mJ, Loihi profile, fixed point)")
+    ax.set_ylabel("FID (std)" if have_fid else "sampler steps (no FID measured)")
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "front.png", dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", action="append", required=True, help="run directory or pretrained:NAME (repeatable)")
+    ap.add_argument("--steps", default="4,6,8,12,16,24", help="sampler steps to sweep (comma-separated)")
+    ap.add_argument("--n", type=int, default=2000, help="images per point for FID (default 2000)")
+    ap.add_argument("--sim-n", type=int, default=16, help="images per point with --no-fid (counts only)")
+    ap.add_argument("--no-fid", action="store_true", help="energy only (fast)")
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--reference", default="", help="RUN:STEPS to mark as the reference (default: first run, "
+                                                    "its shipped steps)")
+    ap.add_argument("--default", default="", help="RUN:STEPS of the shipped default (default: as --reference)")
+    ap.add_argument("--out", default="bench/energy_front")
+    args = ap.parse_args(argv)
+
+    from spkdiff.bundle import load_bundle
+    from spkdiff.export.command import export
+
+    steps = [int(s) for s in args.steps.split(",") if s]
+    n = args.sim_n if args.no_fid else args.n
+    rows: list[dict[str, Any]] = []
+    shipped: dict[str, int] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, run in enumerate(args.run):
+            bundle = Path(tmp) / f"b{i}"
+            export(run, "lava", bundle)
+            shipped[run] = int(load_bundle(bundle).sampler["steps"])
+            for s in steps:
+                row = measure(run, bundle, s, n, not args.no_fid, args.data_root, args.seed, args.batch_size)
+                rows.append(row)
+                print(f"{run} steps {s}: {row['mj_per_image']:.3f} mJ/image (ANN {row['ann_mj_per_image']:.3f}, "
+                      f"x{row['ratio_vs_ann']:.2f}), FID {row['fid']}", flush=True)
+    reference = _point(args.reference, args.run) or (args.run[0], shipped[args.run[0]])
+    default = _point(args.default, args.run) or reference
+    write_outputs(rows, Path(args.out), reference, default)
+    print(f"wrote {args.out}: front.json, front.md, front.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
