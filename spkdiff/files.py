@@ -36,28 +36,39 @@ def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None], mode: int | None = None) -> Path:
-    """``write(tmp)`` then fsync and rename onto ``path``; on any failure the temp file is removed and an
-    OSError becomes one line naming ``path``.  ``mode`` defaults to the usual 0666 & ~umask."""
-    path = Path(path)
-    tmp = temp_name(path)
+def atomic_writes(writers: dict[Path, Callable[[Path], None]], mode: int | None = None) -> None:
+    """``write(tmp)`` for every path, fsync, then rename all onto their paths: a set of files that belong
+    together (an image grid and its tokens) is replaced only when every one was written.  On any failure the
+    temp files are removed and an OSError becomes one line naming the path.  ``mode``: 0666 & ~umask."""
+    if mode is None:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    writers = {Path(path): write for path, write in writers.items()}
+    temps = {path: temp_name(path) for path in writers}
+    current = next(iter(temps))
     try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        if mode is None:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        os.chmod(tmp, mode)  # some writers (safetensors) create private files
-        os.replace(tmp, path)
+        for current, write in writers.items():
+            tmp = temps[current]
+            write(tmp)
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.chmod(tmp, mode)  # some writers (safetensors) create private files
+        for current, tmp in temps.items():
+            os.replace(tmp, current)
     except BaseException as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        for tmp in temps.values():
+            with contextlib.suppress(OSError):
+                tmp.unlink()
         if isinstance(err, OSError):
-            raise SpkdiffError(f"cannot write {path}: {err.strerror or err}") from None
+            raise SpkdiffError(f"cannot write {current}: {err.strerror or err}") from None
         raise
-    return path
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None], mode: int | None = None) -> Path:
+    """A file appears under ``path`` complete or not at all (see :func:`atomic_writes`)."""
+    atomic_writes({Path(path): write}, mode)
+    return Path(path)
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
@@ -129,12 +140,17 @@ def lock_folder(lock_path: str | Path, what: str) -> Iterator[Path]:
         os.close(fd)
 
 
-def save_npy_atomic(path: str | Path, array: object) -> Path:
-    """``np.save`` under exactly ``path`` (np.save on a name would append .npy), atomically."""
+def npy_writer(array: object) -> Callable[[Path], None]:
+    """A writer for :func:`atomic_writes` that saves ``array`` under exactly the temp name (np.save on a
+    name would append .npy)."""
     import numpy as np
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
             np.save(fh, array)
 
-    return atomic_write(path, write)
+    return write
+
+
+def save_npy_atomic(path: str | Path, array: object) -> Path:
+    return atomic_write(path, npy_writer(array))
