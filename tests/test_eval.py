@@ -345,17 +345,34 @@ def test_eval_command_reconstruction_fid(tiny_run, shared_data_root, tmp_path, m
 
     proj = torch.randn(784, 12, generator=torch.Generator().manual_seed(0))
 
-    def features(images, **_):
-        return to_uint8_nchw(images).float().flatten(1) @ proj
+    def features(images, protocol="std", **_):  # the protocols see differently resized images: a different view
+        return to_uint8_nchw(images).float().flatten(1) @ (proj if protocol == "std" else proj.flip(0))
 
     test_images, _ = feat_mod.load_split("mnist", shared_data_root, "test")
     monkeypatch.setattr(eval_mod, "inception_features", features)
-    monkeypatch.setattr(eval_mod, "real_inception_features", lambda *a, **k: features(test_images[:500]))
+    monkeypatch.setattr(eval_mod, "real_inception_features",
+                        lambda *a, protocol="std", **k: features(test_images[:500], protocol))
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    assert main(["eval", "--run", str(run), "--metrics", "mse,rfid", "--n", "40",
-                 "--data-root", str(shared_data_root)]) == 0
+    assert main(["eval", "--run", str(run), "--metrics", "mse,rfid", "--n", "40", "--fid-protocols",
+                 "std,pytorch-fid", "--data-root", str(shared_data_root)]) == 0
     row = json.loads((run / "metrics.json").read_text())["rows"][-1]
     assert row["n_reconstructed"] == 40 and row["protocol"] == "std" and row["mse"] > 0
     assert np.isfinite(row["recon_fid"]) and row["recon_fid"] > 0
+    assert np.isfinite(row["recon_fid_pytorch_fid"]) and row["recon_fid_pytorch_fid"] != row["recon_fid"]
     assert "fid" not in row  # the generated-image FID is a different number
+    assert main(["eval", "--run", str(run), "--metrics", "rfid", "--n", "4", "--fid-protocols", "clean"]) == 2
+
+
+def test_pytorch_fid_protocol_is_bilinear_on_2x_minus_1():
+    """pytorch-fid feeds the network 2 (x / 255) - 1 of a bilinear (align_corners=False) resize; the network
+    here computes (x - 128) / 128, so the resize must hand it x * 256 / 255 of the same bilinear resize."""
+    from spkdiff.eval.inception import resize_pytorch_fid, resize_std
+
+    images = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    ours = (resize_pytorch_fid(images) - 128) / 128
+    theirs = 2 * torch.nn.functional.interpolate(images.float() / 255, size=(299, 299), mode="bilinear",
+                                                 align_corners=False) - 1
+    assert ours.shape == (2, 3, 299, 299)
+    assert torch.allclose(ours, theirs.expand(-1, 3, -1, -1), atol=1e-5)
+    assert (resize_std(images) - resize_pytorch_fid(images)).abs().max() > 10  # bicubic vs bilinear differ

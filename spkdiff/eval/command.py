@@ -15,6 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics", default="mse,ssim",
                         help="comma list: fid,kid,pr,cfd,ckid,cpr of generated images; mse,ssim,rfid of "
                              "reconstructed test images (rfid: their FID against the test split)")
+    parser.add_argument("--fid-protocols", default="std",
+                        help="comma list of FID preprocessing protocols (std, pytorch-fid): the first is the primary "
+                             "(fid, kid, pr); the others add fid_<protocol> (and recon_fid_<protocol>)")
     parser.add_argument("--n", type=validate.images, default=5000,
                         help="generated images (and reconstructed test images)")
     parser.add_argument("--steps", type=validate.steps, default=None, help="sampler steps (default: the preset's)")
@@ -55,6 +58,12 @@ def run(args: argparse.Namespace) -> int:
         raise SpkdiffError(f"--metrics names no metric; choose from {', '.join(GENERATIVE + RECONSTRUCTION)}")
     if args.n < 2:
         raise SpkdiffError("--n must be at least 2")
+    from spkdiff.eval.inception import get_protocol
+
+    protocols = [p.strip() for p in args.fid_protocols.split(",") if p.strip()] or ["std"]
+    for p in protocols:
+        get_protocol(p)
+    primary, also = protocols[0], protocols[1:]
     wanted_rec = [m for m in metrics if m in RECONSTRUCTION]
     wanted_gen = [m for m in metrics if m in GENERATIVE]
     # Under torchrun (torch backend): rank 0 loads the models, the reconstruction and sampling batches are
@@ -86,8 +95,9 @@ def run(args: argparse.Namespace) -> int:
         if paired:
             row.update(evaluate_images(recon, dataset, args.data_root, paired, reference=test, progress=False))
         if "rfid" in wanted_rec:  # the reconstructions' distribution against the whole test split
-            fid_row = evaluate_images(recon, dataset, args.data_root, ["fid"], progress=False)
-            row.update(recon_fid=fid_row.pop("fid"), **fid_row)
+            fid_row = evaluate_images(recon, dataset, args.data_root, ["fid"], protocol=primary,
+                                      also_fid_protocols=also, progress=False)
+            row.update({"recon_" + k if k.startswith("fid") else k: v for k, v in fid_row.items()})
         row.update({f"codebook_{k}": v for k, v in codebook_usage(tokens, vq.cfg.codebook_size).items()})
         k = min(16, test.shape[0])
         save_grid(torch.cat([test[:k], recon[:k]]), out_dir / "reconstructions.png", nrow=k)
@@ -97,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
         check_finite(images, "the generated images (a model with NaN/Inf weights?)")
         save_grid(images[:64], out_dir / f"samples_{args.backend}.png")
         row.update(sampler=info["method"], sampler_steps=info["denoiser_calls"], temperature=info["temperature"])
-        row.update(evaluate_images(images, dataset, args.data_root, wanted_gen, seed=args.seed))
+        row.update(evaluate_images(images, dataset, args.data_root, wanted_gen, protocol=primary,
+                                   also_fid_protocols=also if "fid" in wanted_gen else (), seed=args.seed))
     for key, value in row.items():  # a NaN metric is a failure, never a result row
         if isinstance(value, float):
             check_finite(value, f"metric {key}")

