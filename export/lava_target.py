@@ -1,10 +1,10 @@
 """``--target lava``: a self-contained deployment bundle (read it with :func:`spkdiff.bundle.load_bundle`).
 
 The bundle holds the NIR files of the nir target, the Loihi integers of every neuron node per stage
-(``{stage}.loihi.safetensors``, exactly the numbers of the simulator's fixed mode: single-input layers
-come from :func:`spkdiff.neuromorphic.loihi.quantize_layer`, residual sums share one threshold), the
-codebook and host constants, the sampler settings and ``manifest.json`` (``target = "lava"``,
-``bundle_version``, ``versions`` incl. lava-nc, ``lava.netx``: why lava-dl's netx cannot load a stage).
+(``{stage}.loihi.safetensors``, from :func:`spkdiff.neuromorphic.quantize.quantize_graph`: the numbers the
+simulator's fixed mode and the Lava graph read), the codebook and host constants, the sampler settings and
+``manifest.json`` (``target = "lava"``, ``bundle_version``, ``versions`` incl. lava-nc, ``lava.netx``: why
+lava-dl's netx cannot load a stage).
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from typing import Any
 
 import nir
 import numpy as np
-import torch
 from safetensors.numpy import save_file
 
 from spkdiff.bundle import BUNDLE_VERSION
 from spkdiff.errors import SpkdiffError
+from spkdiff.neuromorphic.loihi import QuantizationRangeError
+from spkdiff.neuromorphic.quantize import NeuronQuant, QuantOptions, quantize_graph
 
 from .manifest import build_manifest, write_manifest
 from .nir_graphs import StageGraph, build_stage_graphs, load_models
@@ -33,47 +34,33 @@ NETX_REASONS = {
 }
 
 
-def quantize_stage(graph: nir.NIRGraph, time_steps: int, stage: str = "graph") -> dict[str, Any]:
-    """``neuron -> NeuronQuant`` of the simulator's fixed mode (headroom horizon = the stage's time steps)."""
-    from spkdiff.neuromorphic.loihi import QuantizationRangeError
-    from spkdiff.simulator import Simulator
-    from spkdiff.simulator.fixed import FixedNeuronOp, FixedOptions
-
+def quantize_stage(graph: nir.NIRGraph, time_steps: int, stage: str = "graph") -> dict[str, NeuronQuant]:
+    """``neuron -> NeuronQuant`` of one stage (headroom horizon = the stage's time steps); one-line error."""
     try:
-        sim = Simulator(graph, mode="fixed", quant=FixedOptions(num_steps=time_steps))
+        return quantize_graph(graph, QuantOptions(num_steps=time_steps))
     except QuantizationRangeError as err:
         raise SpkdiffError(f"--target lava: stage {stage} does not fit Loihi's fixed-point ranges: {err}") from None
-    return {name: op.quant for name, op in sim.ops.items() if isinstance(op, FixedNeuronOp)}
 
 
-def _sign_mode(w: np.ndarray) -> int:
-    from spkdiff.neuromorphic import loihi
-
-    return int(loihi.determine_sign_mode(torch.as_tensor(w)))
-
-
-def _stage_quant(sg: StageGraph, quants: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def _stage_quant(sg: StageGraph, quants: dict[str, NeuronQuant]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """JSON description and tensors of one stage's integers."""
     analog = {layer.name for layer in sg.layers if layer.analog_input}
     layers: dict[str, Any] = {}
     tensors: dict[str, np.ndarray] = {}
     for name, nq in quants.items():
-        p = nq.params
         bm, be = f"{name}.bias_mant", f"{name}.bias_exp"
-        tensors[bm] = np.ascontiguousarray(torch.as_tensor(p.bias_mant).numpy().astype(np.int64))
-        tensors[be] = np.ascontiguousarray(torch.as_tensor(p.bias_exp).numpy().astype(np.int64))
+        tensors[bm] = np.ascontiguousarray(nq.bias_mant, dtype=np.int64)
+        tensors[be] = np.ascontiguousarray(nq.bias_exp, dtype=np.int64)
         syns: dict[str, Any] = {}
-        for s, (w, e) in nq.synapses.items():
-            key = None
-            if w is not None:
-                key = f"{s}.weight_int"
-                tensors[key] = np.ascontiguousarray(w.numpy().astype(np.int64))
-            syns[s] = {"weight": key, "weight_exp": int(e), "analog_input": s in analog,
-                       "sign_mode": None if w is None else _sign_mode(tensors[key])}
+        for s, sq in nq.synapses.items():
+            key = f"{s}.weight_int"
+            tensors[key] = np.ascontiguousarray(sq.weight_int, dtype=np.int64)
+            syns[s] = {"weight": key, "weight_exp": int(sq.weight_exp), "analog_input": s in analog,
+                       "sign_mode": sq.sign_mode}
         layers[name] = {
-            "method": "quantize_layer" if len(nq.synapses) == 1 and not nq.direct else "joint",
-            "du": int(p.du), "dv": int(p.dv), "vth": int(p.vth), "scale": float(nq.scale), "spiking": bool(nq.spiking),
-            "analog_factor": float(nq.analog_factor), "bias_mant": bm, "bias_exp": be, "synapses": syns,
+            "method": nq.method, "du": int(nq.du), "dv": int(nq.dv), "vth": int(nq.vth), "scale": float(nq.scale),
+            "spiking": bool(nq.spiking), "analog_factor": float(nq.analog_factor), "bias_mant": bm, "bias_exp": be,
+            "synapses": syns,
             "direct": {d: {"weight": int(w), "weight_exp": int(e)} for d, (w, e) in nq.direct.items()},
         }
     return {"layers": layers, "options": {"num_steps": sg.steps}}, tensors
@@ -113,7 +100,7 @@ def write_lava(run_dir: Path, out_dir: Path) -> dict[str, Any]:
         entry["loihi"] = {"file": qfile, **meta}
     manifest["lava"] = {
         "quantization": {
-            "made_by": "spkdiff.simulator fixed mode (spkdiff.neuromorphic.loihi.quantize_layer for one-input layers, "
+            "made_by": "spkdiff.neuromorphic.quantize.quantize_graph (quantize_layer for one-input layers, "
                        "one shared vth for residual sums)",
             "options": {"per_stage": options},
             "units": "V = v_int / scale; graded input current X -> a = round(X * analog_factor); spike input -> "

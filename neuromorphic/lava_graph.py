@@ -1,7 +1,7 @@
 """A NIR stage (as the simulator compiles it) as a Lava process graph, fed and reset by host processes.
 
-:func:`build_plan` turns a :class:`spkdiff.simulator.Simulator` (mode ``"fixed"``: the simulator's own
-integers, so Lava and the simulator use the same numbers; mode ``"float"``: float parameters) into a
+:func:`build_plan` turns a :class:`spkdiff.simulator.Simulator` (mode ``"fixed"``: the integers it runs,
+i.e. the bundle's, so Lava and the simulator use the same numbers; mode ``"float"``: float parameters) into a
 :class:`StagePlan` of neuron populations and connections (no Lava import).  :class:`LavaStage` builds it
 in Lava (``Conv``/``Dense`` + ``LIF``) behind the OutPort of a host process
 (:mod:`.lava_procs`); :mod:`.lava_generate` wires both stages into one graph.
@@ -29,8 +29,10 @@ import torch
 
 from spkdiff.errors import SpkdiffError
 
+from .nir_graph import bias_map, neuron_constants, trace_back
+
 __all__ = ["Connection", "LavaStage", "Population", "StagePlan", "build_plan", "chw_to_whc", "host_current",
-           "input_shape", "readout_value", "reset_offset", "verify_plan", "whc_shape", "whc_to_chw"]
+           "input_shape", "readout_value", "reset_offset", "whc_shape", "whc_to_chw"]
 
 RELAY_WEIGHT = 2  # even (Lava truncates MIXED weights to even values), a = 2 > vth = 0
 
@@ -89,32 +91,24 @@ class StagePlan:
         return self.populations[self.readout].depth + self.steps - 1
 
 
-def _trace(flat: Any, ops: dict, name: str) -> str:
-    while ops[name].kind == "shape" and len(flat.preds[name]) == 1:
-        name = flat.preds[name][0]
-    return name
-
-
 def _neuron_params(name: str, op: Any, mode: str, syn_biases: list[np.ndarray]) -> tuple[dict, float, bool]:
-    if mode == "fixed":
+    if mode == "fixed":  # the integers the simulator runs (a bundle's), read as they are
         q = op.quant
-        p = q.params
-        return ({"du": int(p.du), "dv": int(p.dv), "vth": int(p.vth),
-                 "bias_mant": np.asarray(p.bias_mant, dtype=np.int64).reshape(op.in_shape),
-                 "bias_exp": np.asarray(p.bias_exp, dtype=np.int64).reshape(op.in_shape)}, float(q.scale), q.spiking)
-    from spkdiff.simulator.fixed import _neuron_constants
-
-    tau, r, v_th, spiking = _neuron_constants(name, op)
-    tau_in = tau if tau is not None else 1.0
-    bias = sum(syn_biases, np.zeros(op.in_shape)) * r / tau_in
-    return ({"du": 1.0, "dv": 0.0 if tau is None else 1.0 / tau, "vth": v_th if spiking else 1e30,
-             "bias_mant": bias, "bias_exp": 0, "gain": r / tau_in}, 1.0, spiking)
+        return ({"du": int(q.du), "dv": int(q.dv), "vth": int(q.vth),
+                 "bias_mant": np.asarray(q.bias_mant, dtype=np.int64).reshape(op.in_shape),
+                 "bias_exp": np.asarray(q.bias_exp, dtype=np.int64).reshape(op.in_shape)}, float(q.scale),
+                bool(q.spiking))
+    c = neuron_constants(name, op.node, op.dt)
+    tau_in = c.tau if c.tau is not None else 1.0
+    bias = sum(syn_biases, np.zeros(op.in_shape)) * c.r / tau_in
+    return ({"du": 1.0, "dv": 0.0 if c.tau is None else 1.0 / c.tau, "vth": c.v_th if c.spiking else 1e30,
+             "bias_mant": bias, "bias_exp": 0, "gain": c.r / tau_in}, 1.0, c.spiking)
 
 
 def build_plan(sim: Any, steps: int, graded_input: bool = False) -> StagePlan:
     """The Lava graph of a simulator (``sim.mode`` fixed or float) running ``steps`` SNN steps per input;
-    ``graded_input``: the input is an analog map whose first synapse the host computes (generator)."""
-    from spkdiff.simulator.fixed import FixedSynapseOp
+    ``graded_input``: the input is an analog map whose first synapse the host computes (generator).
+    Fixed mode reads the integers the simulator was given (a bundle's ``loihi[stage]``)."""
     from spkdiff.simulator.ops import AffineOp, ConvOp, NeuronOp, SynapseOp
 
     flat, ops, mode = sim.flat, sim.ops, sim.mode
@@ -133,27 +127,27 @@ def build_plan(sim: Any, steps: int, graded_input: bool = False) -> StagePlan:
         incoming: list[tuple[str, Connection | None]] = []  # (source, connection)
         biases: list[np.ndarray] = []
         for p in flat.preds[name]:
-            src = _trace(flat, ops, p)
+            src = trace_back(flat, p)
             sop = ops[src]
             if isinstance(sop, SynapseOp):
-                base = sop.base if isinstance(sop, FixedSynapseOp) else sop
-                pre = _trace(flat, ops, flat.preds[src][0])
+                base = getattr(sop, "base", sop)  # the float op under a fixed-mode synapse: its geometry
+                pre = trace_back(flat, flat.preds[src][0])
                 if pre == inp and graded_input:
                     input_kind, input_target, input_syn = "current", name, sop
                     incoming.append(("input-current", None))
-                    if mode == "float" and base.bias is not None:
-                        biases.append(_bias_of(base, op.in_shape))
+                    if mode == "float":
+                        biases.append(bias_map(base.node, op.in_shape))
                     continue
                 if not isinstance(base, ConvOp | AffineOp):
                     raise SpkdiffError(f"Lava: {src}: {type(base).__name__} has no Lava connection here")
                 if mode == "fixed":
-                    if sop.w_int is None:
+                    syn = op.quant.synapses.get(src)
+                    if syn is None or syn.weight_int is None:
                         raise SpkdiffError(f"Lava: {src}: no integer weights")
-                    w, e = sop.w_int.numpy().astype(np.int64), int(sop.weight_exp)
+                    w, e = np.asarray(syn.weight_int, dtype=np.int64), int(syn.weight_exp)
                 else:
                     w, e = base.weight.double().numpy(), 0
-                    if base.bias is not None:
-                        biases.append(_bias_of(base, op.in_shape))
+                    biases.append(bias_map(base.node, op.in_shape))
                 if isinstance(base, ConvOp):
                     if mode == "fixed":
                         if e < 0:
@@ -167,7 +161,7 @@ def build_plan(sim: Any, steps: int, graded_input: bool = False) -> StagePlan:
                 incoming.append((conn.src, conn))
             elif getattr(sop, "kind", "") == "neuron" or src == inp:
                 if mode == "fixed":
-                    w, e = op.quant.direct[p]
+                    w, e = (int(v) for v in op.quant.direct[p])
                 else:
                     w, e = 1.0, 0
                 vec = np.full(int(np.prod(op.in_shape)), w, dtype=np.int64 if mode == "fixed" else np.float64)
@@ -201,41 +195,10 @@ def build_plan(sim: Any, steps: int, graded_input: bool = False) -> StagePlan:
                 conn.src = prev
             conns.append(conn)
         pops[name] = Population(name, tuple(op.in_shape), params, d, scale, spiking)
-    out = _trace(flat, ops, flat.preds[flat.outputs[0]][0])
+    out = trace_back(flat, flat.preds[flat.outputs[0]][0])
     if out not in pops:
         raise SpkdiffError(f"Lava: the output {out!r} is not a neuron population")
     return StagePlan(mode, pops, conns, inp, tuple(sim.inputs[inp]), input_kind, input_target, input_syn, out, steps)
-
-
-def verify_plan(plan: StagePlan, layers: dict[str, Any]) -> None:
-    """Raise unless the plan's integers are the bundle's (``spkdiff.bundle.LoihiLayer`` per neuron node)."""
-    def bad(what: str) -> SpkdiffError:
-        return SpkdiffError(f"Lava: {what} differs from the bundle's Loihi parameters (re-export the bundle)")
-
-    for name, pop in plan.populations.items():
-        if "__relay" in name:
-            continue
-        lay = layers.get(name)
-        if lay is None:
-            raise bad(f"neuron {name} (missing)")
-        p = pop.params
-        if (p["du"], p["dv"], p["vth"]) != (int(lay.du), int(lay.dv), int(lay.vth)) or pop.scale != float(lay.scale):
-            raise bad(f"{name}: du/dv/vth/scale")
-        if not (np.array_equal(p["bias_mant"], np.asarray(lay.bias_mant).reshape(pop.shape))
-                and np.array_equal(p["bias_exp"], np.asarray(lay.bias_exp).reshape(pop.shape))):
-            raise bad(f"{name}: bias")
-    for c in plan.connections:
-        lay = layers.get(c.dst)
-        if lay is None:
-            continue  # relays
-        if c.kind == "conv":
-            syn = lay.synapses.get(c.synapse)
-            if syn is None or syn.weight_int is None or not np.array_equal(
-                    np.asarray(syn.weight_int, dtype=np.int64) << int(syn.weight_exp), c.weight):
-                raise bad(f"{c.synapse} -> {c.dst}: weights")
-        elif c.synapse in lay.direct and tuple(int(v) for v in lay.direct[c.synapse]) != (int(c.weight[0]),
-                                                                                          c.weight_exp):
-            raise bad(f"{c.synapse} -> {c.dst}: direct edge weight")
 
 
 def host_current(plan: StagePlan, x: torch.Tensor) -> np.ndarray:
@@ -250,12 +213,6 @@ def host_current(plan: StagePlan, x: torch.Tensor) -> np.ndarray:
             return a.to(torch.int64).numpy()
         a = op._conv(x.double(), op.weight.double(), None, op.stride, op.padding, op.dilation, op.groups)
         return (a * plan.populations[plan.input_target].params["gain"]).numpy()
-
-
-def _bias_of(base: Any, shape: tuple[int, ...]) -> np.ndarray:
-    with torch.no_grad():
-        b = base.fn(torch.zeros(1, *base.in_shape, dtype=torch.float32))[0].double().numpy()
-    return b.reshape(shape)
 
 
 def _relay_params(shape: tuple[int, ...], mode: str) -> dict[str, Any]:
@@ -346,10 +303,9 @@ def reset_offset(pop: Population) -> int:
 
 
 def _sign_mode(w: np.ndarray) -> Any:
+    """:func:`loihi.determine_sign_mode` as Lava's enum (same values)."""
     from lava.utils.weightutils import SignMode
 
-    if (w >= 0).all():
-        return SignMode.EXCITATORY
-    if (w <= 0).all():
-        return SignMode.INHIBITORY
-    return SignMode.MIXED
+    from spkdiff.neuromorphic.loihi import determine_sign_mode
+
+    return SignMode(int(determine_sign_mode(w)))

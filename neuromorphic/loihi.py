@@ -44,17 +44,12 @@ Lava timing: every connection (Dense/Conv) sends at step ``t`` what it accumulat
 connection adds one time step of delay between layers (the step functions here have no delay; a graph
 executor reproducing Lava must shift by one step per connection).
 
-Quantisation (:func:`quantize_layer`) maps a spiking-jelly LIF layer (``X = W s + b``;
-``H = V + (X - V) / tau`` with ``decay_input``, else ``H = V - V / tau + X``; spike ``H >= v_th``; hard reset
-to 0) onto the integers with ``v ~= scale * V``, ``scale = 64 * vth / v_th``: ``dv = 4096 / tau``,
-``du = 4095``, the input factor ``1 / tau`` is folded into the weights and the bias, and
-``w_int * 2**weight_exp = vth * W / (tau * v_th)``, ``bias_mant << bias_exp = 64 * vth * b / (tau * v_th)``.
+Quantisation (float layers -> these integers) is :mod:`spkdiff.neuromorphic.quantize`.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, NamedTuple
 
@@ -67,10 +62,10 @@ from spkdiff.errors import SpkdiffError
 __all__ = [
     "ACT_SHIFT", "BIAS_EXP_MAX", "BIAS_MANT_MAX", "BIAS_MANT_MIN", "DECAY_SHIFT", "DECAY_UNITY", "DU_MAX", "DV_MAX",
     "READOUT_VTH", "UV_MAX", "V_LIMIT", "VTH_MAX", "VTH_SHIFT",
-    "LayerEvaluation", "LifParams", "LifStep", "QuantizationRangeError", "QuantizedLayer", "SignMode",
-    "conv_fixed", "dense_fixed", "determine_sign_mode", "du_from_tau", "dv_from_tau", "evaluate_layer",
-    "lava_conv_weight", "lava_dense_weights", "lif_step_fixed", "lif_step_float", "quantize_layer",
-    "torch_conv_weight", "wrap24", "wrap32",
+    "WEIGHT_BITS", "LifParams", "LifStep", "QuantizationRangeError", "SignMode",
+    "conv_fixed", "dense_fixed", "determine_sign_mode", "du_from_tau", "dv_from_tau", "lava_conv_weight",
+    "lava_dense_weights", "lif_step_fixed", "lif_step_float", "pair", "torch_conv_weight", "weight_lsb_shift",
+    "wrap24", "wrap32",
 ]
 
 DECAY_SHIFT = 12
@@ -185,7 +180,7 @@ def dense_fixed(s: torch.Tensor, weights: torch.Tensor, weight_exp: int = 0, gra
     """Dense synaptic output ``a = wrap32(shift(W @ s, weight_exp))`` for spikes ``s`` of shape ``(..., n_in)``.
 
     ``weights`` ``(n_out, n_in)`` must already be Lava-formatted (:func:`lava_dense_weights`; idempotent on
-    :attr:`QuantizedLayer.weight_int`).  Binary mode (``graded=False``, Lava's ``num_message_bits=0``)
+    :attr:`.quantize.QuantizedLayer.weight_int`).  Binary mode (``graded=False``, Lava's ``num_message_bits=0``)
     treats any non-zero ``s`` as a spike; graded mode wraps ``W @ s`` to int32 before the shift, as Lava's
     int32 ``dot`` does.  Returns int64 of shape ``(..., n_out)``.
     """
@@ -202,7 +197,7 @@ def dense_fixed(s: torch.Tensor, weights: torch.Tensor, weight_exp: int = 0, gra
     return wrap32(_shift(acc, int(weight_exp)))
 
 
-def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
+def pair(x: int | tuple[int, int]) -> tuple[int, int]:
     return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
 
 
@@ -219,7 +214,7 @@ def conv_fixed(s: torch.Tensor, weight: torch.Tensor, weight_exp: int = 0, strid
     x = (s != 0).to(torch.int64)
     batch, c_in, h, wd = x.shape
     c_out, cg, kh, kw = w.shape
-    st, pd, dl = _pair(stride), _pair(padding), _pair(dilation)
+    st, pd, dl = pair(stride), pair(padding), pair(dilation)
     if c_in != cg * groups or c_out % groups:
         raise QuantizationRangeError(f"conv channels do not match: input {c_in}, weight {tuple(w.shape)}, "
                                      f"groups {groups}")
@@ -339,7 +334,7 @@ def lif_step_fixed(a_in: torch.Tensor, u: torch.Tensor, v: torch.Tensor, p: LifP
 
 def lif_step_float(x: torch.Tensor, v: torch.Tensor, tau: float | None = 2.0, v_threshold: float = 1.0,
                    decay_input: bool = True, spiking: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float spiking-jelly LIF step with hard reset to 0 (the model :func:`quantize_layer` approximates).
+    """Float spiking-jelly LIF step with hard reset to 0 (the model :mod:`.quantize` approximates).
 
     ``H = V + (X - V) / tau`` (``decay_input``) or ``H = V - V / tau + X``; ``tau=None``: ``H = V + X``;
     ``s = H >= v_threshold``; ``V' = H * (1 - s)``.  ``spiking=False``: no spikes, no reset (read-out).
@@ -355,256 +350,3 @@ def lif_step_float(x: torch.Tensor, v: torch.Tensor, tau: float | None = 2.0, v_
         return h, torch.zeros_like(h)
     s = (h >= v_threshold).to(h.dtype)
     return h * (1 - s), s
-
-
-# --------------------------------------------------------------------------------------------------------------
-# quantisation
-
-
-@dataclass(frozen=True)
-class QuantizedLayer:
-    """A float layer + LIF mapped onto Loihi integers (see module docstring for the mapping).
-
-    ``weight_mant``: signed mantissa (MIXED: int8 range [-128, 127]; EXCITATORY/INHIBITORY: magnitude up to
-    255); ``weight_int = weight_mant << weight_lsb_shift`` is what Lava's Dense/Conv receive (Conv in
-    :func:`lava_conv_weight` layout), ``a = shift(weight_int @ s, weight_exp)``.  ``scale``: integer ``v``
-    units per float unit of membrane potential (``V ~= v / scale``).  ``report`` holds static errors.
-    """
-
-    kind: str  # "dense" | "conv"
-    weight_mant: np.ndarray
-    weight_exp: int
-    sign_mode: SignMode
-    bias_mant: np.ndarray
-    bias_exp: np.ndarray
-    du: int
-    dv: int
-    vth: int
-    scale: float
-    stride: tuple[int, int] = (1, 1)
-    padding: tuple[int, int] = (0, 0)
-    dilation: tuple[int, int] = (1, 1)
-    groups: int = 1
-    num_weight_bits: int = WEIGHT_BITS
-    tau_in: float = 1.0  # input factor 1/tau folded into weight and bias (tau with decay_input, else 1)
-    report: dict[str, float] = field(default_factory=dict, compare=False)
-    _cache: dict = field(default_factory=dict, compare=False, repr=False)
-
-    @property
-    def weight_int(self) -> np.ndarray:
-        return self.weight_mant.astype(np.int64) << weight_lsb_shift(self.sign_mode, self.num_weight_bits)
-
-    @property
-    def spiking(self) -> bool:
-        return self.vth < READOUT_VTH
-
-    def lif_params(self, device: torch.device | str | None = None) -> LifParams:
-        """LIF parameters with per-neuron bias shaped ``(C, 1, 1)`` for conv, ``(n,)`` for dense (cached per device)."""
-        key = ("lif", str(device))
-        if key not in self._cache:
-            shape = (-1, 1, 1) if self.kind == "conv" else (-1,)
-            self._cache[key] = LifParams(
-                du=self.du, dv=self.dv, vth=self.vth,
-                bias_mant=torch.as_tensor(self.bias_mant, dtype=torch.int64, device=device).view(shape),
-                bias_exp=torch.as_tensor(self.bias_exp, dtype=torch.int64, device=device).view(shape))
-        return self._cache[key]
-
-    def weight_tensor(self, device: torch.device | str | None = None) -> torch.Tensor:
-        """:attr:`weight_int` as an int64 tensor on ``device`` (cached)."""
-        key = ("w", str(device))
-        if key not in self._cache:
-            self._cache[key] = torch.as_tensor(self.weight_int, dtype=torch.int64, device=device)
-        return self._cache[key]
-
-    def synapse(self, s: torch.Tensor) -> torch.Tensor:
-        """Integer synaptic output ``a`` for spikes ``s`` (dense ``(..., n_in)``, conv ``(B, C, H, W)``)."""
-        w = self.weight_tensor(s.device)
-        if self.kind == "conv":
-            return conv_fixed(s, w, self.weight_exp, self.stride, self.padding, self.dilation, self.groups)
-        return dense_fixed(s, w, self.weight_exp)
-
-    def lava_weights(self) -> np.ndarray:
-        """Weights for Lava: Dense ``weights`` (pass ``weight_exp``, ``sign_mode`` too) or the Conv kernel in
-        Lava layout with ``weight_exp`` folded in (Lava's fixed-point Conv ignores ``weight_exp``)."""
-        if self.kind == "dense":
-            return self.weight_int
-        if self.weight_exp < 0:
-            raise QuantizationRangeError("Lava's fixed-point Conv cannot apply a negative weight_exp")
-        return lava_conv_weight(self.weight_int << self.weight_exp)
-
-    def step(self, s: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> LifStep:
-        """Synapse + LIF for one step (no Lava connection delay)."""
-        return lif_step_fixed(self.synapse(s), u, v, self.lif_params(s.device))
-
-    def dequantized(self) -> tuple[np.ndarray, np.ndarray]:
-        """The float ``(W, b)`` this layer represents exactly (inverse of the mapping, ``1/tau`` unfolded)."""
-        w = self.weight_int * 2.0**self.weight_exp * (1 << ACT_SHIFT) * self.tau_in / self.scale
-        b = (self.bias_mant.astype(np.float64) * 2.0**self.bias_exp.astype(np.float64)) * self.tau_in / self.scale
-        return w, b
-
-
-def _bias_format(b_int: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-neuron ``(mant, exp)`` with the smallest ``exp`` in [0, 7] such that ``|round(b / 2**exp)| <= 4095``."""
-    if b_int.size and (b_int.max() > BIAS_MANT_MAX << BIAS_EXP_MAX or b_int.min() < BIAS_MANT_MIN << BIAS_EXP_MAX):
-        raise QuantizationRangeError(f"bias {np.abs(b_int).max():.0f} beyond 13-bit mantissa << {BIAS_EXP_MAX}")
-    mant = np.zeros(b_int.shape, np.int64)
-    exp = np.zeros(b_int.shape, np.int64)
-    for e in range(BIAS_EXP_MAX, -1, -1):
-        m = np.round(b_int / 2.0**e).astype(np.int64)
-        ok = (m >= BIAS_MANT_MIN) & (m <= BIAS_MANT_MAX)
-        mant = np.where(ok, m, mant)
-        exp = np.where(ok, e, exp)
-    return mant, exp
-
-
-def quantize_layer(weight: Any, bias: Any = None, *, kind: str | None = None, tau: float | None = 2.0,
-                   v_threshold: float = 1.0, decay_input: bool = True, spiking: bool = True,
-                   headroom: float | None = None, num_steps: int = 1, weight_exp_range: tuple[int, int] = (0, 7),
-                   stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
-                   dilation: int | tuple[int, int] = 1, groups: int = 1) -> QuantizedLayer:
-    """Choose Loihi integers for a float layer ``X = W s + b`` feeding a spiking-jelly LIF (or a read-out).
-
-    Normalised weights ``Wn = W / (tau_in * v_th)`` (``tau_in = tau`` with ``decay_input``, else 1) give the
-    input per step in threshold units.  ``headroom`` ``H`` (threshold units) is the largest ``|u|`` and
-    ``|v|`` that must be representable; by default the worst case ``(max_j sum_i |Wn_ij| + |bn_j|)`` times
-    ``tau`` for the voltage (``num_steps`` for a perfect integrator, ``tau=None``), ``+1`` for spiking.
-    Then ``vth <= (2**23 - 1) / (64 H)`` (and the bias must fit ``4095 << 7``); the largest ``weight_exp`` in
-    ``weight_exp_range`` whose ``vth = m_max 2**weight_exp / max|Wn|`` satisfies it is taken, so the
-    mantissas use their full range.  ``spiking=False`` keeps that scale but sets ``vth = READOUT_VTH``.
-
-    Raises :class:`QuantizationRangeError` for non-finite parameters or a scale below ``vth = 1``.
-    ``report`` has the relative RMS / max weight error, bias error, mantissa use, headroom and leak error.
-    """
-    w = np.asarray(torch.as_tensor(weight).detach().cpu().double())
-    kind = kind or ("conv" if w.ndim == 4 else "dense")
-    if kind not in ("dense", "conv") or w.ndim != (4 if kind == "conv" else 2):
-        raise QuantizationRangeError(f"{kind} layer needs a {'4' if kind == 'conv' else '2'}-d weight, "
-                                     f"got shape {w.shape}")
-    n_out = w.shape[0]
-    b = np.zeros(n_out) if bias is None else np.asarray(torch.as_tensor(bias).detach().cpu().double()).reshape(n_out)
-    if not (np.isfinite(w).all() and np.isfinite(b).all()) or v_threshold <= 0:
-        raise QuantizationRangeError("layer has non-finite weights/bias or a non-positive threshold")
-    tau_in = float(tau) if (decay_input and tau is not None) else 1.0
-    wn, bn = w / (tau_in * v_threshold), b / (tau_in * v_threshold)
-    dv = dv_from_tau(tau)
-    # headroom in threshold units
-    per_step = float((np.abs(wn).reshape(n_out, -1).sum(axis=1) + np.abs(bn)).max()) if n_out else 0.0
-    if headroom is None:
-        span = float(max(1, num_steps)) if dv == 0 else DECAY_UNITY / dv
-        headroom = max(per_step, per_step * span + (1.0 if spiking else 0.0), 1.0)
-    vth_cap = min(VTH_MAX, int(V_LIMIT // ((1 << VTH_SHIFT) * headroom)))
-    bmax = float(np.abs(bn).max()) if n_out else 0.0
-    if bmax > 0:
-        vth_cap = min(vth_cap, int((BIAS_MANT_MAX << BIAS_EXP_MAX) // ((1 << ACT_SHIFT) * bmax)))
-    if vth_cap < 1:
-        raise QuantizationRangeError(f"{kind} layer needs headroom {headroom:.3g} thresholds (bias {bmax:.3g}): "
-                                     f"beyond Loihi's 24-bit state even at vth=1")
-    mode = determine_sign_mode(w)
-    if mode == SignMode.INHIBITORY and not (w < 0).any():
-        mode = SignMode.EXCITATORY  # all-zero layer
-    k = weight_lsb_shift(mode)
-    if mode == SignMode.MIXED:
-        pos, neg = w.max() / (tau_in * v_threshold), -w.min() / (tau_in * v_threshold)
-        unit = min(127.0 / pos if pos > 0 else math.inf, 128.0 / neg if neg > 0 else math.inf)
-    else:
-        mag = float(np.abs(wn).max())
-        unit = 255.0 / mag if mag > 0 else math.inf
-    # weight_int = m << k = vth * Wn / 2**e  ->  m = vth * Wn / 2**(e + k); full range at vth = unit * 2**(e + k)
-    lo, hi = weight_exp_range
-    exp, vth = lo, vth_cap
-    if math.isfinite(unit):
-        for e in range(hi, lo - 1, -1):
-            cand = math.floor(unit * 2.0 ** (e + k))
-            exp, vth = e, min(cand, vth_cap)
-            if cand <= vth_cap:
-                break
-        if vth < 1:
-            raise QuantizationRangeError(f"{kind} layer weights too large for weight_exp <= {hi} "
-                                         f"(max |W|/(tau v_th) = {float(np.abs(wn).max()):.3g})")
-    mant = np.round(vth * wn / 2.0 ** (exp + k)).astype(np.int64)
-    mlo, mhi = (-128, 127) if mode == SignMode.MIXED else (0, 255) if mode == SignMode.EXCITATORY else (-255, 0)
-    mant = np.clip(mant, mlo, mhi)  # only rounding can touch the limits
-    scale = (1 << VTH_SHIFT) * vth / v_threshold
-    bias_mant, bias_exp = _bias_format(np.round(bn * (1 << ACT_SHIFT) * vth))
-    q = QuantizedLayer(kind=kind, weight_mant=mant.astype(np.int16), weight_exp=int(exp), sign_mode=mode,
-                       bias_mant=bias_mant.astype(np.int16), bias_exp=bias_exp.astype(np.int16), du=DU_MAX, dv=dv,
-                       vth=int(vth) if spiking else READOUT_VTH, scale=float(scale), stride=_pair(stride),
-                       padding=_pair(padding), dilation=_pair(dilation), groups=int(groups),
-                       tau_in=tau_in)
-    wq, bq = q.dequantized()
-    werr = wq - w
-    leak = 1.0 - (DECAY_UNITY - dv) / DECAY_UNITY
-    q.report.update({
-        "weight_rel_rms_error": float(np.sqrt((werr**2).mean() / max((w**2).mean(), 1e-300))),
-        "weight_max_abs_error": float(np.abs(werr).max()) if werr.size else 0.0,
-        "bias_max_abs_error": float(np.abs(bq - b).max()) if b.size else 0.0,
-        "mantissa_use": float(np.abs(mant).max() / max(abs(mlo), mhi)) if mant.size else 0.0,
-        "headroom": float(headroom),
-        "vth_cap": float(vth_cap),
-        "leak_error": 0.0 if tau is None else abs(leak - 1.0 / tau),
-    })
-    return q
-
-
-@dataclass
-class LayerEvaluation:
-    """Float vs fixed run of one layer on the same input spikes (voltages in threshold units)."""
-
-    spike_agreement: float  # fraction of (step, neuron) with identical spikes
-    v_rmse: float  # RMS of (v_fixed / scale - V_float) / v_th
-    v_max_abs_error: float
-    u_wraps: int  # u 24-bit wrap-arounds (catastrophic: raise headroom)
-    v_saturations: int  # v clipped at +-(2**23 - 1)
-    float_rate: float
-    fixed_rate: float
-
-    def __str__(self) -> str:
-        return (f"spike agreement {self.spike_agreement:.4f}, v RMSE {self.v_rmse:.4g} thr, "
-                f"max {self.v_max_abs_error:.3g}, rates float {self.float_rate:.4f} / fixed {self.fixed_rate:.4f}, "
-                f"u wraps {self.u_wraps}, "
-                f"v saturations {self.v_saturations}")
-
-
-def evaluate_layer(q: QuantizedLayer, weight: Any, bias: Any, spikes: torch.Tensor, *, tau: float | None = 2.0,
-                   v_threshold: float = 1.0, decay_input: bool = True, strict: bool = False) -> LayerEvaluation:
-    """Run the float layer and its fixed-point version side by side on ``spikes`` ``(T, B, ...)``.
-
-    Each step feeds the same input spikes to both (no error propagation between layers).  ``strict``:
-    raise :class:`QuantizationRangeError` if u wrapped or v saturated.
-    """
-    dev = spikes.device
-    w = torch.as_tensor(weight, dtype=torch.float64, device=dev)
-    b = (torch.zeros(w.shape[0], dtype=torch.float64, device=dev) if bias is None
-         else torch.as_tensor(bias, dtype=torch.float64, device=dev))
-    spiking = q.spiking
-    p = q.lif_params(spikes.device)
-    v_f = u_i = v_i = None
-    agree = total = wraps = sats = n_float = n_fixed = 0
-    se = 0.0
-    max_err = 0.0
-    for s_t in spikes:
-        s64 = (s_t != 0).to(torch.float64)
-        x = F.conv2d(s64, w, b, q.stride, q.padding, q.dilation, q.groups) if q.kind == "conv" else s64 @ w.T + b
-        if v_f is None:
-            v_f = torch.zeros_like(x)
-            u_i = torch.zeros(x.shape, dtype=torch.int64, device=dev)
-            v_i = torch.zeros(x.shape, dtype=torch.int64, device=dev)
-        v_f, s_f = lif_step_float(x, v_f, tau, v_threshold, decay_input, spiking)
-        out = lif_step_fixed(q.synapse(s_t), u_i, v_i, p)
-        u_i, v_i = out.u, out.v
-        wraps += int(out.u_wrapped.sum())
-        sats += int(out.v_saturated.sum())
-        s_q = out.s.to(torch.float64)
-        agree += int((s_q == s_f).sum())
-        total += s_q.numel()
-        n_float += int(s_f.sum())
-        n_fixed += int(s_q.sum())
-        err = (v_i.double() / q.scale - v_f) / v_threshold
-        se += float((err**2).sum())
-        max_err = max(max_err, float(err.abs().max()))
-    if strict and (wraps or sats):
-        raise QuantizationRangeError(f"{q.kind} layer out of range: {wraps} u wrap-arounds, {sats} v saturations "
-                                     f"(raise headroom)")
-    total = max(total, 1)
-    return LayerEvaluation(agree / total, math.sqrt(se / total), max_err, wraps, sats, n_float / total,
-                           n_fixed / total)

@@ -6,7 +6,7 @@ graphs: no node reads a later node).  Several edges into one node sum their inpu
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,8 +18,14 @@ import torch
 from spkdiff.errors import SpkdiffError
 
 from .counters import Counters, LayerCounts
+from .fixed import convert as fixed_convert
 from .graph import FlatGraph, flatten_graph
-from .ops import MODES, Op, Shape, Signal, SynapseOp, build_op, convert_ops
+from .ops import Op, Shape, Signal, SynapseOp, build_op
+
+#: Numeric modes: a converter swaps the float ops of a whole graph for its own (it may need graph context,
+#: e.g. a neuron's integers decide its input synapses' ops): ``(graph, ops, quant) -> ops``; None: float.
+MODES: dict[str, Callable[[FlatGraph, dict[str, Op], Any], dict[str, Op]] | None] = {
+    "float": None, "fixed": fixed_convert}
 
 _EXACT_F32 = float(2**24)  # integer sums below this are exact in float32
 
@@ -52,7 +58,8 @@ class Simulator:
     Args:
         graph: a :class:`nir.NIRGraph` or the path of a NIR file.
         mode: ``"float"`` (float32, bit-exact SpikingJelly LIF) or ``"fixed"`` (Loihi fixed point).
-        quant: fixed-mode options (see :mod:`spkdiff.simulator.fixed`); ignored in float mode.
+        quant: fixed mode: the per-neuron Loihi integers (e.g. a bundle's ``loihi[stage]``), or quantizer
+            options to quantize this graph (see :mod:`spkdiff.simulator.fixed`); ignored in float mode.
         dt: the NIR time unit per step; default: ``graph.metadata["dt"]`` if present, else 1.
     """
 
@@ -74,7 +81,9 @@ class Simulator:
             node = self.flat.nodes[name]
             in_shape = self._in_shape(name, node)
             self.ops[name] = build_op(name, node, in_shape, dt)
-        self.ops = convert_ops(mode, self.flat, self.ops, quant)
+        converter = MODES[mode]
+        if converter is not None:
+            self.ops = converter(self.flat, self.ops, quant)
         for name, op in self.ops.items():
             if isinstance(op, SynapseOp):
                 nz = op.fan_out(mask=True).reshape(-1)

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from spkdiff.bundle import Bundle, BundleError, load_bundle
@@ -32,7 +31,6 @@ from spkdiff.generation import generate as generate_loop
 
 from .counters import Counters
 from .engine import Simulator
-from .fixed import FixedNeuronOp, FixedOptions, FixedSynapseOp, NeuronQuant
 
 GEN_STAGES = ("sdid", "generator")
 
@@ -40,64 +38,17 @@ GEN_STAGES = ("sdid", "generator")
 # ----------------------------------------------------------------------------- simulators from a bundle
 
 
-def apply_bundle_quant(sim: Simulator, layers: dict[str, Any]) -> bool:
-    """Replace a fixed-mode simulator's integers by the bundle's ``{neuron: LoihiLayer}``.
-
-    Returns True when the bundle's integers equal what the simulator computed itself.
-    """
-    same = True
-    seen = set()
-    for name, op in sim.ops.items():
-        if not isinstance(op, FixedNeuronOp):
-            continue
-        layer = layers.get(name)
-        if layer is None:
-            raise BundleError(f"the bundle has no Loihi parameters for neuron node {name!r}")
-        seen.add(name)
-        if set(layer.synapses) != set(op.quant.synapses) or set(layer.direct) != set(op.quant.direct):
-            raise BundleError(f"{name}: the bundle's synapses {sorted(layer.synapses)} do not match the graph's "
-                              f"{sorted(op.quant.synapses)}")
-        syns = {s: (None if ls.weight_int is None else torch.as_tensor(ls.weight_int), ls.weight_exp)
-                for s, ls in layer.synapses.items()}
-        nq = NeuronQuant(layer.lif_params(), layer.scale, layer.spiking, layer.analog_factor, syns, dict(layer.direct))
-        old = op.quant
-        same = same and _quant_equal(old, nq)
-        op.quant = nq
-        op.spiking = nq.spiking
-        for s, (w, e) in syns.items():
-            sop = sim.ops[s]
-            assert isinstance(sop, FixedSynapseOp)
-            sop.w_int, sop.weight_exp, sop.analog_factor = w, e, nq.analog_factor
-    extra = set(layers) - seen
-    if extra:
-        raise BundleError(f"the bundle has Loihi parameters for unknown nodes {sorted(extra)}")
-    return same
-
-
-def _quant_equal(a: NeuronQuant, b: NeuronQuant) -> bool:
-    pa, pb = a.params, b.params
-    if (pa.du, pa.dv, pa.vth, a.spiking, a.direct) != (pb.du, pb.dv, pb.vth, b.spiking, b.direct):
-        return False
-    if not (torch.equal(torch.as_tensor(pa.bias_mant).long(), torch.as_tensor(pb.bias_mant).long())
-            and torch.equal(torch.as_tensor(pa.bias_exp).long(), torch.as_tensor(pb.bias_exp).long())):
-        return False
-    for s, (w, e) in a.synapses.items():
-        w2, e2 = b.synapses[s]
-        if e != e2 or (w is None) != (w2 is None) or (w is not None and not torch.equal(w.long(), w2.long())):
-            return False
-    return bool(np.isclose(a.scale, b.scale, rtol=1e-12) and np.isclose(a.analog_factor, b.analog_factor, rtol=1e-12))
-
-
-def stage_simulator(bundle: Bundle, stage: str, fixed: bool) -> tuple[Simulator, bool]:
-    """The simulator of one bundle stage; in fixed mode with the bundle's integers (and whether they
-    equal the simulator's own quantisation)."""
+def stage_simulator(bundle: Bundle, stage: str, fixed: bool) -> Simulator:
+    """The simulator of one bundle stage; in fixed mode it runs the bundle's integers (never recomputed)."""
     graph = bundle.graphs.get(stage)
     if graph is None:
         raise BundleError(f"bundle {bundle.path} has no {stage} stage")
     if not fixed:
-        return Simulator(graph, mode="float"), True
-    sim = Simulator(graph, mode="fixed", quant=FixedOptions(num_steps=bundle.time_steps(stage)))
-    return sim, apply_bundle_quant(sim, bundle.loihi[stage])
+        return Simulator(graph, mode="float")
+    try:
+        return Simulator(graph, mode="fixed", quant=bundle.loihi[stage])
+    except SpkdiffError as err:
+        raise BundleError(f"bundle {bundle.path}: stage {stage}: {err}") from None
 
 
 # ----------------------------------------------------------------------------- the pipeline
@@ -145,7 +96,7 @@ class SimulatorPipeline:
     @classmethod
     def from_bundle(cls, bundle: Bundle, fixed: bool, count: bool = True,
                     record: dict[str, list[torch.Tensor]] | None = None) -> SimulatorPipeline:
-        sims = {stage: stage_simulator(bundle, stage, fixed)[0] for stage in GEN_STAGES}
+        sims = {stage: stage_simulator(bundle, stage, fixed) for stage in GEN_STAGES}
         return cls(sims, HostConstants.from_bundle(bundle), count, record)
 
     def _run(self, stage: str, x: torch.Tensor) -> torch.Tensor:

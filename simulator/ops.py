@@ -2,8 +2,8 @@
 
 Lava-style split: :class:`Op` is the interface the executor sees (``gather`` incoming edges,
 ``run`` a sequence); the float backend is the table ``FLOAT_OPS`` (NIR node type -> Op class) and
-every other numeric mode is a converter in ``MODES`` that swaps in its own ops (``"fixed"``:
-:mod:`spkdiff.simulator.fixed`).  An op processes a whole time sequence at once:
+every other numeric mode is a converter in ``spkdiff.simulator.engine.MODES`` that swaps in its own ops
+(``"fixed"``: :mod:`spkdiff.simulator.fixed`).  An op processes a whole time sequence at once:
 
 * stateless ops (synapses, reshapes) fold time into the batch, ``(T*B, *shape)``, and run one
   tensor operation; on a :class:`Signal` that is constant in time they run once;
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import nir
 import numpy as np
@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from spkdiff.errors import SpkdiffError
+from spkdiff.neuromorphic.nir_graph import conv_padding
 
 from .graph import Passthrough
 
@@ -235,17 +236,9 @@ class ConvOp(SynapseOp):
         self.stride = tup(node.stride)
         self.dilation = tup(node.dilation)
         self.groups = int(node.groups)
-        if isinstance(node.padding, str) and node.padding == "valid":
-            self.padding = (0,) * self.nd
-        elif isinstance(node.padding, str):
-            if node.padding == "same" and any(s != 1 for s in self.stride):
-                raise SpkdiffError(f"{name}: padding 'same' needs stride 1")
-            self.padding = node.padding
-            total = [d * (k - 1) for d, k in zip(self.dilation, w.shape[2:])]
-            if node.padding == "same" and all(t % 2 == 0 for t in total):
-                self.padding = tuple(t // 2 for t in total)  # symmetric: same result, no padded copy
-        else:
-            self.padding = tup(node.padding)
+        if isinstance(node.padding, str) and node.padding == "same" and any(s != 1 for s in self.stride):
+            raise SpkdiffError(f"{name}: padding 'same' needs stride 1")
+        self.padding = conv_padding(node)  # "same" stays a string only when asymmetric
         self._conv = F.conv1d if self.nd == 1 else F.conv2d
         if len(self.in_shape) != self.nd + 1 or self.in_shape[0] != w.shape[1] * self.groups:
             raise SpkdiffError(f"{name}: input shape {self.in_shape} does not fit weight {tuple(w.shape)} "
@@ -545,19 +538,6 @@ FLOAT_OPS: dict[type, OpFactory] = {
     nir.CubaLI: CubaLIFOp,
 }
 
-#: A numeric mode turns the float ops of a whole graph into its own (it may need graph context, e.g.
-#: a neuron's quantisation decides its input synapses' integer weights): ``(graph, ops, quant) -> ops``.
-ModeConverter = Callable[[Any, dict[str, Op], Any], dict[str, Op]]
-
-
-def _fixed_converter(graph: Any, ops: dict[str, Op], quant: Any) -> dict[str, Op]:
-    from .fixed import convert  # imports spkdiff.neuromorphic.loihi only when used
-
-    return convert(graph, ops, quant)
-
-
-MODES: dict[str, ModeConverter | None] = {"float": None, "fixed": _fixed_converter}
-
 
 def build_op(name: str, node: nir.NIRNode, in_shape: Shape, dt: float) -> Op:
     """Instantiate the float op for ``node``."""
@@ -565,11 +545,3 @@ def build_op(name: str, node: nir.NIRNode, in_shape: Shape, dt: float) -> Op:
     if factory is None:
         raise SpkdiffError(f"node {name!r}: NIR {type(node).__name__} is not supported by the simulator")
     return factory(name, node, in_shape, dt)
-
-
-def convert_ops(mode: str, graph: Any, ops: dict[str, Op], quant: Any) -> dict[str, Op]:
-    """Apply numeric ``mode`` to the float ops."""
-    if mode not in MODES:
-        raise SpkdiffError(f"unknown simulator mode {mode!r}; available: {', '.join(MODES)}")
-    converter = MODES[mode]
-    return ops if converter is None else converter(graph, ops, quant)

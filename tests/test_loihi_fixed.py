@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from lava_reference import ConvCase, DenseCase, LifSpec, run_cases
 
 from spkdiff.neuromorphic import loihi as L
+from spkdiff.neuromorphic import quantize as Q
 from spkdiff.neuromorphic.lava_compat import lava_available
 from spkdiff.neuromorphic.lava_runner import run_isolated
 
@@ -66,16 +67,16 @@ def _conv_cases(rng: np.random.Generator) -> list[ConvCase]:
 
 
 def _quantized_cases(rng: np.random.Generator) -> list[DenseCase | ConvCase]:
-    """Layers from quantize_layer, as the Lava target would build them."""
+    """Layers from Q.quantize_layer, as the Lava target would build them."""
     gen = torch.Generator().manual_seed(int(rng.integers(1 << 30)))
     w, b = torch.randn(5, 12, generator=gen) * 0.3, torch.randn(5, generator=gen) * 0.2
-    q = L.quantize_layer(w, b)
+    q = Q.quantize_layer(w, b)
     dense = DenseCase(spikes=(rng.random((12, T)) < 0.5).astype(np.int32), weights=q.weight_int,
                       weight_exp=q.weight_exp, sign_mode=int(q.sign_mode),
                       lif=LifSpec(q.du, q.dv, q.vth, q.bias_mant, q.bias_exp))
     dense.extra = {"q": q}  # type: ignore[attr-defined]
     wc, bc = torch.randn(3, 2, 3, 3, generator=gen) * 0.4, torch.randn(3, generator=gen) * 0.1
-    qc = L.quantize_layer(wc, bc, padding=1)
+    qc = Q.quantize_layer(wc, bc, padding=1)
     conv = ConvCase(spikes=(rng.random((5, 5, 2, T)) < 0.5).astype(np.int32),
                     weight=qc.lava_weights(),  # Lava Conv ignores weight_exp: folded into the kernel
                     lif=LifSpec(qc.du, qc.dv, qc.vth, qc.bias_mant, qc.bias_exp), padding=(1, 1), extra={"q": qc})
@@ -250,7 +251,7 @@ def test_readout_threshold_never_fires_and_params_validated():
 def test_quantize_dense_tau2_close_to_float():
     gen = torch.Generator().manual_seed(0)
     w, b = torch.randn(32, 100, generator=gen) * 0.2, torch.randn(32, generator=gen) * 0.1
-    q = L.quantize_layer(w, b, tau=2.0)
+    q = Q.quantize_layer(w, b, tau=2.0)
     assert q.dv == 2048 and q.du == L.DU_MAX and q.sign_mode == L.SignMode.MIXED
     assert q.weight_mant.min() >= -128 and q.weight_mant.max() <= 127
     assert q.report["mantissa_use"] > 0.95 and q.report["weight_rel_rms_error"] < 0.01
@@ -260,7 +261,7 @@ def test_quantize_dense_tau2_close_to_float():
     np.testing.assert_allclose(bq, b.numpy(), atol=1e-3)
     assert torch.equal(L.lava_dense_weights(q.weight_int, q.sign_mode), torch.as_tensor(q.weight_int))
     spikes = (torch.rand(24, 16, 100, generator=gen) < 0.3).float()
-    ev = L.evaluate_layer(q, w, b, spikes, strict=True)
+    ev = Q.evaluate_layer(q, w, b, spikes, strict=True)
     assert ev.spike_agreement > 0.98 and ev.v_rmse < 0.1 and ev.u_wraps == 0
     assert ev.float_rate > 0.02 and abs(ev.fixed_rate - ev.float_rate) < 0.01
 
@@ -269,37 +270,37 @@ def test_quantize_conv_and_readouts():
     gen = torch.Generator().manual_seed(1)
     w, b = torch.randn(8, 4, 3, 3, generator=gen) * 0.3, torch.randn(8, generator=gen) * 0.1
     spikes = (torch.rand(16, 2, 4, 8, 8, generator=gen) < 0.3).float()
-    q = L.quantize_layer(w, b, stride=1, padding=1)
+    q = Q.quantize_layer(w, b, stride=1, padding=1)
     assert q.kind == "conv" and q.lif_params().bias_mant.shape == (8, 1, 1)
-    ev = L.evaluate_layer(q, w, b, spikes, strict=True)
+    ev = Q.evaluate_layer(q, w, b, spikes, strict=True)
     assert ev.spike_agreement > 0.98 and ev.float_rate > 0.02
-    ro = L.quantize_layer(w, b, padding=1, spiking=False, headroom=20.0)
+    ro = Q.quantize_layer(w, b, padding=1, spiking=False, headroom=20.0)
     assert ro.vth == L.READOUT_VTH and not ro.spiking
-    ev = L.evaluate_layer(ro, w, b, spikes, strict=True)
+    ev = Q.evaluate_layer(ro, w, b, spikes, strict=True)
     assert ev.fixed_rate == 0 and ev.v_rmse < 0.01
-    integ = L.quantize_layer(w[:, :, 0, 0].reshape(8, 4), None, tau=None, spiking=False, num_steps=16)
+    integ = Q.quantize_layer(w[:, :, 0, 0].reshape(8, 4), None, tau=None, spiking=False, num_steps=16)
     assert integ.dv == 0 and integ.tau_in == 1.0
-    ev = L.evaluate_layer(integ, w[:, :, 0, 0].reshape(8, 4), None, spikes[:, :, :, 0, 0], tau=None, strict=True)
+    ev = Q.evaluate_layer(integ, w[:, :, 0, 0].reshape(8, 4), None, spikes[:, :, :, 0, 0], tau=None, strict=True)
     assert ev.v_rmse < 0.01
 
 
 def test_quantize_range_errors_are_explicit():
     w = torch.randn(4, 10)
     with pytest.raises(L.QuantizationRangeError):
-        L.quantize_layer(w * float("nan"))
+        Q.quantize_layer(w * float("nan"))
     with pytest.raises(L.QuantizationRangeError):
-        L.quantize_layer(w * 1e9)  # beyond 8-bit mantissa << 7
+        Q.quantize_layer(w * 1e9)  # beyond 8-bit mantissa << 7
     with pytest.raises(L.QuantizationRangeError):
-        L.quantize_layer(w, headroom=1e6)  # state range needed beyond 24 bits
+        Q.quantize_layer(w, headroom=1e6)  # state range needed beyond 24 bits
     with pytest.raises(L.QuantizationRangeError):
-        L.quantize_layer(torch.randn(3, 3, 3))
+        Q.quantize_layer(torch.randn(3, 3, 3))
     # too little headroom for the actual input: the overflow is counted and strict mode raises
-    q = L.quantize_layer(torch.ones(4, 64), headroom=1.0)
+    q = Q.quantize_layer(torch.ones(4, 64), headroom=1.0)
     spikes = torch.ones(3, 1, 64)
-    ev = L.evaluate_layer(q, torch.ones(4, 64), None, spikes)
+    ev = Q.evaluate_layer(q, torch.ones(4, 64), None, spikes)
     assert ev.u_wraps > 0
     with pytest.raises(L.QuantizationRangeError, match="wrap"):
-        L.evaluate_layer(q, torch.ones(4, 64), None, spikes, strict=True)
+        Q.evaluate_layer(q, torch.ones(4, 64), None, spikes, strict=True)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
