@@ -56,7 +56,10 @@ def _dispatch(command: str, prog: str, argv: list[str]) -> int:
 
     try:
         parser = build_parser(command, prog=prog)
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as done:  # --help (0) or a usage error (2, one line): a status, also in-process
+            return done.code if isinstance(done.code, int) else 2
         return int(args._module.run(args) or 0)
     except SpkdiffError as err:
         print(f"{prog}: error: {one_line(err)}", file=sys.stderr)

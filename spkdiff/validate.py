@@ -82,20 +82,28 @@ def _probe(path: Path) -> os.stat_result | None:
     except FileNotFoundError:
         return None
     except OSError as err:
-        reason = "a symlink loop" if err.errno == errno.ELOOP else (err.strerror or str(err))
+        reason = {errno.ELOOP: "a symlink loop", errno.ENOTDIR: "a parent is not a folder"}.get(
+            err.errno, err.strerror or str(err))
         raise argparse.ArgumentTypeError(f"{path}: {reason}") from None
+
+
+def _output_probe(path: Path, target: Path | None = None) -> os.stat_result | None:
+    try:
+        return _probe(path)
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(f"cannot write output {target or path}: {err}") from None
 
 
 def _writable_parent(path: Path) -> None:
     """The nearest existing ancestor of ``path`` must be a writable folder (the rest gets created)."""
     for parent in path.absolute().parents:
-        st = _probe(parent)
+        st = _output_probe(parent, path)
         if st is None:
             continue
         if not os.path.isdir(parent):
-            raise argparse.ArgumentTypeError(f"{path}: {parent} is not a folder")
+            raise argparse.ArgumentTypeError(f"cannot write output {path}: {parent} is not a folder")
         if not os.access(parent, os.W_OK | os.X_OK):
-            raise argparse.ArgumentTypeError(f"{path}: folder {parent} is not writable")
+            raise argparse.ArgumentTypeError(f"cannot write output {path}: folder {parent} is not writable")
         return
 
 
@@ -104,8 +112,7 @@ def out_file(text: str) -> Path:
     if not text:
         raise argparse.ArgumentTypeError("empty path")
     path = Path(text)
-    _probe(path)
-    if path.is_dir():
+    if _output_probe(path) is not None and path.is_dir():
         raise argparse.ArgumentTypeError(f"{path} is a folder; give a file name")
     _writable_parent(path)
     return path
@@ -116,7 +123,7 @@ def out_dir(text: str) -> Path:
     if not text:
         raise argparse.ArgumentTypeError("empty path")
     path = Path(text)
-    if _probe(path) is not None and not path.is_dir():
+    if _output_probe(path) is not None and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{path} exists and is not a folder")
     _writable_parent(path)
     return path
