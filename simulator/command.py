@@ -13,38 +13,44 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
+from spkdiff import validate
 from spkdiff.errors import SpkdiffError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("graph", type=Path, nargs="?", default=None, help="NIR graph file (or use --bundle)")
+    parser.add_argument("graph", type=validate.in_file, nargs="?", default=None,
+                        help="NIR graph file (or use --bundle)")
     parser.add_argument("--bundle", type=Path, default=None,
                         help="deployment bundle (spkdiff-export --target lava): run the whole generative loop")
-    parser.add_argument("--n", type=int, default=16, help="bundle mode: images to generate (default 16)")
+    parser.add_argument("--n", type=validate.images, default=16, help="bundle mode: images to generate (default 16)")
     parser.add_argument("--fixed", action="store_true", help="bundle mode: Loihi fixed point (the bundle's integers)")
     parser.add_argument("--method", choices=("paper", "confidence"), default=None, help="bundle mode: sampler")
-    parser.add_argument("--temperature", type=float, default=None, help="bundle mode: sampler temperature")
-    parser.add_argument("--batch-size", type=int, default=256, help="bundle mode: images per batch")
-    parser.add_argument("--report", type=Path, default=None,
+    parser.add_argument("--temperature", type=validate.temperature, default=None,
+                        help="bundle mode: sampler temperature")
+    parser.add_argument("--batch-size", type=validate.batch, default=256, help="bundle mode: images per batch")
+    parser.add_argument("--report", type=validate.out_dir, default=None,
                         help="bundle mode: folder for samples.png, report.json, report.md and plots")
     parser.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
                         help="input array per input node (repeatable); others get random spikes")
-    parser.add_argument("--steps", type=int, default=None,
+    parser.add_argument("--steps", type=validate.steps, default=None,
                         help="graph mode: time steps (default 16); bundle mode: sampler steps (default: bundle's)")
-    parser.add_argument("--batch", type=int, default=8, help="batch size of random inputs (default 8)")
-    parser.add_argument("--rate", type=float, default=0.1, help="spike probability of random inputs (default 0.1)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=validate.batch, default=8, help="batch size of random inputs (default 8)")
+    parser.add_argument("--rate", type=validate.probability, default=0.1,
+                        help="spike probability of random inputs (default 0.1)")
+    parser.add_argument("--seed", type=validate.seed, default=0)
     parser.add_argument("--mode", choices=("float", "fixed"), default="float")
-    parser.add_argument("--dt", type=float, default=None, help="NIR time per step (default: graph metadata or 1)")
+    parser.add_argument("--dt", type=validate.positive, default=None,
+                        help="NIR time per step (default: graph metadata or 1)")
     parser.add_argument("--profile", default="loihi", help="energy profile name or YAML path (default loihi)")
     parser.add_argument("--ann-profile", default="cmos45nm", help="profile of the ANN equivalent (default cmos45nm)")
-    parser.add_argument("--cores-per-chip", type=int, default=128)
-    parser.add_argument("--compartments-per-core", type=int, default=1024)
-    parser.add_argument("--synapse-memory-kb", type=float, default=128.0)
-    parser.add_argument("--synapse-bits", type=int, default=8)
-    parser.add_argument("--json", type=Path, default=None, help="write the full report here")
+    parser.add_argument("--cores-per-chip", type=validate.count, default=128)
+    parser.add_argument("--compartments-per-core", type=validate.count, default=1024)
+    parser.add_argument("--synapse-memory-kb", type=validate.positive, default=128.0)
+    parser.add_argument("--synapse-bits", type=validate.int_in(1, 64), default=8)
+    parser.add_argument("--json", type=validate.out_file, default=None, help="write the full report here")
 
 
 def _load_inputs(args: argparse.Namespace, shapes: dict[str, tuple[int, ...]]) -> dict:
@@ -62,6 +68,8 @@ def _load_inputs(args: argparse.Namespace, shapes: dict[str, tuple[int, ...]]) -
             raise SpkdiffError(f"cannot read input {path}: {err}") from err
     gen = torch.Generator().manual_seed(args.seed)
     for name, shape in shapes.items():
+        validate.check_fits(f"input {name} over --steps {args.steps} x --batch {args.batch}",
+                            args.steps * args.batch * math.prod(shape))
         if name not in given:
             given[name] = (torch.rand(args.steps, args.batch, *shape, generator=gen) < args.rate).float()
     return given

@@ -32,12 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import numpy as np
-
     from spkdiff.backends import sample_images
     from spkdiff.errors import SpkdiffError
-    from spkdiff.files import save_npy_atomic
-    from spkdiff.imageio import save_grid
+    from spkdiff.imageio import save_samples
     from spkdiff.train import distributed
 
     if args.n < 1:
@@ -54,8 +51,7 @@ def run(args: argparse.Namespace) -> int:
             timeout=args.timeout, dist=dist)
     if not dist.is_main:
         return 0
-    save_grid(images, out)
-    save_npy_atomic(out.with_suffix(".tokens.npy"), tokens.numpy().astype(np.int16))
+    save_samples(images, tokens, out)  # both files, or neither (disk full, Ctrl-C)
     print(f"wrote {out} and {out.with_suffix('.tokens.npy')}: {args.n} images, backend {args.backend}, "
           f"{info['denoiser_calls']} denoiser calls and {info['snn_steps']} SNN time steps per image, "
           f"{args.n / max(info['seconds'], 1e-9):.3g} images/s")
