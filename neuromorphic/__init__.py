@@ -1,4 +1,5 @@
-"""Neuromorphic targets: Loihi number formats (:mod:`.loihi`) and Lava export/run helpers.
+"""Neuromorphic targets: Loihi number formats (:mod:`.loihi`), the quantizer (:mod:`.quantize`, NIR graph analysis
+in :mod:`.nir_graph`) and Lava export/run helpers.
 
 Importing this package installs the Lava/Python 3.11 import hook (:func:`.lava_compat.ensure_lava`, cheap,
 imports nothing from Lava), so every module below may ``import lava...`` directly.

@@ -26,6 +26,7 @@ import nir
 import numpy as np
 
 from spkdiff.errors import SpkdiffError
+from spkdiff.neuromorphic.nir_graph import consumers
 
 from .counters import Counters
 from .energy import sop_time_ns
@@ -113,17 +114,6 @@ class Mapping:
         return out
 
 
-def _consumers(sim: Simulator, name: str) -> list[str]:
-    """Successors, looking through reshape-only nodes."""
-    out: list[str] = []
-    for s in sim.flat.succs[name]:
-        if sim.ops[s].kind == "shape":
-            out.extend(_consumers(sim, s))
-        else:
-            out.append(s)
-    return out
-
-
 def _source_is_event(sim: Simulator, name: str) -> bool:
     """Does a non-synaptic edge source carry spikes (spiking neuron or graph input, through reshapes)?"""
     op = sim.ops[name]
@@ -164,7 +154,7 @@ def map_to_chip(graph: nir.NIRGraph | str | Path | Simulator, limits: ChipLimits
         if op.kind == "neuron":
             comp_layers.append(name)
         elif op.kind == "synapse":
-            cons = _consumers(sim, name)
+            cons = consumers(sim.flat, name)
             if len(cons) == 1 and sim.ops[cons[0]].kind == "neuron":
                 folded[name] = cons[0]
             else:
