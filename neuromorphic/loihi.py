@@ -63,7 +63,7 @@ __all__ = [
     "ACT_SHIFT", "BIAS_EXP_MAX", "BIAS_MANT_MAX", "BIAS_MANT_MIN", "DECAY_SHIFT", "DECAY_UNITY", "DU_MAX", "DV_MAX",
     "READOUT_VTH", "UV_MAX", "V_LIMIT", "VTH_MAX", "VTH_SHIFT",
     "WEIGHT_BITS", "LifParams", "LifStep", "QuantizationRangeError", "SignMode",
-    "conv_fixed", "dense_fixed", "determine_sign_mode", "du_from_tau", "dv_from_tau", "lava_conv_weight",
+    "conv_fixed", "dense_fixed", "determine_sign_mode", "dv_from_tau", "lava_conv_weight",
     "lava_dense_weights", "lif_step_fixed", "lif_step_float", "pair", "torch_conv_weight", "weight_lsb_shift",
     "wrap24", "wrap32",
 ]
@@ -246,13 +246,6 @@ def torch_conv_weight(weight: Any) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------------------------------
 # neurons
-
-
-def du_from_tau(tau: float | None) -> int:
-    """``du`` whose current decay factor ``(4096 - du - 1) / 4096`` is ``1 - 1/tau`` (None/<=1: 4095, no memory)."""
-    if tau is None or tau <= 1:
-        return DU_MAX
-    return int(min(DU_MAX, max(0, round(DECAY_UNITY / tau) - 1)))
 
 
 def dv_from_tau(tau: float | None) -> int:
