@@ -197,10 +197,12 @@ _VQSVAE_MODEL: dict[str, Field] = {
     "codebook_size": (int, 2, 65536), "time_steps": (int, 1, 1024), "beta": (float, 0, 1e3),
     "tau_syn": (float, 1, 1e6), "readout_decay": (float, 0, 1), "k_init": (float, -1e3, 1e3),
     "psp_variant": (str, None, None), "recon_loss": (str, None, None), "hidden": (list, None, None),
+    "neuron": (dict, None, None),
 }
 _SDID_MODEL: dict[str, Field] = {
     "num_codes": (int, 2, 65536), "grid": (int, 1, 256), "channels": _SIZE, "blocks": (int, 0, 64),
     "time_steps": (int, 1, 1024), "diffusion_steps": (int, 1, 100_000), "time_bins": (int, 1, 100_000),
+    "neuron": (dict, None, None),
 }
 _TRAIN: dict[str, Field] = {
     "epochs": (int, 1, 1_000_000), "batch_size": (int, 1, MAX_BATCH), "lr": (float, 0, 10),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from safetensors.torch import save_file
 
 from spkdiff.checkpoint import load_checkpoint, save_checkpoint
 from spkdiff.cli import main
+from spkdiff.config import load_preset
 from spkdiff.errors import CheckpointError
 from spkdiff.host import encoder_features, psp_final, psp_sequence
 from spkdiff.train.snn import LIFParams, lif_multi_step, lif_multi_step_reference, sfr
@@ -111,8 +113,10 @@ def test_checkpoint_round_trip_is_exact(tmp_path: Path):
     opt.step()
     path = tmp_path / "c.safetensors"
     gen = torch.Generator().manual_seed(3)
-    save_checkpoint(path, model=model.state_dict(), config={"a": 1}, stage="vqsvae", optimizer=opt.state_dict(),
-                    rng={"generator": gen.get_state()}, position={"step": 7})
+    config = {"dataset": "mnist", "seed": 0, **load_preset("tiny")}
+    position = {"epoch": 0, "in_epoch": 7, "step": 7}
+    save_checkpoint(path, model=model.state_dict(), config=config, stage="vqsvae", optimizer=opt.state_dict(),
+                    rng={"generator": gen.get_state()}, position=position)
     ckpt = load_checkpoint(path, stage="vqsvae")
     for k, v in model.state_dict().items():
         assert torch.equal(ckpt.model[k], v), k
@@ -120,7 +124,7 @@ def test_checkpoint_round_trip_is_exact(tmp_path: Path):
     opt2.load_state_dict(ckpt.optimizer)
     for a, b in zip(opt.state_dict()["state"].values(), opt2.state_dict()["state"].values()):
         assert all(torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k])) for k in a)
-    assert ckpt.config == {"a": 1} and ckpt.position == {"step": 7}
+    assert ckpt.config == config and ckpt.position == position
     assert torch.equal(ckpt.rng["generator"], gen.get_state())
 
 
@@ -166,7 +170,58 @@ def test_resume_equals_uninterrupted(tmp_path: Path, shared_data_root: Path):
 
 def test_cli_reports_bad_checkpoint_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     (tmp_path / "vqsvae.safetensors").write_bytes(b"not a checkpoint")
-    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "config.json").write_text(json.dumps({"dataset": "mnist", "seed": 0, **load_preset("tiny")}))
     rc = main(["train", "--stage", "sdid", "--preset", "tiny", "--out", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "checkpoint" in err
+
+
+def test_saturated_l1_is_the_clamped_images_error_with_gradients_on_both_sides():
+    """The pixel range's ends are not penalised for overshooting; elsewhere it is the L1 error."""
+    from spkdiff.train.vqsvae import reconstruction_loss
+
+    x = torch.tensor([-0.5, -0.5, 0.5, 0.5, 0.1, 0.1])
+    x_hat = torch.tensor([-0.9, -0.3, 0.8, -0.7, 0.3, -0.1], requires_grad=True)
+    loss = reconstruction_loss(x_hat, x, "saturated_l1", data_variance=1.0)
+    # = the clamped image's L1 error, except past the far end (-0.7 for a 0.5 pixel: 1.2, not 1.0)
+    assert torch.isclose(loss, torch.tensor([0, 0.2, 0, 1.2, 0.2, 0.2]).mean())
+    assert float(reconstruction_loss(x_hat, x, "saturated_l1", data_variance=4.0)) == pytest.approx(float(loss) / 2)
+    loss.backward()
+    # overshoot into the clamp: no gradient; undershoot (even past the other end, where the clamp has none): pushed
+    assert x_hat.grad.tolist() == pytest.approx([0, 1 / 6, 0, -1 / 6, 1 / 6, -1 / 6])
+    with pytest.raises(Exception, match="recon_loss"):
+        reconstruction_loss(x_hat, x, "l3", 1.0)
+
+
+def test_saturated_l1_training_reaches_the_decoder():
+    torch.manual_seed(0)
+    model = VQSVAE(VQSVAEConfig(hidden=(8, 16), latent_channels=8, codebook_size=16, time_steps=4,
+                                recon_loss="saturated_l1"))
+    x = (torch.rand(8, 1, 28, 28) > 0.7).float() - 0.5  # binary images: every pixel at an end of the range
+    out = model(x)
+    out["recon"].backward()
+    assert out["recon"] > 0
+    for name in ("readout.weight", "decoder.0.synapse.0.weight", "encoder.0.synapse.0.weight"):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_neuron_constants_come_from_the_run_config():
+    """tau / v_threshold of the config reach every LIF of the model and the exported NIR graph."""
+    import nir
+
+    from spkdiff.export.nir_graphs import build_stage_graphs
+    from spkdiff.train.sdid import SDID, SDIDConfig
+
+    neuron = {"tau": 3.0, "v_threshold": 0.75, "v_reset": 0.0}
+    vq = VQSVAE(VQSVAEConfig(hidden=(8, 16), latent_channels=8, codebook_size=16, time_steps=2, neuron=neuron))
+    sdid = SDID(SDIDConfig(num_codes=16, channels=8, blocks=1, time_steps=2, neuron=neuron))
+    lifs = [m for m in [*vq.modules(), *sdid.modules()] if hasattr(m, "params") and isinstance(m.params, LIFParams)]
+    assert lifs and all(m.params.tau == 3.0 and m.params.v_threshold == 0.75 for m in lifs)
+    for stage in build_stage_graphs(vq.eval(), sdid.eval()).values():
+        nodes = [n for n in stage.graph.nodes.values() if isinstance(n, nir.LIF)]
+        assert nodes and all(float(n.tau.flat[0]) == 3.0 and float(n.v_threshold.flat[0]) == 0.75 for n in nodes)
+    with pytest.raises(Exception, match="tau > 1"):
+        VQSVAE(VQSVAEConfig(neuron={"tau": 0.5}))
+    with pytest.raises(Exception, match="unknown neuron"):
+        SDID(SDIDConfig(neuron={"tau_mem": 2.0}))

@@ -44,8 +44,6 @@ from spkdiff.train.distributed import SINGLE, DistContext, param_digest, tensor_
 from spkdiff.train.sdid import SDID, SDIDConfig
 from spkdiff.train.vqsvae import VQSVAE, VQSVAEConfig
 
-STAGES = ("vqsvae", "sdid")
-
 
 @dataclass
 class TrainSettings:

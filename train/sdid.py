@@ -16,7 +16,7 @@ MAC at 45 nm (23.6 vs 4.6 pJ), so R < 0.2 is where the chip starts to pay off.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,7 @@ class SDIDConfig:
     time_steps: int = 4
     diffusion_steps: int = 49
     time_bins: int = 7
+    neuron: dict = field(default_factory=dict)  # LIF constants (LIFParams.from_dict): tau, v_threshold, ...
 
     @classmethod
     def from_dict(cls, d: dict) -> SDIDConfig:
@@ -75,7 +76,7 @@ class SDID(nn.Module):
     def __init__(self, cfg: SDIDConfig):
         super().__init__()
         self.cfg = cfg
-        lif = LIFParams()
+        lif = LIFParams.from_dict(cfg.neuron)
         self.stem = SpikingConv(nn.Conv2d(cfg.in_channels, cfg.channels, 3, 1, 1), lif)
         self.blocks = nn.ModuleList([ResidualBlock(cfg.channels, lif) for _ in range(cfg.blocks)])
         self.readout = nn.Conv2d(cfg.channels, cfg.num_codes, 1)

@@ -16,17 +16,32 @@ import numpy as np
 import torch
 from torch import nn
 
+from spkdiff.errors import SpkdiffError
+
 numba.config.THREADING_LAYER = "workqueue"  # numba's OpenMP layer fights torch's OpenMP pool
 
 
 @dataclass(frozen=True)
 class LIFParams:
-    """LIF constants (SpikingJelly defaults, as in the paper's code)."""
+    """LIF constants (SpikingJelly defaults, as in the paper's code); a run sets them in its config as each
+    stage's ``model.neuron`` (``tau``, ``v_threshold``, ``v_reset``, ``alpha``), and export reads them from
+    the trained layers, so the NIR graph, the simulator and the chip use the run's values."""
 
     tau: float = 2.0
     v_threshold: float = 1.0
     v_reset: float = 0.0
     alpha: float = 2.0  # ATan surrogate sharpness
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> LIFParams:
+        d = dict(d or {})
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise SpkdiffError(f"unknown neuron parameter(s) {sorted(unknown)}: known tau, v_threshold, v_reset, alpha")
+        p = cls(**{k: float(v) for k, v in d.items()})
+        if not p.tau > 1 or not p.v_threshold > p.v_reset or not p.alpha > 0:
+            raise SpkdiffError(f"neuron parameters need tau > 1, v_threshold > v_reset and alpha > 0, got {p}")
+        return p
 
 
 def lif_step(x: torch.Tensor, v: torch.Tensor, p: LIFParams) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

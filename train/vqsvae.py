@@ -12,12 +12,13 @@ read-out, so each lowers exactly to NIR (see spkdiff.export).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spkdiff.errors import SpkdiffError
 from spkdiff.generation import embed_tokens
 from spkdiff.host import codebook_lookup, encoder_features, leaky_sum, psp_sequence
 from spkdiff.train.snn import LIFParams, SpikingConv
@@ -37,6 +38,7 @@ class VQSVAEConfig:
     readout_decay: float = 0.8
     k_init: float = 0.5
     recon_loss: str = "mse"  # "mse" (Eq 9 as written) or "saturated_l1" (see reconstruction_loss)
+    neuron: dict = field(default_factory=dict)  # LIF constants (LIFParams.from_dict): tau, v_threshold, ...
 
     @classmethod
     def from_dict(cls, d: dict) -> VQSVAEConfig:
@@ -71,7 +73,7 @@ def reconstruction_loss(x_hat: torch.Tensor, x: torch.Tensor, kind: str, data_va
         r = torch.where(x <= PIXEL_MIN, r.clamp(min=0), r)
         r = torch.where(x >= PIXEL_MAX, r.clamp(max=0), r)
         return r.abs().mean() / data_variance**0.5
-    raise ValueError(f"unknown recon_loss {kind!r}: choose one of {', '.join(RECON_LOSSES)}")
+    raise SpkdiffError(f"unknown recon_loss {kind!r}: choose one of {', '.join(RECON_LOSSES)}")
 
 
 class VQSVAE(nn.Module):
@@ -79,7 +81,9 @@ class VQSVAE(nn.Module):
         super().__init__()
         self.cfg = cfg
         c1, c2 = cfg.hidden
-        lif = LIFParams()
+        if cfg.recon_loss not in RECON_LOSSES:
+            raise SpkdiffError(f"unknown recon_loss {cfg.recon_loss!r}: choose one of {', '.join(RECON_LOSSES)}")
+        lif = LIFParams.from_dict(cfg.neuron)
         self.encoder = nn.ModuleList([
             SpikingConv(nn.Conv2d(cfg.in_channels, c1, 3, 2, 1), lif),
             SpikingConv(nn.Conv2d(c1, c2, 3, 2, 1), lif),
