@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from spkdiff.generation import SamplerSettings, generate
 from spkdiff.host import sdid_input_spikes
-from spkdiff.neuromorphic.lava_generate import Stages, Timeline, lava_job, load_stages, sample_reference
+from spkdiff.neuromorphic.lava_generate import Stages, Timeline, lava_job, load_stages
 from spkdiff.neuromorphic.lava_graph import build_plan
 from spkdiff.neuromorphic.lava_runner import LavaTimeoutError, group_members, run_isolated
 from spkdiff.simulator import Simulator
@@ -34,11 +35,26 @@ def _scaled(graph: nir.NIRGraph, gain: float, bias: float | None) -> nir.NIRGrap
 
 
 @pytest.fixture(scope="module")
-def stages(tiny_run) -> Stages:
-    st = copy.copy(load_stages(tiny_run))
+def stages(tiny_export) -> Stages:
+    """The tiny bundle with activated graphs, quantized afresh (``loihi=None``: not the bundle's integers)."""
+    st = copy.copy(load_stages(tiny_export("lava")))
     st.sdid = _scaled(st.sdid, 4.0, None)
     st.generator = _scaled(st.generator, 64.0, 0.5)
+    st.loihi = st.bundle = None
     return st
+
+
+def simulator_reference(stages: Stages, n: int, steps: int, seed: int, fixed: bool,
+                        record: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same loop on the simulator backend: :mod:`spkdiff.generation` with the stages' simulators."""
+    from spkdiff.simulator.generate import SimulatorPipeline
+
+    sims = {k: stages.simulator(k, fixed) for k in ("sdid", "generator")}
+    pipe = SimulatorPipeline(sims, stages.host, count=False, record=record)
+    h = stages.host
+    out = generate(pipe.denoise, pipe.decode, n, num_codes=h.num_codes, diffusion_steps=h.diffusion_steps,
+                   grid=h.grid, settings=SamplerSettings("confidence", steps, 1.0), seed=seed)
+    return out.images, out.tokens
 
 
 def _rates(stages: Stages, graph: nir.NIRGraph, x: torch.Tensor, steps: int) -> dict[str, float]:
@@ -88,7 +104,7 @@ def test_host_processes_are_lava_processes_wired_by_ports(stages: Stages) -> Non
 
     plans = {"sdid": build_plan(stages.simulator("sdid", True), stages.sdid_steps),
              "generator": build_plan(stages.simulator("generator", True), stages.gen_steps, graded_input=True)}
-    g = build_graph(stages, plans, 2, 2, "confidence", 1.0, 0, 256)
+    g = build_graph(stages, plans, 2, SamplerSettings("confidence", 2, 1.0), 0, 256)
     assert all(isinstance(p, AbstractProcess) for p in g.host)
     sampler, lookup, sink = g.host
     assert {type(p.process) for p in sampler.spikes_out.get_dst_ports()} == {Conv}
@@ -124,12 +140,12 @@ def test_fixed_pt_bit_exact_in_one_run(stages: Stages) -> None:
     """One Lava run: tokens, images, every read-out and u, v of every SDID population after every call equal
     the fixed-mode simulator's (so the resets between calls and the host processes' timing are exact)."""
     gen = torch.Generator().manual_seed(0)
-    tok = torch.randint(0, stages.num_codes + 1, (2, stages.grid, stages.grid), generator=gen)
-    x = sdid_input_spikes(tok, torch.tensor([49, 20]), stages.num_codes, stages.diffusion_steps, stages.time_bins)
+    h = stages.host
+    tok = torch.randint(0, h.num_codes + 1, (2, *h.grid), generator=gen)
+    x = sdid_input_spikes(tok, torch.tensor([49, 20]), h.num_codes, h.diffusion_steps, h.time_bins)
     assert all(r > 0.01 for r in _rates(stages, stages.sdid, x, stages.sdid_steps).values())
     rec: dict = {}
-    ref_img, ref_tok, _ = sample_reference(stages, 2, steps=2, method="confidence", temperature=1.0, seed=3,
-                                           fixed=True, record=rec)
+    ref_img, ref_tok = simulator_reference(stages, 2, steps=2, seed=3, fixed=True, record=rec)
     (img, tok, info), runs = run_isolated(counted_lava_job, stages, 2, 2, "confidence", 1.0, 3, True, 256, True,
                                           timeout=280)
     plan = build_plan(stages.simulator("sdid", True), stages.sdid_steps)
@@ -168,8 +184,7 @@ def test_fixed_pt_bit_exact_in_one_run(stages: Stages) -> None:
 
 def test_floating_pt_matches_float_simulator(stages: Stages) -> None:
     rec: dict = {}
-    _, ref_tok, _ = sample_reference(stages, 1, steps=2, method="confidence", temperature=1.0, seed=1, fixed=False,
-                                     record=rec)
+    _, ref_tok = simulator_reference(stages, 1, steps=2, seed=1, fixed=False, record=rec)
     _, tok, info = run_isolated(lava_job, stages, 1, 2, "confidence", 1.0, 1, False, 256, True, timeout=280)
     for key in ("sdid", "generator"):
         for got, want in zip(info["raw"][key], rec[key]):  # Lava: float64; the simulator: float32 (rel. 6e-8)
@@ -207,15 +222,11 @@ def test_lava_plan_reads_the_bundle_integers(tiny_run, tmp_path) -> None:
         conv = next(c for c in plan.connections if c.dst == "stem_lif")
         assert conv.synapse == "stem_conv" and np.array_equal(conv.weight, syn.weight_int << syn.weight_exp)
 
-    # the CLI entry point on the bundle equals the simulator backend (bundle integers) bit for bit
-    import argparse
+    # the CLI's Lava backend on the bundle equals the simulator backend (bundle integers) bit for bit
+    from spkdiff.backends import sample_images
+    from spkdiff.simulator.generate import generate as simulate
 
-    from spkdiff.neuromorphic.lava_generate import sample_lava
-    from spkdiff.simulator.generate import generate
-
-    args = argparse.Namespace(bundle=str(out), run=None, n=1, steps=2, method=None, temperature=None, seed=5,
-                              fixed=True, timeout=240, batch_size=256)
-    images, tokens, info = sample_lava(args)
-    ref = generate(out, 1, fixed=True, steps=2, seed=5, count=False)
+    images, tokens, info = sample_images("lava", bundle=out, n=1, steps=2, seed=5, fixed=True, timeout=240)
+    ref = simulate(out, 1, fixed=True, steps=2, seed=5, count=False)
     assert torch.equal(tokens, ref.tokens) and torch.equal(images, ref.images)
     assert images.shape == (1, 1, 28, 28) and info["denoiser_calls"] == ref.denoiser_calls
