@@ -35,7 +35,7 @@ def _point(s: str, runs: list[str]) -> tuple[str, int] | None:
 
 def measure(run: str, bundle: Path, steps: int, n: int, fid: bool, data_root: str | None, seed: int,
             batch_size: int) -> dict[str, Any]:
-    from spkdiff.bundle import load_bundle
+    from spkdiff.neuromorphic.bundle import load_bundle
     from spkdiff.simulator.generate import generate
     from spkdiff.simulator.report import build_report
 
@@ -121,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="bench/energy_front")
     args = ap.parse_args(argv)
 
-    from spkdiff.bundle import load_bundle
     from spkdiff.export.command import export
+    from spkdiff.neuromorphic.bundle import load_bundle
 
     steps = [int(s) for s in args.steps.split(",") if s]
     n = args.sim_n if args.no_fid else args.n

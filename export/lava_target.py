@@ -1,4 +1,4 @@
-"""``--target lava``: a self-contained deployment bundle (read it with :func:`spkdiff.bundle.load_bundle`).
+"""``--target lava``: a self-contained deployment bundle (read it with :func:`spkdiff.neuromorphic.bundle.load_bundle`).
 
 The bundle holds the NIR files of the nir target, the Loihi integers of every neuron node per stage
 (``{stage}.loihi.safetensors``, from :func:`spkdiff.neuromorphic.quantize.quantize_graph`: the numbers the
@@ -17,8 +17,8 @@ import nir
 import numpy as np
 from safetensors.numpy import save_file
 
-from spkdiff.bundle import BUNDLE_VERSION
 from spkdiff.errors import SpkdiffError
+from spkdiff.neuromorphic.bundle import BUNDLE_VERSION
 from spkdiff.neuromorphic.loihi import QuantizationRangeError
 from spkdiff.neuromorphic.quantize import NeuronQuant, QuantOptions, quantize_graph
 

@@ -36,7 +36,6 @@ from spkdiff.train.snn import LIF, ConvBN, LIFParams, SpikingConv
 
 from .lowering import LoweringError, PhaseConv, conv_spec, lower_conv
 
-STAGES = ("encoder", "generator", "sdid")
 DT = 1.0
 GRAPH_FORMAT = "spkdiff-nir"
 GRAPH_VERSION = "1"

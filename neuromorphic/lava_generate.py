@@ -8,7 +8,7 @@ Graph (:func:`build_graph`; host processes in :mod:`.lava_procs`, stage graphs :
 
 The sampler and the lookup hold RefPorts to ``u`` and ``v`` of every population of their stage and zero
 them in the management phase when a call's delayed wave reaches them (the reset between calls, see
-:mod:`.lava_graph`).  :class:`Timeline` fixes every step up front: per batch of ``B`` images, ``S x B``
+:mod:`.chip_plan`).  :class:`Timeline` fixes every step up front: per batch of ``B`` images, ``S x B``
 SDID calls of ``d_R + T - 1`` steps (sampler step by sampler step, image by image; after each sampler
 step's last image the sampler draws with :class:`spkdiff.host.MaskSampler` and the batch's generator),
 then ``B`` generator calls; :func:`lava_job` runs ``Timeline.total`` steps with one
@@ -43,7 +43,7 @@ class Stages:
     generator: Any
     host: HostConstants
     loihi: dict | None = None  # stage -> neuron -> the bundle's integers (checked against the Lava graph)
-    bundle: Any = None  # the loaded spkdiff.bundle.Bundle, if any
+    bundle: Any = None  # the loaded spkdiff.neuromorphic.bundle.Bundle, if any
 
     @property
     def sdid_steps(self) -> int:
@@ -70,7 +70,7 @@ def load_stages(path: str | Path | Stages) -> Stages:
     """From a deployment bundle (``spkdiff-export --target lava``); a :class:`Stages` is returned as is."""
     if isinstance(path, Stages):
         return path
-    from spkdiff.bundle import load_bundle
+    from spkdiff.neuromorphic.bundle import load_bundle
 
     path = Path(path)
     if not (path / "manifest.json").exists():
@@ -190,7 +190,7 @@ def lava_job(path: str | Stages, n: int, steps: int | None, method: str | None, 
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
 
-    from spkdiff.neuromorphic.lava_graph import build_plan
+    from spkdiff.neuromorphic.chip_plan import build_plan
     from spkdiff.neuromorphic.lava_procs.models import host_models
 
     # the host processes use torch in Lava's forked workers: an intra-op thread pool started before the
@@ -233,7 +233,7 @@ def _records(plans: dict, tl: Timeline, sdid: np.ndarray, states: np.ndarray, ge
     """The recorded Vars as the simulator's ``record``: ``sdid`` per sampler step (B, K, g, g) and
     ``generator`` per batch in its units, ``*_raw`` per call/image, ``states`` per SDID call
     (``name -> (u, v)``)."""
-    from spkdiff.neuromorphic.lava_graph import readout_value
+    from spkdiff.neuromorphic.chip_plan import readout_value
 
     out: dict[str, list] = {"sdid": [], "generator": [], "sdid_raw": list(sdid), "generator_raw": list(gen),
                             "states": []}

@@ -411,7 +411,8 @@ class NeuronQuant:
 
 
 class NeuronIntegers(Protocol):
-    """What readers of the integers use: :class:`NeuronQuant`, or the bundle's ``spkdiff.bundle.LoihiLayer``."""
+    """What readers of the integers use: :class:`NeuronQuant`, or the bundle's
+    ``spkdiff.neuromorphic.bundle.LoihiLayer``."""
 
     du: int
     dv: int

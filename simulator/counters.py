@@ -128,7 +128,7 @@ class Counters:
     def add_relays(self, relays: Mapping[str, str]) -> list[str]:
         """Count relay populations (``relay name -> source neuron layer``) as neuron layers.
 
-        A relay (the Lava graph's delay line on a residual skip, :mod:`spkdiff.neuromorphic.lava_graph`)
+        A relay (the Lava graph's delay line on a residual skip, :mod:`spkdiff.neuromorphic.chip_plan`)
         has one identity synapse per neuron and re-emits each spike of its source once, so per step
         ``sops = spikes = active_updates = spikes_src`` and ``neuron_updates = neurons``.  Returns the
         relays whose source has no counts here (e.g. the graph input), which are not counted.
@@ -177,7 +177,7 @@ class NeuroBenchMetrics:
             first = np.arange(ctr.steps) % per_call == 0  # the first step of each call
             for lc in ctr.layers.values():
                 if lc.nir_type == "Relay":
-                    continue  # a chip artefact (lava_graph's delay line), not part of the network
+                    continue  # a chip artefact (chip_plan's delay line), not part of the network
                 acs += float(lc.total("sops").mean())
                 macs += float(lc.total("effective_macs").mean())
                 if lc.kind != "neuron":

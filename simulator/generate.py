@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 
-from spkdiff.bundle import Bundle, BundleError, load_bundle
 from spkdiff.errors import SpkdiffError
 from spkdiff.generation import (
     HostConstants,
@@ -28,6 +27,7 @@ from spkdiff.generation import (
     spike_denoiser,
 )
 from spkdiff.generation import generate as generate_loop
+from spkdiff.neuromorphic.bundle import Bundle, BundleError, load_bundle
 
 from .counters import Counters
 from .engine import Simulator

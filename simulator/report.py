@@ -24,10 +24,10 @@ from .mapping import ChipLimits, map_to_chip
 
 def relay_sources(sim: Simulator, counters: Counters, steps: int) -> dict[str, str]:
     """``relay population -> the neuron layer whose spikes it re-emits``, read from the Lava graph of ``sim``
-    (:func:`spkdiff.neuromorphic.lava_graph.build_plan`, as the chip runs it; a stage whose input layer
+    (:func:`spkdiff.neuromorphic.chip_plan.build_plan`, as the chip runs it; a stage whose input layer
     counts dense MACs has a graded input, computed on the host as :mod:`~spkdiff.neuromorphic.lava_generate`
     does)."""
-    from spkdiff.neuromorphic.lava_graph import build_plan
+    from spkdiff.neuromorphic.chip_plan import build_plan
 
     inp = sim.flat.inputs[0]
     graded = any(counters.layers[s].macs.any() for s in sim.flat.succs[inp] if s in counters.layers)

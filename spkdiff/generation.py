@@ -60,7 +60,7 @@ class HostConstants:
 
     @classmethod
     def from_bundle(cls, bundle: Any) -> HostConstants:
-        """From a :class:`spkdiff.bundle.Bundle` (its manifest's host section and codebook)."""
+        """From a :class:`spkdiff.neuromorphic.bundle.Bundle` (its manifest's host section and codebook)."""
         ms, do = bundle.sampler, bundle.decoder_output
         grid = ms["grid"]
         grid = (int(grid), int(grid)) if isinstance(grid, int | float) else (int(grid[0]), int(grid[-1]))

@@ -267,44 +267,7 @@ def load_yaml(text: str, source: str) -> Any:
         raise SpkdiffError(f"{source}: invalid YAML{at} ({' '.join(str(problem).split())})") from None
 
 
-# ----------------------------------------------------------------------------- bundles (Loihi integers)
-
-
-def loihi_ranges() -> dict[str, tuple[int, int]]:
-    """Every integer field of a bundle's Loihi parameters and its range, from the formats of ``loihi``."""
-    from spkdiff.neuromorphic import loihi
-
-    weight = (-(1 << loihi.WEIGHT_BITS), (1 << loihi.WEIGHT_BITS) - 1)  # what lava_dense_weights accepts
-    return {"du": (0, loihi.DU_MAX), "dv": (0, loihi.DV_MAX), "vth": (0, loihi.READOUT_VTH),
-            "bias_mant": (loihi.BIAS_MANT_MIN, loihi.BIAS_MANT_MAX),
-            "bias_exp": (-loihi.BIAS_EXP_MAX, loihi.BIAS_EXP_MAX),
-            "weight": weight, "weight_int": weight, "weight_exp": (-8, 7),  # Loihi's 4-bit signed weight exponent
-            "sign_mode": (0, 3)}
-
-
-def check_integer(value: Any, field: str, where: str) -> int:
-    """A scalar Loihi integer: integral (not 2.5, not True) and in its format's range."""
-    lo, hi = loihi_ranges()[field]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not float(value).is_integer():
-        raise SpkdiffError(f"{where}.{field} must be an integer, got {value!r:.40}")
-    if not lo <= value <= hi:
-        raise SpkdiffError(f"{where}.{field} = {int(value)} is outside Loihi's range [{lo}, {hi}]")
-    return int(value)
-
-
-def check_integer_array(array: Any, field: str, where: str) -> Any:
-    """A tensor of Loihi integers (any numeric dtype; a float tensor must hold whole numbers) in range."""
-    import numpy as np
-
-    a = np.asarray(array)
-    lo, hi = loihi_ranges()[field]
-    if a.dtype.kind not in "iuf":
-        raise SpkdiffError(f"{where}.{field} has dtype {a.dtype}, expected integers")
-    if a.dtype.kind == "f" and not (np.isfinite(a).all() and (a == np.round(a)).all()):
-        raise SpkdiffError(f"{where}.{field} holds non-integer values")
-    if a.size and (a.min() < lo or a.max() > hi):
-        raise SpkdiffError(f"{where}.{field} spans [{a.min():g}, {a.max():g}], outside Loihi's range [{lo}, {hi}]")
-    return a.astype(np.int64)
+# ----------------------------------------------------------------------------- bundle manifests
 
 
 def check_manifest(manifest: Any, source: str | Path) -> dict:

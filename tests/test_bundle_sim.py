@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from spkdiff.bundle import BUNDLE_VERSION, BundleError, load_bundle
 from spkdiff.cli import main
 from spkdiff.errors import SpkdiffError
+from spkdiff.neuromorphic.bundle import BUNDLE_VERSION, BundleError, load_bundle
 
 
 @pytest.fixture(scope="module")

@@ -160,7 +160,7 @@ def test_second_export_into_one_folder_is_refused(tiny_run: Path, tmp_path: Path
     assert "in use by another spkdiff process" in err and len(err.splitlines()) == 1
     _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
-    from spkdiff.bundle import load_bundle
+    from spkdiff.neuromorphic.bundle import load_bundle
 
     assert load_bundle(out).stages == ["encoder", "generator", "sdid"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]

@@ -16,8 +16,8 @@ import torch
 
 from spkdiff.generation import SamplerSettings, generate
 from spkdiff.host import sdid_input_spikes
+from spkdiff.neuromorphic.chip_plan import build_plan
 from spkdiff.neuromorphic.lava_generate import Stages, Timeline, lava_job, load_stages
-from spkdiff.neuromorphic.lava_graph import build_plan
 from spkdiff.neuromorphic.lava_runner import LavaTimeoutError, group_members, run_isolated
 from spkdiff.simulator import Simulator
 

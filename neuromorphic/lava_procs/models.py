@@ -1,7 +1,7 @@
 """PyLoihiProcessModels of the host processes (fixed_pt: integer ports, floating_pt: float ports).
 
 The numeric work is :mod:`spkdiff.host` (mask sampler, SDID input spikes), :mod:`spkdiff.generation` (keyed
-generator, embedding, decode) and the stage's first synapse (:func:`~spkdiff.neuromorphic.lava_graph.host_current`),
+generator, embedding, decode) and the stage's first synapse (:func:`~spkdiff.neuromorphic.chip_plan.host_current`),
 so Lava and the simulator compute the same numbers.
 
 Timing (LoihiProtocol).  In the spiking phase of Lava step ``t`` (1-based) a host process sends what the
@@ -32,7 +32,7 @@ from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 from spkdiff.generation import batch_generator, decode_readout, embed_tokens
-from spkdiff.neuromorphic.lava_graph import chw_to_whc, readout_value, reset_offset, whc_to_chw
+from spkdiff.neuromorphic.chip_plan import chw_to_whc, readout_value, reset_offset, whc_to_chw
 from spkdiff.neuromorphic.lava_procs.processes import CodebookLookupProcess, ImageSinkProcess, MaskSamplerProcess
 
 
@@ -146,7 +146,7 @@ class _CodebookLookupBase(_Resetting):
         self.current: np.ndarray | None = None  # (B, *Lava input shape) of the batch
 
     def run_spk(self) -> None:
-        from spkdiff.neuromorphic.lava_graph import host_current
+        from spkdiff.neuromorphic.chip_plan import host_current
 
         tok = self.tokens_in.recv()
         call = self.timeline.at(self.time_step)

@@ -7,7 +7,7 @@ RefPort per ``u`` and ``v`` of every population of their graph to zero it betwee
 phase).  Read-outs come in through RefPorts too: Lava's ``LIF`` exposes ``v`` only as a Var (its one
 OutPort carries spikes, and the read-out integrators do not spike), and a RefPort read in the management
 phase is Lava's way to read another process's Var during a run.  Each process takes the plan of its
-stage (:class:`~spkdiff.neuromorphic.lava_graph.StagePlan`) and the run's
+stage (:class:`~spkdiff.neuromorphic.chip_plan.StagePlan`) and the run's
 :class:`~spkdiff.neuromorphic.lava_generate.Timeline` as parameters.
 """
 
@@ -20,7 +20,7 @@ from lava.magma.core.process.ports.ports import InPort, OutPort, RefPort
 from lava.magma.core.process.process import AbstractProcess
 from lava.magma.core.process.variable import Var
 
-from spkdiff.neuromorphic.lava_graph import input_shape, whc_shape
+from spkdiff.neuromorphic.chip_plan import input_shape, whc_shape
 
 
 class _ResettingProcess(AbstractProcess):
