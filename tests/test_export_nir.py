@@ -19,9 +19,10 @@ from spkdiff.cli import export_main, main
 from spkdiff.data import load_tensor
 from spkdiff.export.lowering import LoweringError, depth_to_space
 from spkdiff.export.manifest import sha256
-from spkdiff.export.nir_graphs import STAGES, StageGraph, build_stage_graphs, spiking_core
+from spkdiff.export.nir_graphs import StageGraph, build_stage_graphs, spiking_core
 from spkdiff.export.verify import encoder_trace, generator_trace, sdid_trace, verify_stage
 from spkdiff.host import training_mask
+from spkdiff.neuromorphic.bundle import STAGES
 
 N_IMAGES = 16
 
