@@ -8,6 +8,11 @@ run on :class:`~spkdiff.simulator.engine.Simulator` (float, or Loihi fixed point
 The loop, the sampler settings, the keyed generator and the decode are :mod:`spkdiff.generation`'s, so
 float-mode tokens equal the torch backend's for the same seed and batch size.  Counters are summed over
 all denoiser calls: per stage, time runs over ``calls x T`` steps.
+
+Reconstruction (:func:`reconstruct`) runs the bundle's other route with the same pipeline:
+encoder (analog pixel currents in, the last layer's spikes over all T_s steps out) -> the host's
+:class:`~spkdiff.generation.CodebookLookup` (Eq 4-8) -> generator -> host decode, in
+:func:`spkdiff.generation.reconstruct`.
 """
 
 from __future__ import annotations
@@ -21,12 +26,15 @@ import torch
 from spkdiff.errors import SpkdiffError
 from spkdiff.generation import (
     HostConstants,
+    ReconstructionConstants,
+    check_images,
     decode_readout,
     embed_tokens,
     resolve_sampler_settings,
     spike_denoiser,
 )
 from spkdiff.generation import generate as generate_loop
+from spkdiff.generation import reconstruct as reconstruct_loop
 from spkdiff.neuromorphic.bundle import Bundle, BundleError, load_bundle
 
 from .counters import Counters
@@ -80,16 +88,19 @@ class Generation:
 
 
 class SimulatorPipeline:
-    """The SDID and generator simulators with the host constants: ``denoise`` and ``decode`` plug into
-    :func:`spkdiff.generation.generate`.  Counters are kept per batch (time = all of the batch's calls);
-    ``record`` collects each call's input and raw read-out (``sdid``/``generator``, ``*_in``)."""
+    """Stage simulators with the host constants: ``denoise`` (SDID) and ``decode`` plug into
+    :func:`spkdiff.generation.generate`, ``encode`` and ``decode`` into :func:`spkdiff.generation.reconstruct`
+    (``host``: :class:`HostConstants` or :class:`ReconstructionConstants`).  Counters are kept per batch
+    (time = all of the batch's calls); ``record`` collects each call's input and raw read-out (per stage,
+    ``*_in``; the encoder's whole spike train)."""
 
-    def __init__(self, sims: dict[str, Simulator], host: HostConstants, count: bool = True,
+    def __init__(self, sims: dict[str, Simulator], host: HostConstants | ReconstructionConstants, count: bool = True,
                  record: dict[str, list[torch.Tensor]] | None = None) -> None:
         self.sims, self.host, self.count, self.record = sims, host, count, record
-        self.denoise = spike_denoiser(lambda x: self._run("sdid", x), host.num_codes, host.diffusion_steps,
-                                      host.time_bins, host.time_steps["sdid"])
-        self.calls: dict[str, list[Counters]] = {s: [] for s in GEN_STAGES}
+        if "sdid" in sims:
+            self.denoise = spike_denoiser(lambda x: self._run("sdid", x), host.num_codes, host.diffusion_steps,
+                                          host.time_bins, host.time_steps["sdid"])
+        self.calls: dict[str, list[Counters]] = {s: [] for s in sims}
         self.per_batch: list[dict[str, Counters]] = []
         self.warnings: list[str] = []
 
@@ -99,17 +110,24 @@ class SimulatorPipeline:
         sims = {stage: stage_simulator(bundle, stage, fixed) for stage in GEN_STAGES}
         return cls(sims, HostConstants.from_bundle(bundle), count, record)
 
-    def _run(self, stage: str, x: torch.Tensor) -> torch.Tensor:
+    def _run(self, stage: str, x: torch.Tensor, all_steps: bool = False) -> torch.Tensor:
+        """One call of ``stage`` on ``x`` (constant in time): the output at the last step (a read-out's v_T),
+        or at every step (``all_steps``: a spike train (T, B, ...))."""
         sim = self.sims[stage]
         res = sim.run({next(iter(sim.inputs)): x}, steps=self.host.time_steps[stage], count=self.count)
         if res.counters is not None:
             self.calls[stage].append(res.counters)
         self.warnings.extend(w for w in res.warnings if w not in self.warnings)
-        v = res.outputs[next(iter(sim.outputs))][-1]
+        out = res.outputs[next(iter(sim.outputs))]
+        v = out if all_steps else out[-1]
         if self.record is not None:
             self.record.setdefault(stage, []).append(v.clone())
             self.record.setdefault(stage + "_in", []).append(x.clone())
         return v
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder stage on pixel currents ``x`` (B, C, H, W): its last layer's spikes at every step."""
+        return self._run("encoder", x.contiguous(), all_steps=True)
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """The batch's last call: embedding (Eq 8) -> generator -> host decode; closes the batch's counters."""
@@ -118,14 +136,14 @@ class SimulatorPipeline:
                                 h.depth_to_space, h.crop)
         self.per_batch.append({stage: Counters.concat(parts, axis=0, ann_scale=len(parts))
                                for stage, parts in self.calls.items() if parts})
-        self.calls = {s: [] for s in GEN_STAGES}
+        self.calls = {s: [] for s in self.sims}
         return images
 
     def counters(self) -> dict[str, Counters]:
         """All batches' counters, per stage (samples = images)."""
         if not self.count or not self.per_batch:
             return {}
-        return {st: Counters.concat([c[st] for c in self.per_batch], axis=1) for st in GEN_STAGES}
+        return {st: Counters.concat([c[st] for c in self.per_batch], axis=1) for st in self.sims}
 
 
 def generate(bundle: Bundle | str | Path, n: int, *, fixed: bool = False, steps: int | None = None,
@@ -145,3 +163,47 @@ def generate(bundle: Bundle | str | Path, n: int, *, fixed: bool = False, steps:
     snn_steps = out.denoiser_calls * h.time_steps["sdid"] + h.time_steps["generator"]
     return Generation(out.images, out.tokens, out.seconds, out.denoiser_calls, snn_steps, info, pipe.counters(),
                       pipe.warnings, pipe.sims)
+
+
+@dataclass
+class Reconstruction:
+    """Result of :func:`reconstruct`: images in [0, 1], tokens, per-stage counters (encoder, generator: one
+    call per image) and the host lookup's operations per image."""
+
+    images: torch.Tensor
+    tokens: torch.Tensor
+    seconds: float
+    settings: dict[str, Any]
+    host_ops: dict[str, int]
+    counters: dict[str, Counters] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    simulators: dict[str, Simulator] = field(default_factory=dict, repr=False)
+
+    def info(self) -> dict[str, Any]:
+        n = self.images.shape[0]
+        out: dict[str, Any] = {"seconds": self.seconds, "images_per_s": n / max(self.seconds, 1e-9),
+                               "host_lookup_ops": dict(self.host_ops), **self.settings}
+        if self.counters:
+            out["per_image"] = {s: c.totals() for s, c in self.counters.items()}
+        out["warnings"] = list(self.warnings)
+        return out
+
+
+def reconstruct(bundle: Bundle | str | Path, images: torch.Tensor, *, fixed: bool = False, batch_size: int = 256,
+                count: bool = True, record: dict[str, list[torch.Tensor]] | None = None) -> Reconstruction:
+    """Reconstruct ``images`` in [0, 1] (n, C, H, W) on the simulator: encoder -> host lookup -> generator ->
+    host decode (see the module docstring); the bundle's integers in ``fixed`` mode."""
+    if batch_size < 1:
+        raise SpkdiffError("batch_size must be positive")
+    b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    host = ReconstructionConstants.from_bundle(b)
+    x = check_images(images, host.image_shape)
+    sims = {stage: stage_simulator(b, stage, fixed) for stage in ("encoder", "generator")}
+    pipe = SimulatorPipeline(sims, host, count, record)
+    out = reconstruct_loop(pipe.encode, host.lookup, pipe.decode, x, batch_size=batch_size)
+    enc_out = b.stage("encoder")["output"]["shape"]
+    info = {"backend": "sim-fixed" if fixed else "sim", "batch_size": batch_size, "n": int(x.shape[0]),
+            "snn_steps": host.time_steps["encoder"] + host.time_steps["generator"]}
+    return Reconstruction(out.images, out.tokens, out.seconds, info,
+                          host.lookup.operations((host.time_steps["encoder"], *enc_out)), pipe.counters(),
+                          pipe.warnings, pipe.sims)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from spkdiff.generation import SamplerSettings, decode_readout, generate
+from spkdiff.generation import reconstruct as reconstruct_loop
 from spkdiff.train.distributed import SINGLE, DistContext
 from spkdiff.train.sdid import SDID
 from spkdiff.train.vqsvae import VQSVAE
@@ -50,15 +51,13 @@ def generate_images(vq: VQSVAE, sdid: SDID, n: int, settings: SamplerSettings, *
 @torch.no_grad()
 def reconstruct(vq: VQSVAE, images: torch.Tensor, batch_size: int = 500, dist: DistContext = SINGLE
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images in [0, 1] -> (reconstructions in [0, 1], tokens): encoder, codebook lookup, ASG, decoder."""
+    """Images in [0, 1] -> (reconstructions in [0, 1], tokens): the torch backend of
+    :func:`spkdiff.generation.reconstruct` (encoder, codebook lookup, ASG, decoder)."""
     vq.eval()
-
-    def one_batch(i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        tok = vq.encode_tokens(images[i * batch_size:(i + 1) * batch_size] - 0.5)
-        return decode_tokens(vq, tok), tok
-
-    batches = dist.map_batches(one_batch, -(-images.shape[0] // batch_size))
-    return torch.cat([r for r, _ in batches]), torch.cat([t for _, t in batches])
+    out = reconstruct_loop(vq.encode_spikes, lambda spikes: vq.quantize(vq.features(spikes))[0],
+                           lambda tokens: decode_tokens(vq, tokens), images, batch_size=batch_size,
+                           map_batches=dist.map_batches)
+    return out.images, out.tokens
 
 
 def codebook_usage(tokens: torch.Tensor, codebook_size: int) -> dict[str, float]:
