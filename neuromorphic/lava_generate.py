@@ -32,7 +32,9 @@ import torch
 from spkdiff.errors import SpkdiffError
 from spkdiff.generation import HostConstants, SamplerSettings, decode_readout, resolve_sampler_settings
 
-__all__ = ["Call", "GenerationGraph", "Stages", "Timeline", "build_graph", "lava_job", "load_stages", "sample_lava"]
+__all__ = ["Call", "GenerationGraph", "ReconstructionGraph", "Stages", "Timeline", "build_graph",
+           "build_reconstruction_graph", "lava_job", "load_stages", "reconstruct_job", "reconstruct_lava",
+           "sample_lava"]
 
 
 @dataclass
@@ -85,7 +87,7 @@ class Call:
     """What runs at a Lava step: ``stage`` call for ``image`` of ``batch`` (SDID: at sampler step
     ``diffusion_step``), at its 1-based ``step``."""
 
-    stage: str  # "sdid" | "generator"
+    stage: str  # "sdid" | "encoder" (the Timeline's first stage) | "generator"
     batch: int
     diffusion_step: int
     image: int
@@ -95,12 +97,14 @@ class Call:
 @dataclass(frozen=True)
 class Timeline:
     """The one Lava run, step by step: per batch of ``B`` images, ``steps x B`` SDID calls of ``sdid_len``
-    Lava steps (sampler step by sampler step, image by image), then ``B`` generator calls of ``gen_len``."""
+    Lava steps (sampler step by sampler step, image by image), then ``B`` generator calls of ``gen_len``.
+    Reconstruction: ``first="encoder"``, ``steps=1``: ``B`` encoder calls of ``sdid_len``, then the generator."""
 
     batches: tuple[int, ...]
     steps: int
     sdid_len: int
     gen_len: int
+    first: str = "sdid"  # the stage called before the generator
 
     def batch_len(self, k: int) -> int:
         return self.batches[k] * (self.steps * self.sdid_len + self.gen_len)
@@ -132,7 +136,7 @@ class Timeline:
                 sdid = self.steps * b * self.sdid_len
                 if r < sdid:
                     c, s = divmod(r, self.sdid_len)
-                    return Call("sdid", k, c // b, c % b, s + 1)
+                    return Call(self.first, k, c // b, c % b, s + 1)
                 c, s = divmod(r - sdid, self.gen_len)
                 return Call("generator", k, 0, c, s + 1)
             r -= n
@@ -266,3 +270,110 @@ def sample_lava(bundle: str | Path | Stages, n: int, *, steps: int | None = None
     images, tokens, info = run_isolated(lava_job, source, n, steps, method, temperature, seed, fixed, batch_size,
                                         timeout=timeout)
     return torch.from_numpy(images), torch.from_numpy(tokens), info
+
+
+# ----------------------------------------------------------------------------- reconstruction
+
+
+@dataclass
+class ReconstructionGraph:
+    """The Lava processes of one reconstruction: the encoder and generator graphs and the host processes."""
+
+    timeline: Timeline
+    encoder: Any  # LavaStage
+    generator: Any
+    source: Any  # ImageSourceProcess
+    lookup: Any  # EncoderLookupProcess
+    sink: Any  # ImageSinkProcess
+
+    @property
+    def host(self) -> list[Any]:
+        return [self.source, self.lookup, self.sink]
+
+
+def build_reconstruction_graph(host: Any, plans: dict, images: np.ndarray, batch_size: int,
+                               record: bool = False) -> ReconstructionGraph:
+    """Wire ``source -> encoder -> (spikes, InPort) lookup -> generator -> (RefPort) sink`` (needs Lava);
+    ``host``: :class:`spkdiff.generation.ReconstructionConstants`, ``images`` (n, C, H, W) in [0, 1]."""
+    from spkdiff.neuromorphic.lava_graph import LavaStage
+    from spkdiff.neuromorphic.lava_procs.processes import EncoderLookupProcess, ImageSinkProcess, ImageSourceProcess
+
+    n = len(images)
+    batches = tuple(min(batch_size, n - i * batch_size) for i in range(-(-n // batch_size)))
+    enc, gen_plan = plans["encoder"], plans["generator"]
+    tl = Timeline(batches, 1, enc.run_steps, gen_plan.run_steps, first="encoder")
+    source = ImageSourceProcess(plan=enc, timeline=tl, images=np.asarray(images, np.float32), name="image_source")
+    encoder = LavaStage(enc, source.a_out)
+    source.connect_populations(encoder.lifs)
+    grid = enc.populations[enc.readout].shape[1:]
+    lookup = EncoderLookupProcess(plan=gen_plan, encoder_plan=enc, timeline=tl, lookup=host.lookup, grid=grid,
+                                  name="codebook_lookup")
+    encoder.lifs[enc.readout].s_out.connect(lookup.spikes_in)
+    gen = LavaStage(gen_plan, lookup.a_out)
+    lookup.connect_populations(gen.lifs)
+    ro = gen_plan.populations[gen_plan.readout].shape
+    image_shape = tuple(decode_readout(torch.zeros(1, *ro), host.depth_to_space, host.crop).shape[1:])
+    sink = ImageSinkProcess(plan=gen_plan, timeline=tl, image_shape=image_shape, depth_to_space=host.depth_to_space,
+                            crop=host.crop, record=record, name="image_sink")
+    sink.v.connect_var(gen.lifs[gen_plan.readout].v)
+    return ReconstructionGraph(tl, encoder, gen, source, lookup, sink)
+
+
+def reconstruct_job(path: str, images: np.ndarray, fixed: bool, batch_size: int, record: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Body of the isolated Lava process: the reconstruction graph of bundle ``path``, run once for
+    ``Timeline.total`` steps; tokens and images read from the host processes."""
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
+
+    from spkdiff.generation import ReconstructionConstants
+    from spkdiff.neuromorphic.bundle import load_bundle
+    from spkdiff.neuromorphic.chip_plan import build_plan, readout_value
+    from spkdiff.neuromorphic.lava_procs.models import host_models
+    from spkdiff.simulator.generate import stage_simulator
+
+    torch.set_num_threads(1)  # as lava_job: no intra-op pool across Lava's fork
+    t0 = time.perf_counter()
+    bundle = load_bundle(path)
+    host = ReconstructionConstants.from_bundle(bundle)
+    # fixed: the plans read the bundle's integers, as the simulator backend runs them
+    plans = {stage: build_plan(stage_simulator(bundle, stage, fixed), host.time_steps[stage], graded_input=True)
+             for stage in ("encoder", "generator")}
+    g = build_reconstruction_graph(host, plans, images, batch_size, record)
+    tl = g.timeline
+    tag = "fixed_pt" if fixed else "floating_pt"
+    cfg = Loihi2SimCfg(select_tag=tag, exception_proc_model_map=host_models(g.host, tag))
+    try:
+        start = time.perf_counter()
+        g.source.create_runtime(run_cfg=cfg)
+        compiled = time.perf_counter()
+        g.source.run(condition=RunSteps(num_steps=tl.total))  # the whole reconstruction: one run
+        seconds = time.perf_counter() - compiled
+        tokens = np.asarray(g.lookup.tokens.get()).astype(np.int64)
+        images_out = np.asarray(g.sink.images.get()).astype(np.float32)
+        raw = np.asarray(g.sink.readouts.get()) if record else None
+    finally:
+        g.source.stop()
+    info: dict[str, Any] = {"backend": "lava", "fixed": fixed, "seconds": seconds, "seconds_compile": compiled - start,
+                            "seconds_total": time.perf_counter() - t0, "lava_steps": tl.total,
+                            "lava_steps_per_call": {"encoder": tl.sdid_len, "generator": tl.gen_len},
+                            "snn_steps": host.time_steps["encoder"] + host.time_steps["generator"]}
+    if raw is not None:  # the generator read-outs per image, in the simulator's units
+        info["readouts"] = [readout_value(plans["generator"], r) for r in raw]
+    return images_out, tokens, info
+
+
+def reconstruct_lava(bundle: str | Path, images: torch.Tensor, *, fixed: bool = False, batch_size: int = 256,
+                     timeout: float = 600.0, record: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Reconstruct ``images`` in [0, 1] (n, C, H, W) as one Lava graph and one run, in an isolated process (as
+    :func:`sample_lava`); the images are checked against the bundle's encoder first (one-line errors)."""
+    from spkdiff.generation import ReconstructionConstants, check_images
+    from spkdiff.neuromorphic.bundle import load_bundle
+    from spkdiff.neuromorphic.lava_runner import run_isolated
+
+    if batch_size < 1:
+        raise SpkdiffError("batch_size must be positive")
+    x = check_images(images, ReconstructionConstants.from_bundle(load_bundle(bundle)).image_shape)
+    out, tokens, info = run_isolated(reconstruct_job, str(bundle), x.numpy(), fixed, batch_size, record,
+                                     timeout=timeout)
+    return torch.from_numpy(out), torch.from_numpy(tokens), info

@@ -13,6 +13,10 @@ step and prepares what the next step sends.  Synapse buffers (``Conv``/``Dense``
 written: what they hold from before a call reaches population ``k`` at or before the call's step
 ``d_k - 1`` and is dropped by that zeroing.
 
+Reconstruction (:class:`EncoderLookupProcess`): the encoder's last LIF sends its spikes of Lava step ``t`` in
+that step, and an InPort receives them in the same step (no synapse between them, so no delay): the read-out
+population's simulator step ``j`` arrives at call step ``d_R + j``.
+
 The RefPorts ``u{j}``/``v{j}`` depend on the stage, so :func:`host_models` derives, per process instance,
 a model class that declares them; pass it as ``Loihi2SimCfg(exception_proc_model_map=...)``.
 """
@@ -33,7 +37,13 @@ from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 from spkdiff.generation import batch_generator, decode_readout, embed_tokens
 from spkdiff.neuromorphic.chip_plan import chw_to_whc, readout_value, reset_offset, whc_to_chw
-from spkdiff.neuromorphic.lava_procs.processes import CodebookLookupProcess, ImageSinkProcess, MaskSamplerProcess
+from spkdiff.neuromorphic.lava_procs.processes import (
+    CodebookLookupProcess,
+    EncoderLookupProcess,
+    ImageSinkProcess,
+    ImageSourceProcess,
+    MaskSamplerProcess,
+)
 
 
 class _Resetting(PyLoihiProcessModel):
@@ -137,7 +147,11 @@ class _MaskSamplerBase(_Resetting):
         self._zero(self._resets_due(t))
 
 
-class _CodebookLookupBase(_Resetting):
+class _GeneratorFeed(_Resetting):
+    """Feeds the generator: at the first generator step of a batch, the batch's tokens (``_batch_tokens``) ->
+    embedding (Eq 8) -> the generator's first synapse (:func:`host_current`); during generator call ``b`` image
+    ``b``'s current on ``a_out`` (zeros otherwise).  ``_receive`` takes the step's input first."""
+
     stage = "generator"
 
     def __init__(self, proc_params: Any) -> None:
@@ -145,20 +159,114 @@ class _CodebookLookupBase(_Resetting):
         self.timeline, self.plan = proc_params["timeline"], proc_params["plan"]
         self.current: np.ndarray | None = None  # (B, *Lava input shape) of the batch
 
+    def _receive(self, call: Any) -> None:
+        raise NotImplementedError
+
+    def _batch_tokens(self, call: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _codebook(self) -> torch.Tensor:
+        raise NotImplementedError
+
     def run_spk(self) -> None:
         from spkdiff.neuromorphic.chip_plan import host_current
 
-        tok = self.tokens_in.recv()
         call = self.timeline.at(self.time_step)
+        self._receive(call)
         if call is not None and call.stage == "generator" and call.image == 0 and call.step == 1:
-            b = self.timeline.batches[call.batch]
-            h = torch.from_numpy(np.asarray(tok[:b]).astype(np.int64))
-            if (h < 0).any():
-                raise RuntimeError("the mask sampler sent no tokens for the batch")
-            z_q = embed_tokens(self.proc_params["codebook"], h)  # Eq 8: z^Q = Z[h]
+            z_q = embed_tokens(self._codebook(), self._batch_tokens(call))  # Eq 8: z^Q = Z[h]
             cur = host_current(self.plan, z_q)
             self.current = np.stack([chw_to_whc(c) for c in cur]).astype(self.current_dtype)
         if call is not None and call.stage == "generator":
+            self.a_out.send(self.current[call.image])
+        else:
+            self.a_out.send(np.zeros(self.a_out._shape, self.current_dtype))
+
+    def post_guard(self) -> bool:
+        return bool(self._resets_due(self.time_step))
+
+    def run_post_mgmt(self) -> None:
+        self._zero(self._resets_due(self.time_step))
+
+
+class _CodebookLookupBase(_GeneratorFeed):
+    """Generation: the mask sampler's tokens in (``tokens_in``)."""
+
+    def _receive(self, call: Any) -> None:
+        self.received = self.tokens_in.recv()
+
+    def _codebook(self) -> torch.Tensor:
+        return self.proc_params["codebook"]
+
+    def _batch_tokens(self, call: Any) -> torch.Tensor:
+        h = torch.from_numpy(np.asarray(self.received[: self.timeline.batches[call.batch]]).astype(np.int64))
+        if (h < 0).any():
+            raise RuntimeError("the mask sampler sent no tokens for the batch")
+        return h
+
+
+class _EncoderLookupBase(_GeneratorFeed):
+    """Reconstruction: the encoder's last-layer spikes in (``spikes_in``); Eq 4-7 once the batch's last encoder
+    step has arrived (:class:`spkdiff.generation.CodebookLookup`, the simulator backend's function)."""
+
+    tokens: np.ndarray = LavaPyType(np.ndarray, np.int32)
+
+    def __init__(self, proc_params: Any) -> None:
+        super().__init__(proc_params)
+        enc = proc_params["encoder_plan"]
+        self.first_step = enc.populations[enc.readout].depth  # the read-out's simulator step 0 (call step d_R)
+        self.steps: list[np.ndarray] = []  # this call's spikes, simulator step by step (C, h, w)
+        self.images: list[np.ndarray] = []  # the batch's spike trains so far (T_s, C, h, w)
+        self.batch: torch.Tensor | None = None  # the batch's tokens once looked up
+
+    def _codebook(self) -> torch.Tensor:
+        return self.proc_params["lookup"].codebook
+
+    def _receive(self, call: Any) -> None:
+        spikes = self.spikes_in.recv()
+        if call is None or call.stage != "encoder" or call.step < self.first_step:
+            return  # before d_R the read-out population is not yet reset: its spikes are not the call's
+        self.steps.append(whc_to_chw(np.asarray(spikes)))
+        if call.step < self.timeline.sdid_len:
+            return
+        self.images.append(np.stack(self.steps))
+        self.steps = []
+        if call.image == self.timeline.batches[call.batch] - 1:  # the batch's last encoder step: Eq 4-7
+            train = torch.from_numpy(np.stack(self.images, axis=1).astype(np.float32))  # (T_s, B, C, h, w)
+            self.images = []
+            self.batch = self.proc_params["lookup"](train)
+            start = self.timeline.first_image(call.batch)
+            self.tokens[start: start + len(self.batch)] = self.batch.numpy().astype(np.int32)
+
+    def _batch_tokens(self, call: Any) -> torch.Tensor:
+        if self.batch is None:
+            raise RuntimeError("the encoder sent no spikes for the batch")
+        batch, self.batch = self.batch, None
+        return batch
+
+
+class _ImageSourceBase(_Resetting):
+    """Sends the encoder's input current: at a batch's first encoder step, the first synapse of every image's
+    pixel currents ``x - 0.5`` (:func:`host_current`); during encoder call ``b`` image ``b``'s (zeros otherwise)."""
+
+    stage = "encoder"
+
+    def __init__(self, proc_params: Any) -> None:
+        super().__init__(proc_params)
+        self.timeline, self.plan = proc_params["timeline"], proc_params["plan"]
+        self.current: np.ndarray | None = None
+
+    def run_spk(self) -> None:
+        from spkdiff.neuromorphic.chip_plan import host_current
+
+        call = self.timeline.at(self.time_step)
+        if call is not None and call.stage == "encoder" and call.image == 0 and call.step == 1:
+            start = self.timeline.first_image(call.batch)
+            images = self.proc_params["images"][start: start + self.timeline.batches[call.batch]]
+            x = torch.from_numpy(np.asarray(images))
+            cur = host_current(self.plan, x - 0.5)
+            self.current = np.stack([chw_to_whc(c) for c in cur]).astype(self.current_dtype)
+        if call is not None and call.stage == "encoder":
             self.a_out.send(self.current[call.image])
         else:
             self.a_out.send(np.zeros(self.a_out._shape, self.current_dtype))
@@ -223,6 +331,11 @@ MODELS = {
     **_tagged_models(CodebookLookupProcess, _CodebookLookupBase, lambda dtype: {
         "current_dtype": dtype, "tokens_in": _value_port(PyInPort.VEC_DENSE, np.int32),
         "a_out": _value_port(PyOutPort.VEC_DENSE, dtype)}),
+    **_tagged_models(EncoderLookupProcess, _EncoderLookupBase, lambda dtype: {
+        "current_dtype": dtype, "spikes_in": _value_port(PyInPort.VEC_DENSE, dtype),
+        "a_out": _value_port(PyOutPort.VEC_DENSE, dtype)}),
+    **_tagged_models(ImageSourceProcess, _ImageSourceBase, lambda dtype: {
+        "current_dtype": dtype, "a_out": _value_port(PyOutPort.VEC_DENSE, dtype)}),
     **_tagged_models(ImageSinkProcess, _ImageSinkBase, lambda dtype: {"v": LavaPyType(PyRefPort.VEC_DENSE, dtype)}),
 }
 

@@ -6,7 +6,10 @@ the generator read-out's ``v`` ``--RefPort--> ImageSinkProcess``.  The sampler a
 RefPort per ``u`` and ``v`` of every population of their graph to zero it between stage calls (management
 phase).  Read-outs come in through RefPorts too: Lava's ``LIF`` exposes ``v`` only as a Var (its one
 OutPort carries spikes, and the read-out integrators do not spike), and a RefPort read in the management
-phase is Lava's way to read another process's Var during a run.  Each process takes the plan of its
+phase is Lava's way to read another process's Var during a run.
+Reconstruction runs ``ImageSourceProcess --a_out--> encoder graph``, the encoder's last LIF
+``s_out --> EncoderLookupProcess.spikes_in`` (spikes through an InPort), ``EncoderLookupProcess --a_out-->``
+ASG/decoder graph and the same image sink.  Each process takes the plan of its
 stage (:class:`~spkdiff.neuromorphic.chip_plan.StagePlan`) and the run's
 :class:`~spkdiff.neuromorphic.lava_generate.Timeline` as parameters.
 """
@@ -80,6 +83,43 @@ class CodebookLookupProcess(_ResettingProcess):
         super().__init__(plan=plan, timeline=timeline, codebook=codebook, grid=tuple(grid), **kwargs)
         self.tokens_in = InPort(shape=(max(timeline.batches), *grid))
         self.a_out = OutPort(shape=input_shape(plan))
+        self._population_refs(plan)
+
+
+class ImageSourceProcess(_ResettingProcess):
+    """Images in -> the encoder's input population current out (reconstruction).
+
+    At the first step of a batch's encoder calls it computes every image's current from the pixel currents
+    ``x - 0.5`` (the encoder's first synapse, as the simulator does); during encoder call ``b`` it sends image
+    ``b``'s current on ``a_out`` (zeros otherwise) and zeroes the encoder's populations when the call's wave
+    reaches them.  ``images``: (n, C, H, W) in [0, 1].
+    """
+
+    def __init__(self, *, plan: Any, timeline: Any, images: np.ndarray, **kwargs: Any) -> None:
+        super().__init__(plan=plan, timeline=timeline, images=images, **kwargs)
+        self.a_out = OutPort(shape=input_shape(plan))
+        self._population_refs(plan)
+
+
+class EncoderLookupProcess(_ResettingProcess):
+    """The codebook lookup of reconstruction: the encoder's last-layer spikes in (InPort ``spikes_in``), Eq 4-8,
+    the generator's input current out (``a_out``), as :class:`CodebookLookupProcess` does from tokens.
+
+    It keeps the spikes of the read-out population's simulator steps ``0..T_s-1`` (call steps ``d_R..d_R+T_s-1``,
+    see :mod:`~spkdiff.neuromorphic.chip_plan`); when the last encoder step of a batch's last image arrives it
+    computes the batch's tokens with :class:`spkdiff.generation.CodebookLookup` (SFR, PSP, nearest code) into
+    ``tokens``, and at the batch's generator calls sends each image's embedding current, zeroing the
+    generator's populations between calls.  ``encoder_plan``: the encoder's plan; ``plan``: the generator's.
+    """
+
+    def __init__(self, *, plan: Any, encoder_plan: Any, timeline: Any, lookup: Any, grid: tuple[int, int],
+                 **kwargs: Any) -> None:
+        super().__init__(plan=plan, encoder_plan=encoder_plan, timeline=timeline, lookup=lookup, grid=tuple(grid),
+                         **kwargs)
+        n = timeline.num_images
+        self.spikes_in = InPort(shape=whc_shape(encoder_plan.populations[encoder_plan.readout].shape))
+        self.a_out = OutPort(shape=input_shape(plan))
+        self.tokens = Var(shape=(n, *grid), init=np.full((n, *grid), -1))
         self._population_refs(plan)
 
 
