@@ -1,4 +1,5 @@
-"""``spkdiff sim --bundle``: the whole generative loop on the simulator, with a report folder.
+"""``spkdiff sim --bundle``: the whole generative loop on the simulator, with a report folder (and the same
+report of a reconstruction, ``spkdiff reconstruct --report``: :func:`build_reconstruction_report`).
 
 Writes ``samples.png``, ``tokens.npy``, ``report.json`` (settings, throughput, per-stage and per-layer counts
 per image, energy per image on the chip profile and the ANN-equivalent profile, chip mapping), ``report.md``
@@ -41,33 +42,44 @@ def relay_sources(sim: Simulator, counters: Counters, steps: int) -> dict[str, s
     return out
 
 
-def build_report(gen: Generation, profile: str = "loihi", ann_profile: str = "cmos45nm",
-                 limits: ChipLimits | None = None, count_relays: bool = True) -> dict[str, Any]:
-    """JSON-ready report of one generation run (counts, energy and mapping per image).
+def stage_reports(counters: dict[str, Counters], simulators: dict[str, Simulator], calls: dict[str, int],
+                  profile: str = "loihi", ann_profile: str = "cmos45nm", limits: ChipLimits | None = None,
+                  count_relays: bool = True) -> dict[str, Any]:
+    """Per-stage counts, energy and mapping per image (``calls``: stage calls per image); the part of a report
+    that generation and reconstruction share: ``stages``, ``per_image``, ``neurobench``, ``energy_per_image``
+    and ``notes``.
 
     ``count_relays``: add the Lava graph's relay populations (residual-skip delay lines) to the counts, so
     the energy is what the chip does; the NeuroBench metrics describe the network and leave them out.
     """
-    steps_per_call = {st: ctr.steps // (gen.denoiser_calls if st == "sdid" else 1)
-                      for st, ctr in gen.counters.items()}
+    steps_per_call = {st: ctr.steps // calls.get(st, 1) for st, ctr in counters.items()}
     notes: list[str] = []
-    for stage, ctr in gen.counters.items():
-        sim = gen.simulators.get(stage)
+    for stage, ctr in counters.items():
+        sim = simulators.get(stage)
         if count_relays and sim is not None and not any(lc.nir_type == "Relay" for lc in ctr.layers.values()):
             missing = ctr.add_relays(relay_sources(sim, ctr, steps_per_call[stage]))
             if missing:
                 notes.append(f"{stage}: relays of the graph input not counted: {', '.join(missing)}")
-    rep = energy(gen.counters, profile, ann_profile)
+    rep = energy(counters, profile, ann_profile)
     stages: dict[str, Any] = {}
-    for stage, ctr in gen.counters.items():
+    for stage, ctr in counters.items():
         entry: dict[str, Any] = {"time_steps_per_image": ctr.steps, "time_steps_per_call": steps_per_call[stage],
                                  "per_image": ctr.totals(), "layers": ctr.summary()}
-        sim = gen.simulators.get(stage)
+        sim = simulators.get(stage)
         if sim is not None:
             entry["mapping"] = map_to_chip(sim, limits).summary()  # relays are not mapped (yet)
         stages[stage] = entry
     totals = {k: sum(s["per_image"][k] for s in stages.values())
               for k in ("sops", "macs", "neuron_updates", "active_updates", "spikes", "ann_macs", "ann_adds")}
+    return {"per_image": totals, "neurobench": NeuroBenchMetrics.of(counters, steps_per_call).to_dict(),
+            "stages": stages, "energy_per_image": rep.to_dict(), "notes": notes}
+
+
+def build_report(gen: Generation, profile: str = "loihi", ann_profile: str = "cmos45nm",
+                 limits: ChipLimits | None = None, count_relays: bool = True) -> dict[str, Any]:
+    """JSON-ready report of one generation run (counts, energy and mapping per image, :func:`stage_reports`)."""
+    core = stage_reports(gen.counters, gen.simulators, {"sdid": gen.denoiser_calls}, profile, ann_profile, limits,
+                         count_relays)
     info = gen.info()
     info.pop("per_image", None)
     return {"settings": {k: info[k] for k in ("backend", "method", "steps", "temperature", "seed", "batch_size", "n")},
@@ -76,8 +88,29 @@ def build_report(gen: Generation, profile: str = "loihi", ann_profile: str = "cm
             # the generation refactor may drop these fields from Generation
             "quantization": {"from_bundle": getattr(gen, "quant_from_bundle", None),
                              "bundle_matches_simulator": getattr(gen, "quant_matches_simulator", None)},
-            "per_image": totals, "neurobench": NeuroBenchMetrics.of(gen.counters, steps_per_call).to_dict(),
-            "stages": stages, "energy_per_image": rep.to_dict(), "warnings": gen.warnings + notes}
+            "per_image": core["per_image"], "neurobench": core["neurobench"], "stages": core["stages"],
+            "energy_per_image": core["energy_per_image"], "warnings": gen.warnings + core["notes"]}
+
+
+def build_reconstruction_report(rec: Any, profile: str = "loihi", ann_profile: str = "cmos45nm",
+                                limits: ChipLimits | None = None) -> dict[str, Any]:
+    """JSON-ready report of one reconstruction (:class:`~.generate.Reconstruction`): the encoder and generator
+    stages as :func:`stage_reports`, plus ``host_lookup``: the lookup's arithmetic per image (Eq 4-7) priced
+    on the ANN profile (the host is conventional hardware), and ``energy_with_host_j``."""
+    from .energy import load_profile
+
+    core = stage_reports(rec.counters, rec.simulators, {}, profile, ann_profile, limits)
+    e_pj = load_profile(ann_profile).energy_pj
+    host_j = (rec.host_ops["macs"] * e_pj.get("mac", 0.0) + rec.host_ops["adds"] * e_pj.get("add", 0.0)) * 1e-12
+    info = rec.info()
+    return {"settings": {k: info[k] for k in ("backend", "batch_size", "n")},
+            "throughput": {"seconds": rec.seconds, "images_per_s": info["images_per_s"],
+                           "snn_steps_per_image": info["snn_steps"]},
+            "per_image": core["per_image"], "neurobench": core["neurobench"], "stages": core["stages"],
+            "host_lookup": {**rec.host_ops, "profile": ann_profile, "energy_j": host_j},
+            "energy_per_image": core["energy_per_image"],
+            "energy_with_host_j": core["energy_per_image"]["total_j"] + host_j,
+            "warnings": rec.warnings + core["notes"]}
 
 
 def _energy_notes(report: dict[str, Any]) -> list[str]:
@@ -94,11 +127,22 @@ def _energy_notes(report: dict[str, Any]) -> list[str]:
 
 
 def write_markdown(report: dict[str, Any], path: Path) -> None:
+    """``report.md`` of a generation (:func:`build_report`) or a reconstruction
+    (:func:`build_reconstruction_report`)."""
     s, t, e = report["settings"], report["throughput"], report["energy_per_image"]
-    lines = [f"# Simulated generation ({s['backend']})", "",
-             f"{s['n']} images, sampler {s['method']} ({t['denoiser_calls_per_image']} denoiser calls, "
-             f"{t['snn_steps_per_image']} SNN steps per image), seed {s['seed']}: {t['images_per_s']:.2f} images/s.",
-             "", "| stage | SOPs | MACs | neuron updates | spikes | energy (uJ) | ANN-equivalent (uJ) |",
+    if "host_lookup" in report:
+        h = report["host_lookup"]
+        head = [f"# Simulated reconstruction ({s['backend']})", "",
+                f"{s['n']} images, encoder -> host codebook lookup (Eq 4-8) -> generator, "
+                f"{t['snn_steps_per_image']} SNN steps per image: {t['images_per_s']:.2f} images/s.",
+                f"Host lookup per image: {h['macs']} MACs, {h['adds']} adds, {h['energy_j'] * 1e6:.4f} uJ on "
+                f"`{h['profile']}`; chip + host {report['energy_with_host_j'] * 1e6:.4f} uJ per image."]
+    else:
+        head = [f"# Simulated generation ({s['backend']})", "",
+                f"{s['n']} images, sampler {s['method']} ({t['denoiser_calls_per_image']} denoiser calls, "
+                f"{t['snn_steps_per_image']} SNN steps per image), seed {s['seed']}: {t['images_per_s']:.2f} "
+                "images/s."]
+    lines = [*head, "", "| stage | SOPs | MACs | neuron updates | spikes | energy (uJ) | ANN-equivalent (uJ) |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for stage, entry in report["stages"].items():
         p = entry["per_image"]
@@ -179,6 +223,24 @@ def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
     return paths
 
 
+def print_stage_table(report: dict[str, Any]) -> None:
+    """Per stage and image: SOPs, MACs, neuron updates, spikes, energy on the chip and the ANN profile."""
+    e = report["energy_per_image"]
+    print(f"{'stage':<10} {'SOPs':>12} {'MACs':>10} {'updates':>10} {'spikes':>10} {'uJ':>9} {'ANN uJ':>9}")
+    for stage, entry in report["stages"].items():
+        p = entry["per_image"]
+        ej = sum(e["per_stage_j"].get(stage, {}).values()) * 1e6
+        print(f"{stage:<10} {p['sops']:>12.0f} {p['macs']:>10.0f} {p['neuron_updates']:>10.0f} {p['spikes']:>10.0f} "
+              f"{ej:>9.4f} {e['ann_j'].get(stage, 0) * 1e6:>9.4f}")
+
+
+def chip_limits(args: argparse.Namespace) -> ChipLimits:
+    """The chip of ``spkdiff sim``'s mapping options."""
+    return ChipLimits(cores_per_chip=args.cores_per_chip, compartments_per_core=args.compartments_per_core,
+                      synapse_memory_bytes=int(args.synapse_memory_kb * 1024), synapse_bits=args.synapse_bits,
+                      time_per_sop_ns=sop_time_ns(args.profile))
+
+
 def run_bundle(args: argparse.Namespace) -> int:
     """``spkdiff sim --bundle``: generate, print a short table, write the report folder."""
     import numpy as np
@@ -190,17 +252,9 @@ def run_bundle(args: argparse.Namespace) -> int:
     fixed = args.fixed or args.mode == "fixed"
     gen = generate(args.bundle, args.n, fixed=fixed, steps=args.steps, method=args.method,
                    temperature=args.temperature, seed=args.seed, batch_size=args.batch_size)
-    limits = ChipLimits(cores_per_chip=args.cores_per_chip, compartments_per_core=args.compartments_per_core,
-                        synapse_memory_bytes=int(args.synapse_memory_kb * 1024), synapse_bits=args.synapse_bits,
-                        time_per_sop_ns=sop_time_ns(args.profile))
-    report = build_report(gen, args.profile, args.ann_profile, limits)
+    report = build_report(gen, args.profile, args.ann_profile, chip_limits(args))
     e = report["energy_per_image"]
-    print(f"{'stage':<10} {'SOPs':>12} {'MACs':>10} {'updates':>10} {'spikes':>10} {'uJ':>9} {'ANN uJ':>9}")
-    for stage, entry in report["stages"].items():
-        p = entry["per_image"]
-        ej = sum(e["per_stage_j"].get(stage, {}).values()) * 1e6
-        print(f"{stage:<10} {p['sops']:>12.0f} {p['macs']:>10.0f} {p['neuron_updates']:>10.0f} {p['spikes']:>10.0f} "
-              f"{ej:>9.4f} {e['ann_j'].get(stage, 0) * 1e6:>9.4f}")
+    print_stage_table(report)
     t = report["throughput"]
     print(f"per image ({report['settings']['backend']}): {t['denoiser_calls_per_image']} denoiser calls, "
           f"{e['total_j'] * 1e6:.4f} uJ ({e['profile']}) vs {e['ann_total_j'] * 1e6:.4f} uJ ANN "

@@ -9,6 +9,7 @@ that knows all of train, export, simulator and neuromorphic.
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -87,3 +88,42 @@ def _sample_torch(run: str, n: int, steps: int | None, method: str | None, tempe
             "temperature": settings.temperature, "denoiser_calls": stats.denoiser_calls,
             "snn_steps": stats.snn_steps, "seconds": stats.seconds}
     return images, tokens, info
+
+
+def reconstruct_images(backend: str, images: torch.Tensor, *, run: str | None = None,
+                       bundle: str | Path | None = None, batch_size: int = 256, fixed: bool = False,
+                       timeout: float = 600.0) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any], Any]:
+    """Reconstructions in [0, 1], tokens, an info dict (``seconds``, ``snn_steps``, ...) and, for the
+    simulator backends, the :class:`spkdiff.simulator.generate.Reconstruction` (counters for a report; else
+    None) of ``images`` (n, C, H, W) in [0, 1] on ``backend`` (:func:`spkdiff.generation.reconstruct`)."""
+    if backend not in BACKENDS:
+        raise SpkdiffError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend == "torch":
+        if run is None:
+            raise SpkdiffError("the torch backend reconstructs with --run (a bundle holds no torch model)")
+        return (*_reconstruct_torch(run, images, batch_size), None)
+    with bundle_for(run, bundle) as path:
+        if backend == "lava":
+            from spkdiff.neuromorphic.lava_generate import reconstruct_lava
+
+            recon, tokens, info = reconstruct_lava(path, images, fixed=fixed, batch_size=batch_size,
+                                                   timeout=timeout)
+            return recon, tokens, info, None
+        from spkdiff.simulator.generate import reconstruct
+
+        rec = reconstruct(path, images, fixed=backend == "sim-fixed", batch_size=batch_size)
+    return rec.images, rec.tokens, rec.info(), rec
+
+
+def _reconstruct_torch(run: str, images: torch.Tensor, batch_size: int
+                       ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    from spkdiff.config import resolve_run
+    from spkdiff.generation import check_images
+    from spkdiff.train.loop import load_stage
+    from spkdiff.train.sampling import reconstruct
+
+    vq = load_stage(resolve_run(run), "vqsvae")
+    x = check_images(images, (vq.cfg.in_channels, vq.cfg.image_size, vq.cfg.image_size))
+    start = time.perf_counter()
+    recon, tokens = reconstruct(vq, x, batch_size)
+    return recon, tokens, {"backend": "torch", "seconds": time.perf_counter() - start, "snn_steps": 2 * vq.steps}

@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("spkdiff.eval.command", "FID/KID/CFD/precision-recall/MSE/SSIM of a run"),
     "export": ("spkdiff.export.command", "export the SNN stages to NIR, ONNX or a Lava bundle"),
     "sim": ("spkdiff.simulator.command", "simulated on-chip sampling with SOP, energy and mapping report"),
+    "reconstruct": ("spkdiff.reconstruct_command", "encode and decode images on torch, the simulator or Lava "
+                    "(MSE, 1-SSIM, energy)"),
 }
 
 

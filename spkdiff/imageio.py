@@ -50,10 +50,12 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, p
     return atomic_write(path, _png_writer(images, path, nrow, pad))
 
 
-def save_samples(images: torch.Tensor, tokens: torch.Tensor, path: str | Path) -> tuple[Path, Path]:
-    """The grid PNG and its token grids (``.tokens.npy`` beside it, int16): both replaced, or neither."""
+def save_samples(images: torch.Tensor, tokens: torch.Tensor, path: str | Path, nrow: int | None = None
+                 ) -> tuple[Path, Path]:
+    """The grid PNG (``nrow`` images per row) and its token grids (``.tokens.npy`` beside it, int16): both
+    replaced, or neither."""
     path = Path(path)
     tokens_path = path.with_suffix(".tokens.npy")
-    atomic_writes({path: _png_writer(images, path, None, 2),
+    atomic_writes({path: _png_writer(images, path, nrow, 2),
                    tokens_path: npy_writer(tokens.numpy().astype(np.int16))})
     return path, tokens_path

@@ -18,7 +18,7 @@ PACKAGES = {"spkdiff": "spkdiff", "train": "spkdiff.train", "export": "spkdiff.e
             "neuromorphic": "spkdiff.neuromorphic", "simulator": "spkdiff.simulator"}
 # The commands: the only modules that may reach every layer.
 APP = ("spkdiff.cli", "spkdiff.__main__", "spkdiff.demo", "spkdiff.backends", "spkdiff.sample_command",
-       "spkdiff.eval.command")
+       "spkdiff.reconstruct_command", "spkdiff.eval.command")
 
 
 def _modules() -> dict[str, Path]:
