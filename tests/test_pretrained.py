@@ -48,3 +48,27 @@ def test_shipped_model_runs_on_the_fixed_point_simulator(name: str, tmp_path: Pa
     assert main(["sim", "--bundle", str(bundle), "--n", "2", "--fixed", "--steps", "4", "--report", str(report)]) == 0
     assert np.asarray(Image.open(report / "samples.png")).std() > 10
     assert json.loads((report / "report.json").read_text())
+
+
+def _rows(name: str) -> list[dict]:
+    return json.loads((resolve_run(f"pretrained:{name}") / "metrics.json").read_text())["rows"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_metrics_are_the_models_own(name: str, shared_data_root: Path):
+    """The shipped metrics.json's reconstruction MSE is what the shipped weights give (first 1000 test images,
+    within 15 % of the full-split value), and its headline sample FID is the one the README quotes."""
+    from spkdiff.data import load_tensor
+    from spkdiff.train.sampling import reconstruct
+
+    rows = _rows(name)
+    mse_row = next(r for r in rows if "mse" in r)
+    test, _ = load_tensor(name, str(shared_data_root), "test", limit=1000)
+    with torch.no_grad():
+        recon, _ = reconstruct(load_stage(resolve_run(f"pretrained:{name}"), "vqsvae"), test)
+    mse = float((recon - test).square().mean())
+    assert mse == pytest.approx(mse_row["mse"], rel=0.15), (mse, mse_row["mse"])
+    headline = min((r for r in rows if "fid" in r and r.get("n_generated", 0) >= 5000 and r["backend"] == "torch"),
+                   key=lambda r: r["fid"])
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert f"**{headline['fid']:.1f}**" in readme
