@@ -294,7 +294,39 @@ def check_manifest(manifest: Any, source: str | Path) -> dict:
     lookup = check_mapping(host["codebook_lookup"], {"codebook": (list, None, None)},
                            f"{where}: host.codebook_lookup", required=("codebook",))
     check_matrix(lookup["codebook"], f"{where}: host.codebook_lookup.codebook")
+    _check_token_grid(manifest, where)
     return manifest
+
+
+def _check_token_grid(manifest: dict, where: str) -> None:
+    """The host's token grid and codebook fit the stages' inputs: the generator takes codebook[tokens] as
+    (C, h, w) and the SDID one-hot tokens as (K+1+bins, h, w); a mismatch would otherwise hang a Lava run."""
+    codebook = manifest["host"]["codebook_lookup"]["codebook"]
+    k, c = len(codebook), len(codebook[0])
+
+    def fine_shape(stage: str) -> list | None:
+        inp = manifest["stages"].get(stage, {}).get("input")
+        shape = inp.get("fine_shape") if isinstance(inp, dict) else None
+        return list(shape) if isinstance(shape, list) and len(shape) == 3 else None
+
+    gen = fine_shape("generator")
+    if gen is not None and gen[0] != c:
+        raise SpkdiffError(f"{where}: the codebook has {c}-channel codes but the generator takes {gen[0]} channels")
+    sampler = manifest["host"].get("mask_sampler")
+    if not isinstance(sampler, dict) or gen is None:
+        return
+    grid = sampler.get("grid")
+    grid = [grid, grid] if isinstance(grid, int) else grid
+    if grid != gen[1:]:
+        raise SpkdiffError(f"{where}: host.mask_sampler.grid {grid} does not match the codebook embedding grid "
+                           f"{gen[1:]} the generator takes")
+    if sampler.get("num_codes") != k:
+        raise SpkdiffError(f"{where}: host.mask_sampler.num_codes {sampler.get('num_codes')} does not match the "
+                           f"codebook's {k} codes")
+    sdid = fine_shape("sdid")
+    if sdid is not None and sdid[1:] != gen[1:]:
+        raise SpkdiffError(f"{where}: the SDID takes a {sdid[1]}x{sdid[2]} token grid, the generator "
+                           f"{gen[1]}x{gen[2]}")
 
 
 def check_matrix(rows: Any, where: str) -> None:

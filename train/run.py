@@ -11,8 +11,13 @@ from spkdiff.config import load_preset, read_run_config, write_json_atomic
 from spkdiff.data import get_spec
 from spkdiff.errors import SpkdiffError
 from spkdiff.files import LOCK_NAME, clean_stale_temps, lock_folder
+from spkdiff.train.vqsvae import VQSVAEConfig
 
 STAGE_ORDER = ("vqsvae", "sdid")
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
 
 
 def resolve_config(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
@@ -23,12 +28,17 @@ def resolve_config(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         preset = load_preset(args.preset)
         spec = get_spec(args.dataset)
         c, h, w = spec.shape
+        if h != w:
+            raise SpkdiffError(f"{args.dataset} images are {h}x{w}; the models take square images")
         config = {"dataset": args.dataset, "preset": args.preset, "seed": 0, **preset}
         config["vqsvae"]["model"].update(in_channels=c, image_size=h)
-        if h != 28:
-            raise SpkdiffError(f"{args.dataset} images are {h}x{w}; the VQ-SVAE presets expect 28x28")
         if args.stage == "sdid" and stored.exists():  # stage 1 is already trained: keep what it was trained with
             config["vqsvae"] = read_run_config(run_dir)["vqsvae"]
+        vq = VQSVAEConfig.from_dict(config["vqsvae"]["model"])  # refuses sizes the model cannot take
+        if vq.image_shape != spec.shape:
+            raise SpkdiffError(f"{run_dir} was trained on {_shape(vq.image_shape)} images; {args.dataset} "
+                               f"images are {_shape(spec.shape)}")
+        config["sdid"]["model"]["grid"] = vq.latent_grid  # the denoiser works on stage 1's token grid
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "limit": args.limit, "max_steps": args.max_steps}
     for stage in STAGE_ORDER:
         config[stage]["train"].pop("max_steps", None)  # an interruption point, never inherited by --resume

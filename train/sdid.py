@@ -1,4 +1,4 @@
-"""SDID: a fully spiking denoiser for absorbing-state diffusion over the 7x7 token grid (stage 2).
+"""SDID: a fully spiking denoiser for absorbing-state diffusion over the VQ-SVAE's token grid (stage 2).
 
 Input spikes (the same at each of T SNN steps): one-hot token channels incl. [MASK] and a one-hot
 time channel (see :func:`spkdiff.host.sdid_input_spikes`).  Body: Conv3x3+BN+LIF stem, residual
@@ -29,7 +29,7 @@ from spkdiff.train.snn import LIF, ConvBN, LIFParams, SpikingConv, merge_time, s
 @dataclass
 class SDIDConfig:
     num_codes: int = 128
-    grid: int = 7
+    grid: int = 7  # side of the token grid: the VQ-SVAE's latent_grid (set by spkdiff.train.run)
     channels: int = 128
     blocks: int = 3
     time_steps: int = 4

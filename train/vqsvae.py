@@ -1,6 +1,6 @@
 """VQ-SVAE: the spiking VQ-VAE of Spiking-Diffusion (stage 1).
 
-    image x --(direct encoding, T_s steps)--> encoder SNN --> z^E_{1:Ts} spikes (T, B, C, 7, 7)
+    image x (C, H, W) --(direct encoding, T_s steps)--> encoder SNN --> z^E_{1:Ts} spikes (T, B, C_lat, H/4, W/4)
     z^E = k SFR + (1 - k) PSP_Ts                                   (Eq 4-6, host side)
     h_0 = argmin_k ||z^E_ij - z_k||,  z^Q = Z[h_0]                  (Eq 7-8, host side)
     ASG SNN: z^Q repeated over time --> z^Q_{1:Ts} spikes            (on chip)
@@ -23,6 +23,8 @@ from spkdiff.generation import embed_tokens
 from spkdiff.host import codebook_lookup, encoder_features, leaky_sum, psp_sequence
 from spkdiff.train.snn import LIFParams, SpikingConv
 
+LATENT_STRIDE = 4  # image side / token-grid side
+
 
 @dataclass
 class VQSVAEConfig:
@@ -40,12 +42,28 @@ class VQSVAEConfig:
     recon_loss: str = "mse"  # "mse" (Eq 9 as written) or "saturated_l1" (see reconstruction_loss)
     neuron: dict = field(default_factory=dict)  # LIF constants (LIFParams.from_dict): tau, v_threshold, ...
 
+    def __post_init__(self) -> None:
+        # Two stride-2 convs down, two x2 transposed convs up: only a multiple of 4 comes back at its own size.
+        if self.image_size % LATENT_STRIDE:
+            raise SpkdiffError(f"image_size {self.image_size} is not a multiple of {LATENT_STRIDE} "
+                               f"(the VQ-SVAE halves the image twice)")
+
     @classmethod
     def from_dict(cls, d: dict) -> VQSVAEConfig:
         d = dict(d)
         if "hidden" in d:
             d["hidden"] = tuple(d["hidden"])
         return cls(**d)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images the model takes and makes."""
+        return (self.in_channels, self.image_size, self.image_size)
+
+    @property
+    def latent_grid(self) -> int:
+        """Side of the token grid (7 for 28x28 images, 8 for 32x32)."""
+        return self.image_size // LATENT_STRIDE
 
     def to_dict(self) -> dict:
         return asdict(self)
