@@ -85,9 +85,7 @@ def build_report(gen: Generation, profile: str = "loihi", ann_profile: str = "cm
     return {"settings": {k: info[k] for k in ("backend", "method", "steps", "temperature", "seed", "batch_size", "n")},
             "throughput": {"seconds": gen.seconds, "images_per_s": info["images_per_s"],
                            "denoiser_calls_per_image": gen.denoiser_calls, "snn_steps_per_image": gen.snn_steps},
-            # the generation refactor may drop these fields from Generation
-            "quantization": {"from_bundle": getattr(gen, "quant_from_bundle", None),
-                             "bundle_matches_simulator": getattr(gen, "quant_matches_simulator", None)},
+            "quantization": "the bundle's integers" if info["backend"] == "sim-fixed" else "none (float)",
             "per_image": core["per_image"], "neurobench": core["neurobench"], "stages": core["stages"],
             "energy_per_image": core["energy_per_image"], "warnings": gen.warnings + core["notes"]}
 

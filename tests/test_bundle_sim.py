@@ -207,9 +207,12 @@ def test_sim_report_cli(bundle_dir: Path, tmp_path: Path) -> None:
     assert sdid["time_steps_per_image"] == rep["throughput"]["denoiser_calls_per_image"] * load_bundle(
         bundle_dir).time_steps("sdid")
     e = rep["energy_per_image"]
-    # energy = counts x profile (loihi: 23.6 pJ/SOP, 52 pJ/update; cmos45nm: 4.6 pJ/MAC)
+    # energy = counts x profile (loihi: 23.6 pJ/SOP, 81 pJ per active and 52 pJ per inactive update; cmos45nm:
+    # 4.6 pJ/MAC)
+    active, updates = sdid["per_image"]["active_updates"], sdid["per_image"]["neuron_updates"]
     assert e["per_stage_j"]["sdid"]["sop"] == pytest.approx(sdid["per_image"]["sops"] * 23.6e-12)
-    assert e["per_stage_j"]["sdid"]["neuron_update"] == pytest.approx(sdid["per_image"]["neuron_updates"] * 52e-12)
+    assert e["per_stage_j"]["sdid"]["neuron_update_active"] == pytest.approx(active * 81e-12)
+    assert e["per_stage_j"]["sdid"].get("neuron_update_inactive", 0.0) == pytest.approx((updates - active) * 52e-12)
     assert e["ann_j"]["sdid"] == pytest.approx(sdid["per_image"]["ann_macs"] * 4.6e-12)
     assert sum(r["sops"] for r in sdid["layers"]) == pytest.approx(sdid["per_image"]["sops"])
     assert rep["stages"]["generator"]["mapping"]["cores"] >= 1
