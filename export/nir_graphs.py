@@ -16,9 +16,11 @@ embeddings, token/time spikes) are given at every step.
 
 Stages::
 
-    encoder    image currents (C, 28, 28)       -> enc2_lif spikes (C_lat, 7, 7)
-    generator  z^Q embedding currents (C_lat,7,7) -> ASG -> decoder -> readout_li (phase layout)
-    sdid       token/time spikes (K+1+bins, 7, 7) -> stem -> residual blocks -> readout_i (K, 7, 7)
+    encoder    image currents (C, H, W)             -> enc2_lif spikes (C_lat, h, w)
+    generator  z^Q embedding currents (C_lat, h, w) -> ASG -> decoder -> readout_li (phase layout)
+    sdid       token/time spikes (K+1+bins, h, w)   -> stem -> residual blocks -> readout_i (K, h, w)
+
+with (h, w) = (H/4, W/4) the token grid from the run's config (MNIST 1x28x28 -> 7x7, CIFAR-10 3x32x32 -> 8x8).
 """
 
 from __future__ import annotations
@@ -274,6 +276,10 @@ def build_stage_graphs(vq: nn.Module, sdid: nn.Module | None) -> dict[str, Stage
     """All stages of trained (eval-mode) models."""
     graphs = {"encoder": encoder_graph(vq), "generator": generator_graph(vq)}
     if sdid is not None:
+        grid = latent_size(vq)
+        if (sdid.cfg.grid, sdid.cfg.grid) != grid:
+            raise SpkdiffError(f"the SDID works on a {sdid.cfg.grid}x{sdid.cfg.grid} token grid but the VQ-SVAE's "
+                               f"codebook embeddings are {grid[0]}x{grid[1]}: the stages come from different runs")
         graphs["sdid"] = sdid_graph(sdid)
     return graphs
 

@@ -16,11 +16,17 @@ from typing import Any
 from spkdiff.errors import SpkdiffError
 from spkdiff.files import atomic_write
 
-PRESETS = ("paper", "fast", "tiny")
+PRESETS = ("paper", "fast", "tiny", "cifar10_fast")
+
+
+def preset_name(name: str, dataset: str) -> str:
+    """A dataset's own variant of a named preset (``fast`` on cifar10 -> ``cifar10_fast``), else ``name``."""
+    variant = f"{dataset}_{name}"
+    return variant if variant in PRESETS else name
 
 
 def load_preset(name: str) -> dict[str, Any]:
-    """Return the preset ``name`` (paper, fast, tiny) or a YAML file path as a dict."""
+    """Return the preset ``name`` (one of :data:`PRESETS`) or a YAML file path as a dict."""
     from spkdiff.validate import check_preset, load_yaml
 
     path = Path(name)

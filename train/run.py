@@ -7,7 +7,7 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from spkdiff.config import load_preset, read_run_config, write_json_atomic
+from spkdiff.config import load_preset, preset_name, read_run_config, write_json_atomic
 from spkdiff.data import get_spec
 from spkdiff.errors import SpkdiffError
 from spkdiff.files import LOCK_NAME, clean_stale_temps, lock_folder
@@ -25,12 +25,13 @@ def resolve_config(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     if args.resume and stored.exists():
         config = read_run_config(run_dir)
     else:
-        preset = load_preset(args.preset)
         spec = get_spec(args.dataset)
+        name = preset_name(args.preset, spec.name)
+        preset = load_preset(name)
         c, h, w = spec.shape
         if h != w:
             raise SpkdiffError(f"{args.dataset} images are {h}x{w}; the models take square images")
-        config = {"dataset": args.dataset, "preset": args.preset, "seed": 0, **preset}
+        config = {"dataset": args.dataset, "preset": name, "seed": 0, **preset}
         config["vqsvae"]["model"].update(in_channels=c, image_size=h)
         if args.stage == "sdid" and stored.exists():  # stage 1 is already trained: keep what it was trained with
             config["vqsvae"] = read_run_config(run_dir)["vqsvae"]

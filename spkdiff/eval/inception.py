@@ -8,7 +8,7 @@ and returns the 2048-d pool3 features.
 Protocol "std" (clean-fid's "clean" resize):
   1. images are quantized to uint8 (float input in [0, 1] becomes ``round(255 x)``, as saving a PNG would);
   2. each channel is resized to 299x299 with PIL bicubic in float32 ("F") mode, then clipped to [0, 255];
-  3. grayscale is repeated to 3 channels;
+  3. grayscale is repeated to 3 channels (colour images, e.g. CIFAR-10, go in as their own R, G, B);
   4. ``x -> (x - 128) / 128`` and the network.
 
 Protocol "pytorch-fid" (what pytorch-fid and SDDPM use): steps 1 and 3 as "std", but the resize is
