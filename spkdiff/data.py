@@ -168,6 +168,15 @@ def image_shape(name: str) -> tuple[int, int, int]:
     return get_spec(name).shape
 
 
+def check_image_shape(name: str, shape: Sequence[int], what: str) -> None:
+    """Refuse images (or a model made for images) of ``shape`` (C, H, W) with dataset ``name``'s of another
+    shape; ``what`` starts the message, e.g. ``"run R was trained on"``."""
+    spec = get_spec(name)
+    if tuple(shape) != spec.shape:
+        raise SpkdiffError(f"{what} {'x'.join(map(str, shape))} images but {spec.title} images are "
+                           f"{'x'.join(map(str, spec.shape))}")
+
+
 def clear_cache() -> None:
     """Forget the arrays loaded so far in this process."""
     _CACHE.clear()

@@ -8,16 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from spkdiff.config import load_preset, preset_name, read_run_config, write_json_atomic
-from spkdiff.data import get_spec
+from spkdiff.data import check_image_shape, get_spec
 from spkdiff.errors import SpkdiffError
 from spkdiff.files import LOCK_NAME, clean_stale_temps, lock_folder
 from spkdiff.train.vqsvae import VQSVAEConfig
 
 STAGE_ORDER = ("vqsvae", "sdid")
-
-
-def _shape(shape: tuple[int, ...]) -> str:
-    return "x".join(map(str, shape))
 
 
 def resolve_config(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
@@ -36,9 +32,7 @@ def resolve_config(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         if args.stage == "sdid" and stored.exists():  # stage 1 is already trained: keep what it was trained with
             config["vqsvae"] = read_run_config(run_dir)["vqsvae"]
         vq = VQSVAEConfig.from_dict(config["vqsvae"]["model"])  # refuses sizes the model cannot take
-        if vq.image_shape != spec.shape:
-            raise SpkdiffError(f"{run_dir} was trained on {_shape(vq.image_shape)} images; {args.dataset} "
-                               f"images are {_shape(spec.shape)}")
+        check_image_shape(spec.name, vq.image_shape, f"stage 1 of {run_dir} was trained on")
         config["sdid"]["model"]["grid"] = vq.latent_grid  # the denoiser works on stage 1's token grid
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "limit": args.limit, "max_steps": args.max_steps}
     for stage in STAGE_ORDER:

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     from spkdiff.backends import sample_images
     from spkdiff.config import read_run_config, resolve_run
-    from spkdiff.data import load_tensor
+    from spkdiff.data import check_image_shape, load_tensor
     from spkdiff.errors import SpkdiffError
     from spkdiff.eval.evaluate import append_results_row, evaluate_images
     from spkdiff.imageio import save_grid
@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         config = dist.run_on_main(lambda: read_run_config(run_dir))
         if wanted_rec:
             vq = dist.run_on_main(lambda: load_stage(run_dir, "vqsvae"))
+            check_image_shape(config["dataset"], vq.cfg.image_shape, f"{args.run} was trained on")
             with dist.main_first():
                 test, _ = load_tensor(config["dataset"], args.data_root, "test", limit=args.n)
             recon, tokens = reconstruct(vq, test, args.batch_size, dist=dist)

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from spkdiff.data import get_spec
+from spkdiff.data import check_image_shape
 from spkdiff.errors import SpkdiffError
 from spkdiff.eval.features import canonical_name, real_inception_features
 from spkdiff.eval.inception import get_protocol, inception_features, inception_sha256
@@ -73,10 +73,7 @@ def evaluate_images(generated: torch.Tensor, dataset: str, data_root: str | os.P
     get_protocol(protocol)
     if generated.ndim == 3:
         generated = generated[:, None]
-    expected = get_spec(name).shape
-    if tuple(generated.shape[1:]) != expected:  # e.g. a run trained on one dataset scored against another
-        raise SpkdiffError(f"the images are {'x'.join(map(str, generated.shape[1:]))} but {name} images are "
-                           f"{'x'.join(map(str, expected))}: score a run against the dataset it was trained on")
+    check_image_shape(name, generated.shape[1:], "the evaluated images are")  # e.g. a run scored on another dataset
     row: dict[str, Any] = {"dataset": name, "n_generated": int(generated.shape[0])}
 
     if any(m in wanted for m in INCEPTION_METRICS):

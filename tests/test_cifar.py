@@ -1,0 +1,208 @@
+"""CIFAR-10 end to end (issue 17) on a tiny run: 3x32x32 images, an 8x8 token grid.
+
+The tiny run (64 training images) barely spikes, so the export and backend comparisons use an *activated*
+copy: every BatchNorm after a spiking conv gets its gain scaled and a positive shift, so every LIF layer fires
+and spikes can only agree if the 3-channel phase layout, the crop and the 8x8 grid are right everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import nir
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
+from test_bad_inputs import assert_one_line_error, call
+
+from spkdiff.cli import export_main, main
+from spkdiff.data import load_tensor
+from spkdiff.export.nir_graphs import build_stage_graphs, load_models
+from spkdiff.export.verify import encoder_trace, generator_trace, sdid_trace, verify_stage
+from spkdiff.host import training_mask
+from spkdiff.neuromorphic.bundle import STAGES
+
+pytestmark = pytest.mark.timeout(300)
+
+CIFAR = "cifar-10-batches-py"
+N_TRAIN, N_TEST = 64, 4
+BN_GAIN, BN_SHIFT = 8.0, 1.0  # measured: every LIF layer of the tiny run then fires 15-50 % of the time
+
+
+@pytest.fixture(scope="module")
+def cifar_root(shared_data_root: Path) -> Path:
+    if not (shared_data_root / CIFAR).is_dir():
+        pytest.skip(f"CIFAR-10 not found in {shared_data_root}")
+    return shared_data_root
+
+
+@pytest.fixture(scope="module")
+def cifar_run(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Both stages of the tiny preset on the first 64 CIFAR-10 training images. Read-only for tests."""
+    run = tmp_path_factory.mktemp("cifar") / "run"
+    assert main(["train", "--stage", "all", "--preset", "tiny", "--dataset", "cifar10", "--out", str(run),
+                 "--data-root", str(cifar_root), "--limit", str(N_TRAIN), "--seed", "0"]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def active_run(cifar_run: Path) -> Path:
+    """A copy of the run whose BatchNorms are scaled so that every spiking layer fires."""
+    run = cifar_run.parent / "active"
+    shutil.copytree(cifar_run, run, ignore=shutil.ignore_patterns("tb", "tokens_train.npy"))
+    for stage in ("vqsvae", "sdid"):
+        path = run / f"{stage}.safetensors"
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata()
+            values = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open is not a dict)
+        for key in [k for k in values if k.endswith(".1.weight")]:  # gamma of each conv's BatchNorm
+            values[key] = values[key] * BN_GAIN
+            values[key.replace(".weight", ".bias")] = torch.full_like(values[key], BN_SHIFT)
+        save_file(values, str(path), metadata=meta)
+    return run
+
+
+@pytest.fixture(scope="module")
+def bundle(active_run: Path) -> Path:
+    out = active_run.parent / "bundle"
+    assert export_main(["--run", str(active_run), "--target", "lava", "--out", str(out)]) == 0
+    return out
+
+
+def test_the_run_takes_its_shape_from_the_data(cifar_run: Path) -> None:
+    config = json.loads((cifar_run / "config.json").read_text())
+    model = config["vqsvae"]["model"]
+    assert (model["in_channels"], model["image_size"], config["sdid"]["model"]["grid"]) == (3, 32, 8)
+    tokens = np.load(cifar_run / "tokens_train.npy")
+    assert tokens.shape == (N_TRAIN, 8, 8)
+
+
+def test_nir_stages_match_torch_spike_for_spike(active_run: Path, cifar_root: Path, tmp_path: Path) -> None:
+    """The written NIR files of all three stages on real test images: every LIF layer spikes as in torch (and
+    fires), the read-out (3 channels x 4x4 phases on the 8x8 grid, depth-to-space, crop) within 1e-5."""
+    out = tmp_path / "nir"
+    assert export_main(["--run", str(active_run), "--target", "nir", "--out", str(out)]) == 0
+    vq, sdid = load_models(active_run)
+    x = load_tensor("cifar10", cifar_root, "test", limit=N_TEST)[0] - 0.5
+    with torch.no_grad():
+        tokens, z_q = vq.quantize(vq.features(vq.encode_spikes(x)))
+        t, _, h_t = training_mask(tokens, sdid.cfg.num_codes, sdid.cfg.diffusion_steps,
+                                  torch.Generator().manual_seed(0))
+        inputs = {"encoder": x, "generator": z_q, "sdid": sdid.input_spikes(h_t, t)}
+        traces = {"encoder": encoder_trace(vq, x), "generator": generator_trace(vq, z_q),
+                  "sdid": sdid_trace(sdid, inputs["sdid"])}
+    stages = build_stage_graphs(vq, sdid)
+    for stage in STAGES:
+        sg = dataclasses.replace(stages[stage], graph=nir.read(out / f"{stage}.nir"))
+        check = verify_stage(sg, sdid if stage == "sdid" else vq, inputs[stage])
+        assert check.ok, check.summary()
+        rates = {n: float(s.float().mean()) for n, s in traces[stage].items() if n.endswith("_lif")}
+        assert len(rates) == 3 and all(0.05 < r < 0.95 for r in rates.values()), (stage, rates)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["stages"]["encoder"]["input"]["shape"] == [3, 32, 32]
+    assert m["stages"]["generator"]["input"]["shape"] == [vq.cfg.latent_channels, 8, 8]
+    readout = next(layer for layer in m["stages"]["generator"]["layers"] if layer["name"] == "readout_conv")
+    assert readout["shape"] == [3 * 4 * 4, 8, 8] and readout["phase_factor"] == 4  # phase channels
+    assert (m["host"]["decoder_output"]["crop"], m["host"]["mask_sampler"]["grid"]) == ([32, 32], [8, 8])
+
+
+def test_lava_matches_the_fixed_point_simulator_bit_for_bit(bundle: Path) -> None:
+    from spkdiff.backends import sample_images
+    from spkdiff.simulator.generate import generate
+
+    images, tokens, _ = sample_images("lava", bundle=bundle, n=1, steps=2, seed=0, fixed=True, timeout=240)
+    ref = generate(bundle, 1, fixed=True, steps=2, seed=0)
+    assert tokens.shape == (1, 8, 8) and images.shape == (1, 3, 32, 32)
+    assert torch.equal(torch.as_tensor(tokens), ref.tokens)
+    assert torch.equal(torch.as_tensor(images), ref.images)
+    assert len(torch.unique(ref.images)) > 10  # a picture, not a constant
+
+
+def test_sample_grid_png_is_in_colour(active_run: Path, tmp_path: Path) -> None:
+    png = tmp_path / "grid.png"
+    assert main(["sample", "--run", str(active_run), "--n", "4", "--steps", "2", "--out", str(png)]) == 0
+    image = Image.open(png)
+    assert image.mode == "RGB" and image.size == (2 + 2 * 34, 2 + 2 * 34)
+    rgb = np.asarray(image)[2:34, 2:34].astype(int)  # the first image, inside the padding
+    assert np.abs(rgb[..., 0] - rgb[..., 1]).max() > 0 and np.abs(rgb[..., 1] - rgb[..., 2]).max() > 0
+
+
+# ----------------------------------------------------------------------------- one-line errors
+
+
+def _short_row_batches(cifar_root: Path, tmp: Path) -> Path:
+    """A data root whose first training batch has rows of 3071 bytes (the rest link to the real files)."""
+    folder = tmp / "data" / CIFAR
+    folder.mkdir(parents=True)
+    for f in (cifar_root / CIFAR).iterdir():
+        (folder / f.name).symlink_to(f)
+    (folder / "data_batch_1").unlink()
+    batch = {b"data": np.zeros((4, 3071), np.uint8), b"labels": [0, 1, 2, 3]}
+    (folder / "data_batch_1").write_bytes(pickle.dumps(batch, protocol=2))
+    return folder.parent
+
+
+def _copy(src: Path, dest: Path) -> Path:
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("tb"))
+    return dest
+
+
+def _edit_json(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def _wrong_grid(cifar_run: Path, bundle: Path, cifar_root: Path, tmp: Path) -> list[str]:
+    b = _copy(bundle, tmp / "bundle")
+    _edit_json(b / "manifest.json", lambda m: m["host"]["mask_sampler"].update(grid=[7, 7]))
+    return ["sim", "--bundle", str(b), "--n", "1"]
+
+
+def _wrong_codes(cifar_run: Path, bundle: Path, cifar_root: Path, tmp: Path) -> list[str]:
+    b = _copy(bundle, tmp / "bundle")
+    _edit_json(b / "manifest.json", lambda m: m["host"]["codebook_lookup"].update(
+        codebook=m["host"]["codebook_lookup"]["codebook"][:-1]))
+    return ["sample", "--backend", "lava", "--bundle", str(b), "--n", "1", "--out", str(tmp / "g.png")]
+
+
+def _sdid_on_mnist(cifar_run: Path, bundle: Path, cifar_root: Path, tmp: Path) -> list[str]:
+    run = _copy(cifar_run, tmp / "run")
+    return ["train", "--stage", "sdid", "--dataset", "mnist", "--preset", "tiny", "--out", str(run),
+            "--data-root", str(cifar_root)]
+
+
+def _eval_on_mnist(cifar_run: Path, bundle: Path, cifar_root: Path, tmp: Path) -> list[str]:
+    run = _copy(cifar_run, tmp / "run")
+    _edit_json(run / "config.json", lambda c: c.update(dataset="mnist"))
+    return ["eval", "--run", str(run), "--metrics", "mse", "--n", "2", "--data-root", str(cifar_root)]
+
+
+def _short_rows(cifar_run: Path, bundle: Path, cifar_root: Path, tmp: Path) -> list[str]:
+    return ["train", "--stage", "vqsvae", "--dataset", "cifar10", "--preset", "tiny", "--out", str(tmp / "o"),
+            "--data-root", str(_short_row_batches(cifar_root, tmp))]
+
+
+ERRORS = {
+    "cifar-batch-row-length": (_short_rows, "3071"),
+    "sdid-of-a-cifar-run-on-mnist": (_sdid_on_mnist, "3x32x32"),
+    "eval-of-a-cifar-run-on-mnist": (_eval_on_mnist, "3x32x32"),
+    "bundle-grid-not-its-codebook": (_wrong_grid, "grid [7, 7]"),
+    "bundle-codes-not-its-sampler": (_wrong_codes, "num_codes"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ERRORS))
+def test_one_line_error(case: str, cifar_run: Path, bundle: Path, cifar_root: Path, tmp_path: Path,
+                        capsys: pytest.CaptureFixture[str]) -> None:
+    make, needle = ERRORS[case]
+    rc, err = call(make(cifar_run, bundle, cifar_root, tmp_path), capsys)
+    assert_one_line_error(rc, err)
+    assert needle in err, err
