@@ -134,6 +134,31 @@ def test_sample_grid_png_is_in_colour(active_run: Path, tmp_path: Path) -> None:
     assert np.abs(rgb[..., 0] - rgb[..., 1]).max() > 0 and np.abs(rgb[..., 1] - rgb[..., 2]).max() > 0
 
 
+# ----------------------------------------------------------------------------- evaluation on RGB
+
+
+def test_fid_input_keeps_the_three_colours() -> None:
+    """Protocol std resizes R, G and B each (no grey-to-RGB repeat of the first channel)."""
+    from spkdiff.eval.inception import resize_std, to_uint8_nchw
+
+    rgb = np.zeros((1, 32, 32, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 100, 0  # as spkdiff.data.load_arrays gives CIFAR-10: NHWC
+    x = resize_std(to_uint8_nchw(rgb))
+    assert x.shape == (1, 3, 299, 299)
+    assert [round(float(c.mean())) for c in x[0]] == [200, 100, 0]
+
+
+def test_shipped_cifar10_classifier(cifar_root: Path) -> None:
+    from spkdiff.eval import classifier as clf_mod
+    from spkdiff.eval.features import load_split
+
+    clf = clf_mod.load_classifier("cifar10")
+    assert clf.path is not None and clf.path.parent == clf_mod.WEIGHTS_DIR and clf.meta["recipe"]["hflip"]
+    images, labels = load_split("cifar10", cifar_root, "test")
+    acc = clf_mod.accuracy(clf.model, images, labels)
+    assert acc >= 0.6 and acc == pytest.approx(clf.test_accuracy, abs=2e-3)  # the recorded accuracy is the real one
+
+
 # ----------------------------------------------------------------------------- one-line errors
 
 
