@@ -378,7 +378,7 @@ def train_vqsvae(run_dir: Path, config: dict[str, Any], data_root: str | None, r
 @torch.no_grad()
 def encode_dataset(vq: VQSVAE, images: torch.Tensor, batch_size: int = 500, dist: DistContext = SINGLE
                    ) -> torch.Tensor:
-    """Token grids (N, 7, 7) int64 of images in [0, 1] (batches shared out over the ranks under torchrun)."""
+    """Token grids (N, h, w) int64 of images in [0, 1] (batches shared out over the ranks under torchrun)."""
     vq.eval()
     n_batches = -(-images.shape[0] // batch_size)
     out = dist.map_batches(lambda i: vq.encode_tokens(images[i * batch_size:(i + 1) * batch_size] - 0.5), n_batches)
