@@ -1,7 +1,7 @@
 """Plain-torch, time-unrolled versions of the stages and host steps, for ``torch.onnx.export``.
 
 The training models run the LIF through a fused numba kernel (not traceable); these modules reuse
-the trained conv/BN layers and unroll Eq 1-3 with :func:`spkdiff.train.snn.lif_step` (the same
+the trained conv/BN layers and unroll Eq 1-3 with :func:`spkdiff.neuron.lif_sequence` (the same
 operation order, so spikes are bit-identical in torch).  Layers with a constant input run once, as
 in the training models; other layers run once over all steps (time folded into the batch).
 
@@ -16,18 +16,13 @@ import torch
 from torch import nn
 
 from spkdiff.host import codebook_lookup, encoder_features
-from spkdiff.train.snn import LIFParams, lif_step
+from spkdiff.neuron import lif_sequence
+from spkdiff.train.snn import LIFParams
 
 
 def _lif_unrolled(x: torch.Tensor, steps: int, p: LIFParams, constant: bool) -> torch.Tensor:
     """Eq 1-3 over ``steps`` steps from V = V_reset; ``x`` (T, B, ...) or, if ``constant``, (B, ...)."""
-    first = x if constant else x[0]
-    v = torch.full_like(first, p.v_reset)
-    out = []
-    for t in range(steps):
-        s, v, _ = lif_step(x if constant else x[t], v, p)
-        out.append(s)
-    return torch.stack(out)
+    return lif_sequence(x, p.step, steps if constant else None)
 
 
 def _spiking(layer: nn.Module, x: torch.Tensor, steps: int, constant: bool) -> torch.Tensor:

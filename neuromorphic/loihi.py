@@ -64,7 +64,7 @@ __all__ = [
     "READOUT_VTH", "UV_MAX", "V_LIMIT", "VTH_MAX", "VTH_SHIFT",
     "WEIGHT_BITS", "LifParams", "LifStep", "QuantizationRangeError", "SignMode",
     "conv_fixed", "dense_fixed", "determine_sign_mode", "dv_from_tau", "lava_conv_weight",
-    "lava_dense_weights", "lif_step_fixed", "lif_step_float", "pair", "torch_conv_weight", "weight_lsb_shift",
+    "lava_dense_weights", "lif_step_fixed", "pair", "torch_conv_weight", "weight_lsb_shift",
     "wrap24", "wrap32",
 ]
 
@@ -323,23 +323,3 @@ def lif_step_fixed(a_in: torch.Tensor, u: torch.Tensor, v: torch.Tensor, p: LifP
     volt = volt.clamp(-V_LIMIT, V_LIMIT)
     s = volt > p.effective_vth
     return LifStep(u_new, torch.where(s, torch.zeros_like(volt), volt), s, u_wrapped, v_saturated)
-
-
-def lif_step_float(x: torch.Tensor, v: torch.Tensor, tau: float | None = 2.0, v_threshold: float = 1.0,
-                   decay_input: bool = True, spiking: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float spiking-jelly LIF step with hard reset to 0 (the model :mod:`.quantize` approximates).
-
-    ``H = V + (X - V) / tau`` (``decay_input``) or ``H = V - V / tau + X``; ``tau=None``: ``H = V + X``;
-    ``s = H >= v_threshold``; ``V' = H * (1 - s)``.  ``spiking=False``: no spikes, no reset (read-out).
-    Returns ``(v', s)``.
-    """
-    if tau is None:
-        h = v + x
-    elif decay_input:
-        h = v + (x - v) / tau
-    else:
-        h = v - v / tau + x
-    if not spiking:
-        return h, torch.zeros_like(h)
-    s = (h >= v_threshold).to(h.dtype)
-    return h * (1 - s), s

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from spkdiff.neuron import LIFStepParameters, lif_step
+
 from .loihi import (
     ACT_SHIFT,
     BIAS_EXP_MAX,
@@ -56,7 +58,6 @@ from .loihi import (
     dv_from_tau,
     lava_conv_weight,
     lif_step_fixed,
-    lif_step_float,
     pair,
     weight_lsb_shift,
 )
@@ -335,6 +336,7 @@ def evaluate_layer(q: QuantizedLayer, weight: Any, bias: Any, spikes: torch.Tens
          else torch.as_tensor(bias, dtype=torch.float64, device=dev))
     spiking = q.spiking
     p = q.lif_params(spikes.device)
+    float_params = LIFStepParameters(tau, 0.0, v_threshold, 0.0, spiking)
     v_f = u_i = v_i = None
     agree = total = wraps = sats = n_float = n_fixed = 0
     se = 0.0
@@ -346,7 +348,8 @@ def evaluate_layer(q: QuantizedLayer, weight: Any, bias: Any, spikes: torch.Tens
             v_f = torch.zeros_like(x)
             u_i = torch.zeros(x.shape, dtype=torch.int64, device=dev)
             v_i = torch.zeros(x.shape, dtype=torch.int64, device=dev)
-        v_f, s_f = lif_step_float(x, v_f, tau, v_threshold, decay_input, spiking)
+        # without decay_input the neuron is H = V - V/tau + X, i.e. Eq 1 with the current tau X
+        s_f, v_f = lif_step(x if decay_input or tau is None else x * tau, v_f, float_params)
         out = lif_step_fixed(q.synapse(s_t), u_i, v_i, p)
         u_i, v_i = out.u, out.v
         wraps += int(out.u_wrapped.sum())

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from spkdiff.errors import SpkdiffError
 from spkdiff.neuromorphic.nir_graph import conv_padding
+from spkdiff.neuron import LIFStepParameters, lif_step
 
 from .graph import Passthrough
 
@@ -479,7 +480,7 @@ def _lif_loop(x: torch.Tensor, static: bool, steps: int, batch: int, shape: Shap
               record: dict[str, torch.Tensor] | None) -> torch.Tensor:
     """The shared neuron time loop (see the module docstring); returns spikes or, if not spiking, v.
 
-    Leaky: ``h = v + (x - (v - v_leak)) / tau`` (``tau`` given); integrator: ``h = v + x``.
+    Each step is :func:`spkdiff.neuron.lif_step` (Eq 1-3; leaky if ``tau`` is given, else an integrator).
     Initial state: ``v = v_leak`` (leaky) or ``v_reset`` (integrate-and-fire), 0 for I.
     """
     dtype = x.dtype if x.dtype.is_floating_point else torch.float32
@@ -488,26 +489,13 @@ def _lif_loop(x: torch.Tensor, static: bool, steps: int, batch: int, shape: Shap
     v0 = v_leak if tau is not None else (v_reset if spiking else 0.0)
     v = torch.empty((batch, *shape), dtype=dtype)
     v.copy_(torch.as_tensor(v0, dtype=dtype).expand_as(v))
-    zero_leak = isinstance(v_leak, float) and v_leak == 0.0
-    zero_reset = isinstance(v_reset, float) and v_reset == 0.0
+    params = LIFStepParameters(tau, v_leak, v_th, v_reset, spiking)
     for t in range(steps):
-        xt = x if static else x[t]
-        if tau is None:
-            h = torch.add(v, xt)
-        else:
-            # SpikingJelly's order: v + (x - (v - v_reset)) / tau, written as ((x - d) / tau) + v
-            d = v if zero_leak else v - v_leak
-            h = torch.sub(xt, d).div_(tau).add_(v)
-        if spiking:
-            s = out[t]
-            torch.ge(h, v_th, out=s)
-            # reset to 0: h - h*s is exactly h (s = 0) or +0 (s = 1), and 4x faster than masked_fill_
-            v = h.addcmul_(h, s, value=-1.0) if zero_reset else torch.where(s.bool(), v_reset, h)
-            if trace is not None:
-                trace[t].copy_(v)
-        else:
-            v = h
-            out[t].copy_(v)
+        step = lif_step(x if static else x[t], v, params)
+        v = step.v
+        out[t].copy_(step.spike if spiking else v)
+        if trace is not None:
+            trace[t].copy_(v)
     if record is not None:
         record["v"] = trace if spiking else out
     return out

@@ -1,4 +1,5 @@
-"""Spiking building blocks: the LIF neuron (Eq 1-3), its ATan surrogate, PSP/SFR read-outs (Eq 4-5).
+"""Spiking building blocks: the LIF neuron (Eq 1-3; its float step is :func:`spkdiff.neuron.lif_step`) as a
+fused training kernel, its ATan surrogate, PSP/SFR read-outs (Eq 4-5).
 
 Tensors are time-major: ``(T, B, ...)``.  The neuron is SpikingJelly's ``LIFNode(tau=2,
 decay_input=True, v_threshold=1, v_reset=0, surrogate_function=ATan(alpha=2))`` in multi-step
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from spkdiff.errors import SpkdiffError
+from spkdiff.neuron import LIFStepParameters, lif_sequence
 
 numba.config.THREADING_LAYER = "workqueue"  # numba's OpenMP layer fights torch's OpenMP pool
 
@@ -32,6 +34,11 @@ class LIFParams:
     v_reset: float = 0.0
     alpha: float = 2.0  # ATan surrogate sharpness
 
+    @property
+    def step(self) -> LIFStepParameters:
+        """The float step's constants (SpikingJelly: the membrane leaks towards V_reset)."""
+        return LIFStepParameters(self.tau, self.v_reset, self.v_threshold, self.v_reset)
+
     @classmethod
     def from_dict(cls, d: dict | None) -> LIFParams:
         d = dict(d or {})
@@ -42,20 +49,6 @@ class LIFParams:
         if not p.tau > 1 or not p.v_threshold > p.v_reset or not p.alpha > 0:
             raise SpkdiffError(f"neuron parameters need tau > 1, v_threshold > v_reset and alpha > 0, got {p}")
         return p
-
-
-def lif_step(x: torch.Tensor, v: torch.Tensor, p: LIFParams) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One LIF step; returns ``(spike, v_next, h)``.
-
-    Eq 1: H[t] = V[t-1] + (X[t] - (V[t-1] - V_reset)) / tau
-    Eq 2: S[t] = Theta(H[t] - V_th)                      (Theta(0) = 1, as SpikingJelly)
-    Eq 3: V[t] = H[t] (1 - S[t]) + V_reset S[t]          (hard reset)
-    The expressions keep SpikingJelly's floating-point operation order, so spikes are identical.
-    """
-    h = v + (x - (v - p.v_reset)) / p.tau
-    spike = (h >= p.v_threshold).to(x.dtype)
-    v_next = spike * p.v_reset + (1 - spike) * h
-    return spike, v_next, h
 
 
 def atan_surrogate_grad(h_minus_threshold: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -159,13 +152,9 @@ def lif_multi_step(x: torch.Tensor, p: LIFParams = LIFParams(), steps: int | Non
 
 
 def lif_multi_step_reference(x_seq: torch.Tensor, p: LIFParams = LIFParams()) -> torch.Tensor:
-    """Plain-torch Eq 1-3 loop (the definition the fused kernel is tested against)."""
-    v = torch.full_like(x_seq[0], p.v_reset)
-    out = []
-    for t in range(x_seq.shape[0]):
-        s, v, _ = lif_step(x_seq[t], v, p)
-        out.append(s)
-    return torch.stack(out)
+    """Plain-torch Eq 1-3 loop (:func:`spkdiff.neuron.lif_sequence`, the definition the fused kernel is tested
+    against)."""
+    return lif_sequence(x_seq, p.step)
 
 
 class LIF(nn.Module):
