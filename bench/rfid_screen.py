@@ -54,9 +54,9 @@ def main() -> None:
         row: dict = {"run": run, "dataset": dataset, "n": args.n, "mse": float((recon - test).square().mean()),
                      "1-ssim": ssim_distance(recon, test), **pixel_statistics(recon, test)}
         for protocol in args.protocols.split(","):
-            real = real_inception_features(dataset, args.data_root, split="test", n=args.n, protocol=protocol,
-                                           progress=False)
             fake = inception_features(recon, protocol=protocol, progress=False)
+            real = real_inception_features(dataset, args.data_root, split="test", n=args.n, protocol=protocol,
+                                           progress=False)  # cached: computed once, shared by every run
             row[f"rfid_{protocol}_vs_{args.n}_real"] = float(frechet_distance(real, fake))
         row["seconds"] = time.perf_counter() - t0
         print(json.dumps(row), flush=True)
