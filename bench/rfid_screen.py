@@ -2,7 +2,8 @@
 
 For each run: reconstruct the first N test images, then report MSE, 1 - SSIM, the pixel statistics that FID on
 28x28 digits punishes (background that is not exactly black, faint haze, mid-tones), and the FID of the
-reconstructions against a fixed seeded subset of N real test images (protocol std; ``--protocols`` adds others).
+reconstructions against a fixed seeded subset of N real test images (protocol std; ``--protocols`` adds others);
+``--sample-steps S`` scores N samples of the run against the same real features too.
 Every run is scored against the same real features, so the numbers compare across runs; they are a screening
 number (N real, not the whole test split), not the headline rFID of ``spkdiff eval --metrics rfid``.
 
@@ -34,6 +35,10 @@ def main() -> None:
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--protocols", default="std")
     ap.add_argument("--json", default=None, help="append one JSON line per run here")
+    ap.add_argument("--sample-steps", type=int, default=None,
+                    help="also sample N images (torch, paper 1/t rule, this many steps, seed 0) and score them "
+                         "against the same real features (needs the run's stage 2)")
+    ap.add_argument("--skip-reconstruction", action="store_true", help="with --sample-steps: samples only")
     args = ap.parse_args()
 
     from spkdiff.config import read_json, resolve_run
@@ -47,17 +52,30 @@ def main() -> None:
     for run in args.runs:
         run_dir = resolve_run(run)
         dataset = read_json(run_dir / "config.json", "run config")["dataset"]
-        test, _ = load_tensor(dataset, args.data_root, "test", limit=args.n)
         t0 = time.perf_counter()
-        with torch.no_grad():
-            recon, _ = reconstruct(load_stage(run_dir, "vqsvae"), test)
-        row: dict = {"run": run, "dataset": dataset, "n": args.n, "mse": float((recon - test).square().mean()),
-                     "1-ssim": ssim_distance(recon, test), **pixel_statistics(recon, test)}
+        row: dict = {"run": run, "dataset": dataset, "n": args.n}
+        scored: dict[str, torch.Tensor] = {}
+        if not args.skip_reconstruction:
+            test, _ = load_tensor(dataset, args.data_root, "test", limit=args.n)
+            with torch.no_grad():
+                recon, _ = reconstruct(load_stage(run_dir, "vqsvae"), test)
+            row.update({"mse": float((recon - test).square().mean()), "1-ssim": ssim_distance(recon, test),
+                        **pixel_statistics(recon, test)})
+            scored["rfid"] = recon
+        if args.sample_steps:
+            from spkdiff.backends import sample_images
+
+            scored["sfid"], _, _ = sample_images("torch", run=run, n=args.n, steps=args.sample_steps,
+                                                 method="paper", seed=0)
+            row["sample_steps"] = args.sample_steps
         for protocol in args.protocols.split(","):
-            fake = inception_features(recon, protocol=protocol, progress=False)
-            real = real_inception_features(dataset, args.data_root, split="test", n=args.n, protocol=protocol,
-                                           progress=False)  # cached: computed once, shared by every run
-            row[f"rfid_{protocol}_vs_{args.n}_real"] = float(frechet_distance(real, fake))
+            real = None
+            for name, images in scored.items():
+                fake = inception_features(images, protocol=protocol, progress=False)
+                if real is None:  # cached: computed once, shared by every run
+                    real = real_inception_features(dataset, args.data_root, split="test", n=args.n,
+                                                   protocol=protocol, progress=False)
+                row[f"{name}_{protocol}_vs_{args.n}_real"] = float(frechet_distance(real, fake))
         row["seconds"] = time.perf_counter() - t0
         print(json.dumps(row), flush=True)
         if args.json:
