@@ -32,7 +32,9 @@ def _train(out: Path, data: Path, *extra: str) -> list[str]:
 
 
 def _spawn(argv: list[str]) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # Float reductions depend on the thread count: the killed child must compute as this process does, so
+    # that its steps equal the uninterrupted in-process run bit for bit.
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
     return subprocess.Popen([sys.executable, "-m", "spkdiff", *argv], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
