@@ -36,8 +36,11 @@ def main() -> None:
     ap.add_argument("--protocols", default="std")
     ap.add_argument("--json", default=None, help="append one JSON line per run here")
     ap.add_argument("--sample-steps", type=int, default=None,
-                    help="also sample N images (torch, paper 1/t rule, this many steps, seed 0) and score them "
-                         "against the same real features (needs the run's stage 2)")
+                    help="also sample N images (torch, this many steps, seed 0) and score them against the same "
+                         "real features (needs the run's stage 2)")
+    ap.add_argument("--sample-method", default="paper", choices=("paper", "confidence"),
+                    help="with --sample-steps: the sampler (paper: 1/t rule; confidence: MaskGIT order)")
+    ap.add_argument("--temperature", type=float, default=1.0, help="with --sample-steps: softmax temperature")
     ap.add_argument("--skip-reconstruction", action="store_true", help="with --sample-steps: samples only")
     args = ap.parse_args()
 
@@ -66,8 +69,9 @@ def main() -> None:
             from spkdiff.backends import sample_images
 
             scored["sfid"], _, _ = sample_images("torch", run=run, n=args.n, steps=args.sample_steps,
-                                                 method="paper", seed=0)
-            row["sample_steps"] = args.sample_steps
+                                                 method=args.sample_method, temperature=args.temperature, seed=0)
+            row.update(sample_steps=args.sample_steps, sample_method=args.sample_method,
+                       temperature=args.temperature)
         for protocol in args.protocols.split(","):
             real = None
             for name, images in scored.items():
