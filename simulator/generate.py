@@ -62,29 +62,52 @@ def stage_simulator(bundle: Bundle, stage: str, fixed: bool) -> Simulator:
 # ----------------------------------------------------------------------------- the pipeline
 
 
-@dataclass
-class Generation:
-    """Result of :func:`generate`: images in [0, 1], tokens, per-stage counters (time = calls x T)."""
+@dataclass(kw_only=True)
+class SimulatorRun:
+    """What a pipeline run returns: images in [0, 1], tokens, wall time, settings, per-stage counters."""
 
     images: torch.Tensor
     tokens: torch.Tensor
     seconds: float
-    denoiser_calls: int
-    snn_steps: int
     settings: dict[str, Any]
     counters: dict[str, Counters] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     simulators: dict[str, Simulator] = field(default_factory=dict, repr=False)
 
+    def own_info(self) -> dict[str, Any]:
+        """The subclass's own entries of :meth:`info`."""
+        return {}
+
     def info(self) -> dict[str, Any]:
         n = self.images.shape[0]
-        out: dict[str, Any] = {"denoiser_calls": self.denoiser_calls, "snn_steps": self.snn_steps,
-                               "seconds": self.seconds, "images_per_s": n / max(self.seconds, 1e-9),
-                               **self.settings}
+        out: dict[str, Any] = {**self.own_info(), "seconds": self.seconds,
+                               "images_per_s": n / max(self.seconds, 1e-9), **self.settings}
         if self.counters:
             out["per_image"] = {s: c.totals() for s, c in self.counters.items()}
         out["warnings"] = list(self.warnings)
         return out
+
+
+@dataclass(kw_only=True)
+class Generation(SimulatorRun):
+    """Result of :func:`generate`; counters per stage over all calls (time = calls x T)."""
+
+    denoiser_calls: int
+    snn_steps: int
+
+    def own_info(self) -> dict[str, Any]:
+        return {"denoiser_calls": self.denoiser_calls, "snn_steps": self.snn_steps}
+
+
+@dataclass(kw_only=True)
+class Reconstruction(SimulatorRun):
+    """Result of :func:`reconstruct`; counters of the encoder and generator (one call per image) and the host
+    lookup's operations per image."""
+
+    host_ops: dict[str, int]
+
+    def own_info(self) -> dict[str, Any]:
+        return {"host_lookup_ops": dict(self.host_ops)}
 
 
 class SimulatorPipeline:
@@ -161,32 +184,9 @@ def generate(bundle: Bundle | str | Path, n: int, *, fixed: bool = False, steps:
     info = {"backend": "sim-fixed" if fixed else "sim", "method": settings.method, "steps": out.denoiser_calls,
             "temperature": settings.temperature, "seed": seed, "batch_size": batch_size, "n": n}
     snn_steps = out.denoiser_calls * h.time_steps["sdid"] + h.time_steps["generator"]
-    return Generation(out.images, out.tokens, out.seconds, out.denoiser_calls, snn_steps, info, pipe.counters(),
-                      pipe.warnings, pipe.sims)
-
-
-@dataclass
-class Reconstruction:
-    """Result of :func:`reconstruct`: images in [0, 1], tokens, per-stage counters (encoder, generator: one
-    call per image) and the host lookup's operations per image."""
-
-    images: torch.Tensor
-    tokens: torch.Tensor
-    seconds: float
-    settings: dict[str, Any]
-    host_ops: dict[str, int]
-    counters: dict[str, Counters] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    simulators: dict[str, Simulator] = field(default_factory=dict, repr=False)
-
-    def info(self) -> dict[str, Any]:
-        n = self.images.shape[0]
-        out: dict[str, Any] = {"seconds": self.seconds, "images_per_s": n / max(self.seconds, 1e-9),
-                               "host_lookup_ops": dict(self.host_ops), **self.settings}
-        if self.counters:
-            out["per_image"] = {s: c.totals() for s, c in self.counters.items()}
-        out["warnings"] = list(self.warnings)
-        return out
+    return Generation(images=out.images, tokens=out.tokens, seconds=out.seconds, settings=info,
+                      counters=pipe.counters(), warnings=pipe.warnings, simulators=pipe.sims,
+                      denoiser_calls=out.denoiser_calls, snn_steps=snn_steps)
 
 
 def reconstruct(bundle: Bundle | str | Path, images: torch.Tensor, *, fixed: bool = False, batch_size: int = 256,
@@ -204,6 +204,6 @@ def reconstruct(bundle: Bundle | str | Path, images: torch.Tensor, *, fixed: boo
     enc_out = b.stage("encoder")["output"]["shape"]
     info = {"backend": "sim-fixed" if fixed else "sim", "batch_size": batch_size, "n": int(x.shape[0]),
             "snn_steps": host.time_steps["encoder"] + host.time_steps["generator"]}
-    return Reconstruction(out.images, out.tokens, out.seconds, info,
-                          host.lookup.operations((host.time_steps["encoder"], *enc_out)), pipe.counters(),
-                          pipe.warnings, pipe.sims)
+    return Reconstruction(images=out.images, tokens=out.tokens, seconds=out.seconds, settings=info,
+                          counters=pipe.counters(), warnings=pipe.warnings, simulators=pipe.sims,
+                          host_ops=host.lookup.operations((host.time_steps["encoder"], *enc_out)))

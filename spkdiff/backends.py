@@ -8,6 +8,7 @@ that knows all of train, export, simulator and neuromorphic.
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 import time
 from collections.abc import Iterator
@@ -20,6 +21,20 @@ import torch
 from spkdiff.errors import SpkdiffError
 
 BACKENDS = ("torch", "sim", "sim-fixed", "lava")
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser, default_backend: str) -> None:
+    """The model source (``--run`` or ``--bundle``) and the backend options that every backend command shares."""
+    from spkdiff import validate
+
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="trained run directory, or pretrained:mnist / pretrained:fashion-mnist")
+    src.add_argument("--bundle", help="deployment bundle from `spkdiff-export --target lava` (sim / lava backends)")
+    parser.add_argument("--backend", choices=BACKENDS, default=default_backend)
+    parser.add_argument("--batch-size", type=validate.batch, default=256)
+    parser.add_argument("--fixed", action="store_true", help="lava backend: fixed_pt (bit-accurate) models")
+    parser.add_argument("--timeout", type=validate.seconds, default=600,
+                        help="lava backend: seconds before the run is killed")
 
 
 @contextmanager

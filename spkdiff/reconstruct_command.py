@@ -18,26 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from spkdiff import validate
-from spkdiff.backends import BACKENDS
+from spkdiff.backends import add_backend_arguments
 
 GRID_ROW = 16  # images per grid row
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", help="trained run directory, or pretrained:mnist / pretrained:fashion-mnist")
-    src.add_argument("--bundle", help="deployment bundle from `spkdiff-export --target lava` (sim / lava backends)")
-    parser.add_argument("--backend", choices=BACKENDS, default="sim")
+    add_backend_arguments(parser, default_backend="sim")
     parser.add_argument("--images", type=validate.in_file, default=None,
                         help=".npy of images (N, C, H, W) or (N, H, W): uint8, or floats in [0, 1] (default: the "
                              "first --n test images of the run's dataset)")
     parser.add_argument("--data-root", default=None, help="dataset folder (default: $SPKDIFF_DATA or ./data)")
     parser.add_argument("--dataset", default=None, help="test images from this dataset (default: the run's)")
     parser.add_argument("--n", type=validate.images, default=16, help="number of test images (default 16)")
-    parser.add_argument("--batch-size", type=validate.batch, default=256)
-    parser.add_argument("--fixed", action="store_true", help="lava backend: fixed_pt (bit-accurate) models")
-    parser.add_argument("--timeout", type=validate.seconds, default=600,
-                        help="lava backend: seconds before the run is killed")
     parser.add_argument("--out", type=validate.out_file, default="reconstructions.png",
                         help="PNG grid path; tokens (.tokens.npy) and metrics (.json) go beside it")
     parser.add_argument("--report", type=validate.out_dir, default=None,

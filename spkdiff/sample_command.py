@@ -5,24 +5,17 @@ from __future__ import annotations
 import argparse
 
 from spkdiff import validate
-from spkdiff.backends import BACKENDS
+from spkdiff.backends import add_backend_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", help="trained run directory, or pretrained:mnist / pretrained:fashion-mnist")
-    src.add_argument("--bundle", help="deployment bundle from `spkdiff-export --target lava` (sim / lava backends)")
-    parser.add_argument("--backend", choices=BACKENDS, default="torch")
+    add_backend_arguments(parser, default_backend="torch")
     parser.add_argument("--n", type=validate.images, default=64, help="number of images")
     parser.add_argument("--steps", type=validate.steps, default=None, help="sampler steps (default: the preset's)")
     parser.add_argument("--method", choices=("paper", "confidence"), default=None,
                         help="paper: 1/t unmasking; confidence: confidence-ordered parallel unmasking")
     parser.add_argument("--temperature", type=validate.temperature, default=None)
     parser.add_argument("--seed", type=validate.seed, default=0)
-    parser.add_argument("--batch-size", type=validate.batch, default=256)
-    parser.add_argument("--fixed", action="store_true", help="lava backend: fixed_pt (bit-accurate) models")
-    parser.add_argument("--timeout", type=validate.seconds, default=600,
-                        help="lava backend: seconds before the run is killed")
     parser.add_argument("--out", type=validate.out_file, default="samples.png",
                         help="PNG grid path; tokens go beside it as .npy")
     parser.add_argument("--dist-timeout", type=validate.seconds, default=600,

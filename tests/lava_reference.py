@@ -12,6 +12,7 @@ integrates ``connection(spikes[..., t-2])``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,3 +114,22 @@ def run_conv_lif(case: ConvCase) -> dict[str, np.ndarray]:
 def run_cases(cases: list[DenseCase | ConvCase]) -> list[dict[str, np.ndarray]]:
     """Run several cases one after the other in this process (one child start for all of them)."""
     return [run_dense_lif(c) if isinstance(c, DenseCase) else run_conv_lif(c) for c in cases]
+
+
+def count_process_runs(job: Callable[..., Any], *args: Any) -> tuple[Any, list[str]]:
+    """(in the Lava child) ``job(*args)`` and the names of the processes whose ``run`` it called, in order:
+    one entry means one Lava graph run once."""
+    from lava.magma.core.process.process import AbstractProcess
+
+    calls: list[str] = []
+    run = AbstractProcess.run
+
+    def counting(self: Any, *a: Any, **k: Any) -> Any:
+        calls.append(self.name)
+        return run(self, *a, **k)
+
+    AbstractProcess.run = counting
+    try:
+        return job(*args), calls
+    finally:
+        AbstractProcess.run = run

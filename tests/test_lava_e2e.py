@@ -13,6 +13,7 @@ import nir
 import numpy as np
 import pytest
 import torch
+from lava_reference import count_process_runs
 
 from spkdiff.generation import SamplerSettings, generate
 from spkdiff.host import sdid_input_spikes
@@ -118,24 +119,6 @@ def test_host_processes_are_lava_processes_wired_by_ports(stages: Stages) -> Non
         assert all(isinstance(lif, LIF) for lif in stage.lifs.values())
 
 
-def counted_lava_job(*args) -> tuple:
-    """(in the Lava child) lava_job, counting the calls of Lava's Process.run."""
-    from lava.magma.core.process.process import AbstractProcess
-
-    calls = []
-    run = AbstractProcess.run
-
-    def counting(self, *a, **k):
-        calls.append(self.name)
-        return run(self, *a, **k)
-
-    AbstractProcess.run = counting
-    try:
-        return lava_job(*args), calls
-    finally:
-        AbstractProcess.run = run
-
-
 def test_fixed_pt_bit_exact_in_one_run(stages: Stages) -> None:
     """One Lava run: tokens, images, every read-out and u, v of every SDID population after every call equal
     the fixed-mode simulator's (so the resets between calls and the host processes' timing are exact)."""
@@ -146,8 +129,8 @@ def test_fixed_pt_bit_exact_in_one_run(stages: Stages) -> None:
     assert all(r > 0.01 for r in _rates(stages, stages.sdid, x, stages.sdid_steps).values())
     rec: dict = {}
     ref_img, ref_tok = simulator_reference(stages, 2, steps=2, seed=3, fixed=True, record=rec)
-    (img, tok, info), runs = run_isolated(counted_lava_job, stages, 2, 2, "confidence", 1.0, 3, True, 256, True,
-                                          timeout=280)
+    (img, tok, info), runs = run_isolated(count_process_runs, lava_job, stages, 2, 2, "confidence", 1.0, 3, True,
+                                          256, True, timeout=280)
     plan = build_plan(stages.simulator("sdid", True), stages.sdid_steps)
     gen_plan = build_plan(stages.simulator("generator", True), stages.gen_steps, graded_input=True)
     planned = 2 * (2 * plan.run_steps + gen_plan.run_steps)  # 2 images: 2 sampler steps each, then the generator

@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from lava_reference import count_process_runs
 
 from spkdiff.cli import export_main, main
+from spkdiff.neuromorphic.lava_generate import reconstruct_job
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -74,34 +76,14 @@ def test_torch_sim_and_sim_fixed_tokens(active, images, sim_fixed) -> None:
     assert fixed.counters["encoder"].totals()["spikes"] > 100 and fixed.counters["generator"].totals()["spikes"] > 0
 
 
-def counted_reconstruct_job(*args) -> tuple:
-    """(in the Lava child) reconstruct_job, counting the calls of Lava's Process.run."""
-    from lava.magma.core.process.process import AbstractProcess
-
-    from spkdiff.neuromorphic.lava_generate import reconstruct_job
-
-    calls = []
-    run = AbstractProcess.run
-
-    def counting(self, *a, **k):
-        calls.append(self.name)
-        return run(self, *a, **k)
-
-    AbstractProcess.run = counting
-    try:
-        return reconstruct_job(*args), calls
-    finally:
-        AbstractProcess.run = run
-
-
 def test_lava_fixed_pt_bit_exact_in_one_run(active, images, sim_fixed) -> None:
     """One Lava graph, one run(): tokens, generator read-outs and images equal the fixed-mode simulator's; the
     lookup gets the encoder's spikes through an InPort from its last LIF; no worker is left behind."""
     from spkdiff.neuromorphic.lava_runner import group_members, run_isolated_info
 
     ref, record = sim_fixed
-    ((img, tok, lava), runs), info = run_isolated_info(counted_reconstruct_job, str(active[1]), images.numpy(), True,
-                                                       256, True, timeout=240)
+    ((img, tok, lava), runs), info = run_isolated_info(count_process_runs, reconstruct_job, str(active[1]),
+                                                       images.numpy(), True, 256, True, timeout=240)
     assert runs == ["image_source"]
     assert torch.equal(torch.from_numpy(tok), ref.tokens) and len(ref.tokens.unique()) > 2
     assert torch.equal(torch.from_numpy(img), ref.images)

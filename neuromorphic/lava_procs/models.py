@@ -147,12 +147,10 @@ class _MaskSamplerBase(_Resetting):
         self._zero(self._resets_due(t))
 
 
-class _GeneratorFeed(_Resetting):
-    """Feeds the generator: at the first generator step of a batch, the batch's tokens (``_batch_tokens``) ->
-    embedding (Eq 8) -> the generator's first synapse (:func:`host_current`); during generator call ``b`` image
-    ``b``'s current on ``a_out`` (zeros otherwise).  ``_receive`` takes the step's input first."""
-
-    stage = "generator"
+class _CurrentSource(_Resetting):
+    """Sends a stage's input current: at the stage's first step of a batch, ``_batch_current`` (B, *Lava input
+    shape) of the batch; during call ``b`` image ``b``'s current on ``a_out`` (zeros outside the stage's calls).
+    ``_receive`` takes the step's input first (none by default)."""
 
     def __init__(self, proc_params: Any) -> None:
         super().__init__(proc_params)
@@ -160,7 +158,32 @@ class _GeneratorFeed(_Resetting):
         self.current: np.ndarray | None = None  # (B, *Lava input shape) of the batch
 
     def _receive(self, call: Any) -> None:
+        pass
+
+    def _batch_current(self, call: Any) -> torch.Tensor:
+        """The first synapse's current of the batch's images, torch layout (B, C, H, W)."""
         raise NotImplementedError
+
+    def run_spk(self) -> None:
+        call = self.timeline.at(self.time_step)
+        self._receive(call)
+        ours = call is not None and call.stage == self.stage
+        if ours and call.image == 0 and call.step == 1:
+            self.current = np.stack([chw_to_whc(c) for c in self._batch_current(call)]).astype(self.current_dtype)
+        self.a_out.send(self.current[call.image] if ours else np.zeros(self.a_out._shape, self.current_dtype))
+
+    def post_guard(self) -> bool:
+        return bool(self._resets_due(self.time_step))
+
+    def run_post_mgmt(self) -> None:
+        self._zero(self._resets_due(self.time_step))
+
+
+class _GeneratorFeed(_CurrentSource):
+    """Feeds the generator: the batch's tokens (``_batch_tokens``) -> embedding (Eq 8) -> the generator's first
+    synapse (:func:`host_current`)."""
+
+    stage = "generator"
 
     def _batch_tokens(self, call: Any) -> torch.Tensor:
         raise NotImplementedError
@@ -168,25 +191,10 @@ class _GeneratorFeed(_Resetting):
     def _codebook(self) -> torch.Tensor:
         raise NotImplementedError
 
-    def run_spk(self) -> None:
+    def _batch_current(self, call: Any) -> torch.Tensor:
         from spkdiff.neuromorphic.chip_plan import host_current
 
-        call = self.timeline.at(self.time_step)
-        self._receive(call)
-        if call is not None and call.stage == "generator" and call.image == 0 and call.step == 1:
-            z_q = embed_tokens(self._codebook(), self._batch_tokens(call))  # Eq 8: z^Q = Z[h]
-            cur = host_current(self.plan, z_q)
-            self.current = np.stack([chw_to_whc(c) for c in cur]).astype(self.current_dtype)
-        if call is not None and call.stage == "generator":
-            self.a_out.send(self.current[call.image])
-        else:
-            self.a_out.send(np.zeros(self.a_out._shape, self.current_dtype))
-
-    def post_guard(self) -> bool:
-        return bool(self._resets_due(self.time_step))
-
-    def run_post_mgmt(self) -> None:
-        self._zero(self._resets_due(self.time_step))
+        return host_current(self.plan, embed_tokens(self._codebook(), self._batch_tokens(call)))  # Eq 8: z^Q = Z[h]
 
 
 class _CodebookLookupBase(_GeneratorFeed):
@@ -245,37 +253,18 @@ class _EncoderLookupBase(_GeneratorFeed):
         return batch
 
 
-class _ImageSourceBase(_Resetting):
-    """Sends the encoder's input current: at a batch's first encoder step, the first synapse of every image's
-    pixel currents ``x - 0.5`` (:func:`host_current`); during encoder call ``b`` image ``b``'s (zeros otherwise)."""
+class _ImageSourceBase(_CurrentSource):
+    """Sends the encoder's input current: the first synapse of every image's pixel currents ``x - 0.5``
+    (:func:`host_current`)."""
 
     stage = "encoder"
 
-    def __init__(self, proc_params: Any) -> None:
-        super().__init__(proc_params)
-        self.timeline, self.plan = proc_params["timeline"], proc_params["plan"]
-        self.current: np.ndarray | None = None
-
-    def run_spk(self) -> None:
+    def _batch_current(self, call: Any) -> torch.Tensor:
         from spkdiff.neuromorphic.chip_plan import host_current
 
-        call = self.timeline.at(self.time_step)
-        if call is not None and call.stage == "encoder" and call.image == 0 and call.step == 1:
-            start = self.timeline.first_image(call.batch)
-            images = self.proc_params["images"][start: start + self.timeline.batches[call.batch]]
-            x = torch.from_numpy(np.asarray(images))
-            cur = host_current(self.plan, x - 0.5)
-            self.current = np.stack([chw_to_whc(c) for c in cur]).astype(self.current_dtype)
-        if call is not None and call.stage == "encoder":
-            self.a_out.send(self.current[call.image])
-        else:
-            self.a_out.send(np.zeros(self.a_out._shape, self.current_dtype))
-
-    def post_guard(self) -> bool:
-        return bool(self._resets_due(self.time_step))
-
-    def run_post_mgmt(self) -> None:
-        self._zero(self._resets_due(self.time_step))
+        start = self.timeline.first_image(call.batch)
+        images = self.proc_params["images"][start: start + self.timeline.batches[call.batch]]
+        return host_current(self.plan, torch.from_numpy(np.asarray(images)) - 0.5)
 
 
 class _ImageSinkBase(PyLoihiProcessModel):
