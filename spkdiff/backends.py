@@ -58,7 +58,8 @@ def sample_images(backend: str, *, run: str | None = None, bundle: str | Path | 
                   seed: int = 0, batch_size: int = 256, fixed: bool = False, timeout: float = 600.0,
                   dist: Any = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """``n`` images in [0, 1], their tokens and an info dict (``denoiser_calls``, ``snn_steps``, ``seconds``,
-    ``method``, ``steps``, ``temperature``; the simulator adds per-stage counters) from ``backend``.
+    ``method``, ``steps``, ``temperature``; the simulator adds per-stage counts and ``energy_per_image``) from
+    ``backend``.
 
     ``dist`` (torch backend under torchrun): the batches are shared out and every rank gets all images.
     """
@@ -78,7 +79,17 @@ def sample_images(backend: str, *, run: str | None = None, bundle: str | Path | 
 
         gen = generate(path, n, fixed=backend == "sim-fixed", steps=steps, method=method, temperature=temperature,
                        seed=seed, batch_size=batch_size)
-    return gen.images, gen.tokens, gen.info()
+    return gen.images, gen.tokens, {**gen.info(), "energy_per_image": generation_energy(gen)}
+
+
+def generation_energy(gen: Any) -> dict[str, Any]:
+    """Joules per generated image of a simulator run, as ``spkdiff sim --report`` prices it: the Loihi profile
+    (relays included), the same network as an ANN at 45 nm, and the papers' SOP/MAC convention."""
+    from spkdiff.simulator.report import build_report
+
+    e = build_report(gen)["energy_per_image"]
+    return {"profile": e["profile"], "snn_j": e["total_j"], "ann_profile": e["ann_profile"], "ann_j": e["ann_total_j"],
+            "papers_snn_j": e["papers_convention"]["snn_j"]}
 
 
 def _sample_torch(run: str, n: int, steps: int | None, method: str | None, temperature: float | None, seed: int,

@@ -219,6 +219,25 @@ def test_sim_report_cli(bundle_dir: Path, tmp_path: Path) -> None:
     assert np.load(out / "tokens.npy").shape == (3, 7, 7)
 
 
+def test_eval_on_the_simulator_reports_each_images_energy(tiny_run: Path, bundle_dir: Path, tmp_path: Path,
+                                                          shared_data_root: Path) -> None:
+    """``spkdiff eval --backend sim-fixed`` puts the energy per generated image beside the quality metrics, the
+    same numbers as ``spkdiff sim --fixed --report`` prices for the same images."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    assert main(["eval", "--run", str(run), "--backend", "sim-fixed", "--bundle", str(bundle_dir), "--metrics", "cfd",
+                 "--n", "3", "--batch-size", "2", "--data-root", str(shared_data_root)]) == 0
+    row = json.loads((run / "metrics.json").read_text())["rows"][-1]
+    out = tmp_path / "report"
+    assert main(["sim", "--bundle", str(bundle_dir), "--n", "3", "--batch-size", "2", "--fixed", "--report",
+                 str(out)]) == 0
+    e = json.loads((out / "report.json").read_text())["energy_per_image"]
+    assert row["energy_mj_per_image_loihi"] == pytest.approx(e["total_j"] * 1e3, rel=1e-9)
+    assert row["energy_mj_per_image_ann_cmos45nm"] == pytest.approx(e["ann_total_j"] * 1e3, rel=1e-9)
+    assert row["energy_mj_per_image_papers_convention"] == pytest.approx(e["papers_convention"]["snn_j"] * 1e3)
+    assert 0 < row["energy_mj_per_image_papers_convention"] < row["energy_mj_per_image_loihi"]
+
+
 def test_sample_cli_sim_backend(bundle_dir: Path, tmp_path: Path) -> None:
     from spkdiff.simulator.generate import generate
 

@@ -108,6 +108,11 @@ def run(args: argparse.Namespace) -> int:
         check_finite(images, "the generated images (a model with NaN/Inf weights?)")
         save_grid(images[:64], out_dir / f"samples_{args.backend}.png")
         row.update(sampler=info["method"], sampler_steps=info["denoiser_calls"], temperature=info["temperature"])
+        if "energy_per_image" in info:  # simulator backends: what each image cost, as `spkdiff sim --report`
+            e = info["energy_per_image"]
+            row.update({f"energy_mj_per_image_{e['profile']}": e["snn_j"] * 1e3,
+                        f"energy_mj_per_image_ann_{e['ann_profile']}": e["ann_j"] * 1e3,
+                        "energy_mj_per_image_papers_convention": e["papers_snn_j"] * 1e3})
         row.update(evaluate_images(images, dataset, args.data_root, wanted_gen, protocol=primary,
                                    also_fid_protocols=also if "fid" in wanted_gen else (), seed=args.seed))
     for key, value in row.items():  # a NaN metric is a failure, never a result row
