@@ -1,15 +1,18 @@
 """FID-energy front: mJ per generated image on the Loihi profile (fixed-point simulator) vs FID (std).
 
     python bench/energy_front.py --run pretrained:mnist [--run runs/mnist-narrow ...] \
-        [--steps 4,6,8,12,16,24] [--n 2000] [--sim-n 16] [--no-fid] [--data-root ../shared/data] \
-        [--reference pretrained:mnist:12] [--default pretrained:mnist:12] [--out bench/energy_front]
+        [--steps 4,6,8,12,16,24] [--n 2000] [--sim-n 16] [--no-fid] [--fid-backend sim-fixed|torch] \
+        [--real-n 2000] [--data-root ../shared/data] [--reference pretrained:mnist:12] \
+        [--default pretrained:mnist:12] [--out bench/energy_front]
 
 Operating points = every run (an SDID variant) x every sampler step count.  For each point the bundle's
 fixed-point simulator (``spkdiff sim --fixed`` machinery, :func:`spkdiff.simulator.generate.generate`)
 generates the images and counts what the chip does (relays included); :func:`build_report` prices it on
 ``loihi``, its ANN equivalent on ``cmos45nm`` and the papers' convention (E_AC / E_MAC at 45 nm).  FID is
-the std protocol (``spkdiff eval`` machinery) of the same ``--n`` images; ``--no-fid`` skips it and counts
-on ``--sim-n`` images only (seconds).  Writes ``front.json``, ``front.md`` and ``front.png`` (FID vs mJ per
+the std protocol of ``--n`` images: the same fixed-point images, or (``--fid-backend torch``, a CPU-friendly
+screen) the float model's samples with the same seed while the energy comes from ``--sim-n`` simulated
+images; against the whole test split or a fixed seeded ``--real-n`` subset.  ``--no-fid`` counts on
+``--sim-n`` images only (seconds).  Writes ``front.json``, ``front.md`` and ``front.png`` (FID vs mJ per
 image, log x; the ANN equivalents as a dashed line; the reference and the shipped default marked).
 """
 
@@ -33,32 +36,42 @@ def _point(s: str, runs: list[str]) -> tuple[str, int] | None:
     return run, int(steps)
 
 
-def measure(run: str, bundle: Path, steps: int, n: int, fid: bool, data_root: str | None, seed: int,
-            batch_size: int) -> dict[str, Any]:
+def measure(run: str, bundle: Path, steps: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One operating point: energy from the fixed-point simulator's counts on ``--sim-n`` images (all ``--n``
+    when FID is measured on ``sim-fixed`` images), FID (std) of ``--n`` images of ``--fid-backend``."""
     from spkdiff.neuromorphic.bundle import load_bundle
     from spkdiff.simulator.generate import generate
     from spkdiff.simulator.report import build_report
 
+    fid = not args.no_fid
+    on_sim = fid and args.fid_backend == "sim-fixed"
     b = load_bundle(bundle)
     t0 = time.process_time()
-    gen = generate(b, n, fixed=True, steps=steps, seed=seed, batch_size=batch_size)
+    gen = generate(b, args.n if on_sim else args.sim_n, fixed=True, steps=steps, seed=args.seed,
+                   batch_size=args.batch_size)
     rep = build_report(gen)
     e = rep["energy_per_image"]
     row: dict[str, Any] = {
-        "run": run, "steps": gen.denoiser_calls, "n": n, "mj_per_image": e["total_j"] * 1e3,
+        "run": run, "steps": gen.denoiser_calls, "energy_n": gen.images.shape[0], "mj_per_image": e["total_j"] * 1e3,
         "ann_mj_per_image": e["ann_total_j"] * 1e3, "ratio_vs_ann": e["ratio_vs_ann"],
         "sdid_share": sum(e["per_stage_j"].get("sdid", {}).values()) / max(e["total_j"], 1e-30),
         "papers_snn_mj": e["papers_convention"]["snn_j"] * 1e3, "papers_ann_mj": e["papers_convention"]["ann_j"] * 1e3,
         "sops_per_image": rep["per_image"]["sops"], **rep["neurobench"],
-        "time_steps": b.time_steps("sdid"), "cpu_s": time.process_time() - t0, "fid": None}
+        "time_steps": b.time_steps("sdid"), "fid": None}
     if fid:
-        from spkdiff.config import load_run_config, resolve_run
-        from spkdiff.eval.evaluate import evaluate_images
+        from spkdiff.backends import sample_images
+        from spkdiff.eval.features import real_inception_features
+        from spkdiff.eval.inception import inception_features
+        from spkdiff.eval.metrics import frechet_distance
 
-        dataset = load_run_config(resolve_run(run))["dataset"] if not run.startswith("pretrained:") \
-            else run.split(":", 1)[1]
-        row["fid"] = float(evaluate_images(gen.images, dataset, data_root, metrics=("fid",), protocol="std",
-                                           progress=False)["fid"])
+        images = gen.images if on_sim else sample_images("torch", run=run, n=args.n, steps=steps, seed=args.seed,
+                                                         batch_size=args.batch_size)[0]
+        dataset = b.manifest.get("source", {}).get("dataset") or "mnist"
+        real = real_inception_features(dataset, args.data_root, split="test", n=args.real_n, protocol="std",
+                                       progress=False)
+        row.update(fid=float(frechet_distance(real, inception_features(images, protocol="std", progress=False))),
+                   fid_backend=args.fid_backend, fid_n=args.n, real_n=args.real_n or "test split")
+    row["cpu_s"] = time.process_time() - t0
     return row
 
 
@@ -73,13 +86,19 @@ def write_outputs(rows: list[dict[str, Any]], out: Path, reference: tuple[str, i
     (out / "front.json").write_text(json.dumps({"rows": rows, "reference": reference, "default": default}, indent=2))
     lines = ["| run | T | steps | n | mJ/image (Loihi) | ANN mJ (45 nm) | ANN / SNN | SDID share | papers SNN mJ "
              "| SOPs/image | ActivationSparsity | FID (std) |", "|" + " --- |" * 12]
+    measured = next((r for r in rows if r["fid"] is not None), None)
     for r in rows:
         mark = " (reference)" if (r["run"], r["steps"]) == reference else ""
         mark += " (default)" if (r["run"], r["steps"]) == default else ""
         fid = f"{r['fid']:.1f}" if r["fid"] is not None else "-"
-        lines.append(f"| {r['run']}{mark} | {r['time_steps']} | {r['steps']} | {r['n']} | {r['mj_per_image']:.3f} | "
+        lines.append(f"| {r['run']}{mark} | {r['time_steps']} | {r['steps']} | {r['energy_n']} | "
+                     f"{r['mj_per_image']:.3f} | "
                      f"{r['ann_mj_per_image']:.3f} | {r['ratio_vs_ann']:.2f} | {r['sdid_share']:.1%} | "
                      f"{r['papers_snn_mj']:.4f} | {r['sops_per_image']:.3g} | {r['ActivationSparsity']:.3f} | {fid} |")
+    if measured is not None:
+        lines.append(f"\nFID: {measured['fid_n']} images of the {measured['fid_backend']} backend against "
+                     f"{measured['real_n']} real test images (protocol std); energy: the fixed-point simulator's "
+                     "counts on the n images of the table, priced on the Loihi profile.")
     (out / "front.md").write_text("\n".join(lines) + "\n")
 
     have_fid = all(r["fid"] is not None for r in rows)
@@ -110,7 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run", action="append", required=True, help="run directory or pretrained:NAME (repeatable)")
     ap.add_argument("--steps", default="4,6,8,12,16,24", help="sampler steps to sweep (comma-separated)")
     ap.add_argument("--n", type=int, default=2000, help="images per point for FID (default 2000)")
-    ap.add_argument("--sim-n", type=int, default=16, help="images per point with --no-fid (counts only)")
+    ap.add_argument("--sim-n", type=int, default=16,
+                    help="images per point whose counts give the energy (unless FID is measured on sim-fixed)")
+    ap.add_argument("--fid-backend", choices=("sim-fixed", "torch"), default="sim-fixed",
+                    help="whose --n images FID scores (torch: float samples, much faster on a CPU)")
+    ap.add_argument("--real-n", type=int, default=None,
+                    help="score against this fixed seeded subset of the test split (default: the whole split)")
     ap.add_argument("--no-fid", action="store_true", help="energy only (fast)")
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--seed", type=int, default=0)
@@ -125,7 +149,6 @@ def main(argv: list[str] | None = None) -> int:
     from spkdiff.neuromorphic.bundle import load_bundle
 
     steps = [int(s) for s in args.steps.split(",") if s]
-    n = args.sim_n if args.no_fid else args.n
     rows: list[dict[str, Any]] = []
     shipped: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
             export(run, "lava", bundle)
             shipped[run] = int(load_bundle(bundle).sampler["steps"])
             for s in steps:
-                row = measure(run, bundle, s, n, not args.no_fid, args.data_root, args.seed, args.batch_size)
+                row = measure(run, bundle, s, args)
                 rows.append(row)
+                write_outputs(rows, Path(args.out), None, None)  # what is measured survives an interruption
                 print(f"{run} steps {s}: {row['mj_per_image']:.3f} mJ/image (ANN {row['ann_mj_per_image']:.3f}, "
                       f"x{row['ratio_vs_ann']:.2f}), FID {row['fid']}", flush=True)
     reference = _point(args.reference, args.run) or (args.run[0], shipped[args.run[0]])
