@@ -16,7 +16,7 @@ integer weight.  A neuron's float potential is ``V = v_int / scale``; graded (an
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import numpy as np
 from spkdiff.errors import SpkdiffError
 from spkdiff.files import sha256
 from spkdiff.neuromorphic import loihi
+from spkdiff.neuromorphic.quantize import NeuronQuant, SynapseQuant
 from spkdiff.validate import check_manifest
 
 FORMAT = "spkdiff-export"
@@ -74,51 +75,13 @@ class BundleError(SpkdiffError):
 
 
 @dataclass
-class LoihiSynapse:
-    """A synaptic node folded into its neuron: ``a = shift(weight_int @ s, weight_exp)`` for spikes."""
-
-    name: str
-    weight_int: np.ndarray | None  # int64, torch layout; None: graded-only input (host-encoded currents)
-    weight_exp: int
-    sign_mode: int | None  # loihi.SignMode value of weight_int
-    analog_input: bool  # fed by graded values (image currents, embeddings): a = round(X * analog_factor)
-
-
-@dataclass
-class LoihiLayer:
-    """Integer constants of one neuron node (Lava ``LIF`` arguments) and its inputs."""
-
-    name: str
-    method: str  # "quantize_layer" (one synapse) or "joint" (residual sum: one shared vth)
-    du: int
-    dv: int
-    vth: int
-    scale: float  # v_int per float unit of membrane potential
-    spiking: bool
-    analog_factor: float
-    bias_mant: np.ndarray  # int64, population shape
-    bias_exp: np.ndarray
-    synapses: dict[str, LoihiSynapse] = field(default_factory=dict)
-    direct: dict[str, tuple[int, int]] = field(default_factory=dict)  # spike edge -> (weight, weight_exp)
-
-    def lif_params(self) -> Any:
-        """As :class:`spkdiff.neuromorphic.loihi.LifParams` (validated ranges)."""
-        import torch
-
-        from spkdiff.neuromorphic import loihi
-
-        return loihi.LifParams(du=self.du, dv=self.dv, vth=self.vth, bias_mant=torch.as_tensor(self.bias_mant),
-                               bias_exp=torch.as_tensor(self.bias_exp))
-
-
-@dataclass
 class Bundle:
     """A loaded bundle: ``graphs[stage]`` (nir.NIRGraph), ``loihi[stage][neuron]``, host constants."""
 
     path: Path
     manifest: dict[str, Any]
     graphs: dict[str, Any]
-    loihi: dict[str, dict[str, LoihiLayer]]
+    loihi: dict[str, dict[str, NeuronQuant]]
     codebook: np.ndarray  # (K, C) float32
 
     @property
@@ -185,26 +148,29 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def _layer(name: str, meta: dict[str, Any], tensors: dict[str, np.ndarray], where: str) -> LoihiLayer:
-    """One neuron node's integers, each checked to be integral and in its Loihi format's range."""
+def _layer(name: str, meta: dict[str, Any], tensors: dict[str, np.ndarray], where: str) -> NeuronQuant:
+    """One neuron node's integers, as the quantizer made them, each checked to be integral and in its Loihi
+    format's range."""
     where = f"{where}.{name}"
 
-    def synapse(s: str, m: dict[str, Any]) -> LoihiSynapse:
+    def synapse(s: str, m: dict[str, Any]) -> SynapseQuant:
         at = f"{where}.synapses.{s}"
-        sign = None if m.get("sign_mode") is None else check_integer(m["sign_mode"], "sign_mode", at)
-        weight = None if m.get("weight") is None else check_integer_array(tensors[m["weight"]], "weight_int", at)
-        return LoihiSynapse(s, weight, check_integer(m["weight_exp"], "weight_exp", at), sign,
-                            bool(m.get("analog_input", False)))
+        if m.get("sign_mode") is not None:
+            check_integer(m["sign_mode"], "sign_mode", at)
+        if m.get("weight") is None:
+            raise SpkdiffError(f"{at} has no integer weights")
+        return SynapseQuant(check_integer_array(tensors[m["weight"]], "weight_int", at),
+                            check_integer(m["weight_exp"], "weight_exp", at))
 
     syns = {s: synapse(s, m) for s, m in meta.get("synapses", {}).items()}
     direct = {d: (check_integer(m["weight"], "weight", f"{where}.direct.{d}"),
                   check_integer(m["weight_exp"], "weight_exp", f"{where}.direct.{d}"))
               for d, m in meta.get("direct", {}).items()}
     ints = {k: check_integer(meta[k], k, where) for k in ("du", "dv", "vth")}
-    return LoihiLayer(name, meta["method"], ints["du"], ints["dv"], ints["vth"], float(meta["scale"]),
-                      bool(meta["spiking"]), float(meta["analog_factor"]),
-                      check_integer_array(tensors[meta["bias_mant"]], "bias_mant", where),
-                      check_integer_array(tensors[meta["bias_exp"]], "bias_exp", where), syns, direct)
+    return NeuronQuant(meta["method"], ints["du"], ints["dv"], ints["vth"], float(meta["scale"]),
+                       bool(meta["spiking"]), float(meta["analog_factor"]),
+                       check_integer_array(tensors[meta["bias_mant"]], "bias_mant", where),
+                       check_integer_array(tensors[meta["bias_exp"]], "bias_exp", where), syns, direct)
 
 
 def _check_graph_finite(graph: Any, where: str) -> None:
@@ -223,7 +189,7 @@ def load_bundle(path: str | Path) -> Bundle:
     root = Path(path)
     manifest = read_manifest(root)
     graphs: dict[str, Any] = {}
-    layers: dict[str, dict[str, LoihiLayer]] = {}
+    layers: dict[str, dict[str, NeuronQuant]] = {}
     for stage, entry in manifest["stages"].items():
         try:
             graphs[stage] = nir.read(str(root / entry["file"]))

@@ -143,7 +143,7 @@ def build_plan(sim: Any, steps: int, graded_input: bool = False) -> StagePlan:
                     raise SpkdiffError(f"Lava: {src}: {type(base).__name__} has no Lava connection here")
                 if mode == "fixed":
                     syn = op.quant.synapses.get(src)
-                    if syn is None or syn.weight_int is None:
+                    if syn is None:
                         raise SpkdiffError(f"Lava: {src}: no integer weights")
                     w, e = np.asarray(syn.weight_int, dtype=np.int64), int(syn.weight_exp)
                 else:

@@ -25,9 +25,8 @@ integers with ``v ~= scale * V``, ``scale = 64 * vth / v_th``::
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import nir
 import numpy as np
@@ -73,7 +72,7 @@ from .nir_graph import (
     view,
 )
 
-__all__ = ["LayerEvaluation", "NeuronIntegers", "NeuronQuant", "QuantOptions", "QuantizedLayer", "SynapseQuant",
+__all__ = ["LayerEvaluation", "NeuronQuant", "QuantOptions", "QuantizedLayer", "SynapseQuant",
            "bias_format", "default_headroom", "evaluate_layer", "mantissa", "mantissa_unit", "quantize_graph",
            "quantize_layer", "vth_cap"]
 
@@ -389,7 +388,8 @@ class SynapseQuant:
 
 @dataclass(frozen=True)
 class NeuronQuant:
-    """Integer constants of one neuron node (Lava ``LIF`` arguments) and its inputs; the bundle stores them.
+    """Integer constants of one neuron node (Lava ``LIF`` arguments) and its inputs: what the quantizer makes,
+    the bundle stores (``spkdiff.neuromorphic.bundle``) and the simulator's fixed mode and the Lava graph read.
 
     ``synapses``: the folded synapses with integer weights (a folded synapse without an entry enters as a
     graded current ``round(X * analog_factor)``); ``direct``: spike edge -> ``(weight, weight_exp)``.
@@ -411,22 +411,6 @@ class NeuronQuant:
     def lif_params(self) -> LifParams:
         return LifParams(du=self.du, dv=self.dv, vth=self.vth, bias_mant=torch.as_tensor(self.bias_mant),
                          bias_exp=torch.as_tensor(self.bias_exp))
-
-
-class NeuronIntegers(Protocol):
-    """What readers of the integers use: :class:`NeuronQuant`, or the bundle's
-    ``spkdiff.neuromorphic.bundle.LoihiLayer``."""
-
-    du: int
-    dv: int
-    vth: int
-    scale: float
-    spiking: bool
-    analog_factor: float
-    bias_mant: np.ndarray
-    bias_exp: np.ndarray
-    synapses: Mapping[str, Any]  # name -> .weight_int, .weight_exp
-    direct: Mapping[str, tuple[int, int]]
 
 
 def quantize_graph(graph: nir.NIRGraph | GraphView, options: QuantOptions | None = None,

@@ -2,7 +2,7 @@
 
 The integers are READ, not computed here: ``quant`` is ``{neuron: integers}`` (a bundle's
 ``bundle.loihi[stage]``, or :func:`spkdiff.neuromorphic.quantize.quantize_graph`'s result; fields of
-:class:`~spkdiff.neuromorphic.quantize.NeuronIntegers`).  For a bare NIR graph (tests, benchmarks)
+:class:`~spkdiff.neuromorphic.quantize.NeuronQuant`).  For a bare NIR graph (tests, benchmarks)
 ``quant`` may instead be quantizer options (:class:`~spkdiff.neuromorphic.quantize.QuantOptions`, a dict
 of its fields, or None for the defaults): the graph is then quantized by that one quantizer.
 
@@ -28,7 +28,7 @@ import torch
 from spkdiff.errors import SpkdiffError
 from spkdiff.neuromorphic import loihi
 from spkdiff.neuromorphic.nir_graph import integer_capable, neuron_inputs
-from spkdiff.neuromorphic.quantize import NeuronIntegers, QuantOptions, quantize_graph
+from spkdiff.neuromorphic.quantize import NeuronQuant, QuantOptions, quantize_graph
 
 from .ops import AffineOp, ConvOp, NeuronOp, Op, Shape, Signal, SynapseOp, sum_signals
 
@@ -110,7 +110,7 @@ class FixedSynapseOp(SynapseOp):
 class FixedNeuronOp(NeuronOp):
     """:func:`loihi.lif_step_fixed` over time; spikes, or ``v_int / scale`` for read-outs."""
 
-    def __init__(self, base: NeuronOp, quant: NeuronIntegers) -> None:
+    def __init__(self, base: NeuronOp, quant: NeuronQuant) -> None:
         Op.__init__(self, base.name, base.node, base.in_shape, base.dt)
         self.base = base
         self.quant = quant  # as given (read only)
@@ -168,7 +168,7 @@ def convert(graph: Any, ops: dict[str, Op], quant: Any) -> dict[str, Op]:
     """Swap in the fixed-point ops: every neuron node with its integers, its folded synapses integer (or
     graded) synapses; other nodes stay float (host side)."""
     if _is_integers(quant):
-        layers: Mapping[str, NeuronIntegers] = quant
+        layers: Mapping[str, NeuronQuant] = quant
     else:
         layers = quantize_graph(graph, _options(quant), dt=next(iter(ops.values())).dt if ops else None)
     new = dict(ops)
