@@ -8,6 +8,7 @@ read-outs can only agree if Lava's per-connection delays are compensated exactly
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import nir
 import numpy as np
@@ -194,11 +195,13 @@ def test_lava_plan_reads_the_bundle_integers(tiny_run, tmp_path) -> None:
     out = tmp_path / "bundle"
     assert export_main(["--run", str(tiny_run), "--target", "lava", "--out", str(out)]) == 0
     st = load_stages(out)
-    layer = st.loihi["sdid"]["stem_lif"]
+    exported = st.loihi["sdid"]["stem_lif"]
     for change in (0, 1):  # as exported, then a changed bundle: the plan follows it
-        layer.vth += change
-        syn = layer.synapses["stem_conv"]
-        syn.weight_int = syn.weight_int + 2 * change
+        syn = dataclasses.replace(exported.synapses["stem_conv"],
+                                  weight_int=exported.synapses["stem_conv"].weight_int + 2 * change)
+        layer = dataclasses.replace(exported, vth=exported.vth + change,
+                                    synapses={**exported.synapses, "stem_conv": syn})
+        st.loihi["sdid"]["stem_lif"] = layer
         plan = build_plan(st.simulator("sdid", True), st.sdid_steps)
         pop = plan.populations["stem_lif"]
         assert pop.params["vth"] == layer.vth and np.array_equal(pop.params["bias_mant"], layer.bias_mant)
