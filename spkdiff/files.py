@@ -99,8 +99,9 @@ def clean_stale_temps(folder: str | Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def lock_folder(lock_path: str | Path, what: str) -> Iterator[Path]:
-    """Hold an exclusive ``fcntl`` lock on ``lock_path`` (holding our pid) or refuse with one line.
+def lock_folder(lock_path: str | Path, what: str, wait: bool = False) -> Iterator[Path]:
+    """Hold an exclusive ``fcntl`` lock on ``lock_path`` (holding our pid) or refuse with one line (``wait``:
+    block until the holder releases it instead).
 
     The kernel drops the lock when its process dies, so a killed writer never blocks the next one.  The
     file is removed on release; a locker that opened it just before must then retry on the new file.
@@ -112,7 +113,7 @@ def lock_folder(lock_path: str | Path, what: str) -> Iterator[Path]:
         except OSError as err:
             raise SpkdiffError(f"cannot lock {what}: {lock_path}: {err.strerror}") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
             os.close(fd)
             if err.errno not in (errno.EWOULDBLOCK, errno.EACCES):

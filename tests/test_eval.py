@@ -201,6 +201,34 @@ def test_cached_features_resume_after_interruption(tmp_path):
     assert torch.equal(feat_mod.cached_features(key, 10, compute, tmp_path, chunk=3), feats) and len(seen) == 5
 
 
+def test_cached_features_are_computed_once_by_concurrent_callers(tmp_path):
+    """A second caller (another process, or here another open of the lock) waits for the first one's
+    features instead of computing them again."""
+    import threading
+    import time
+
+    items = torch.arange(6, dtype=torch.float32)[:, None]
+    computed: list[tuple[int, int]] = []
+    started = threading.Event()
+
+    def compute(sl: slice) -> torch.Tensor:
+        computed.append((sl.start, sl.stop))
+        started.set()
+        time.sleep(0.2)
+        return items[sl] + 1
+
+    key = {"dataset": "toy", "split": "test", "n": "all", "net": "y", "protocol": "p", "sha256": "1" * 64}
+    results: dict[str, torch.Tensor] = {}
+    first = threading.Thread(target=lambda: results.update(a=feat_mod.cached_features(key, 6, compute, tmp_path,
+                                                                                       chunk=2)))
+    first.start()
+    assert started.wait(10)
+    results["b"] = feat_mod.cached_features(key, 6, compute, tmp_path, chunk=2)  # blocks until the first is done
+    first.join()
+    assert computed == [(0, 2), (2, 4), (4, 6)]
+    assert torch.equal(results["a"], items + 1) and torch.equal(results["b"], items + 1)
+
+
 def test_metrics_reject_bad_shapes():
     with pytest.raises(SpkdiffError):
         frechet_distance(torch.zeros(5, 3), torch.zeros(5, 4))

@@ -19,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from spkdiff.eval.inception import get_protocol, inception_features, inception_sha256, to_uint8_nchw
+from spkdiff.files import lock_folder
 
 SUBSET_SEED = 0
 
@@ -80,6 +81,7 @@ def cached_features(key: dict[str, Any], total: int, compute: Callable[[slice], 
 
     On a miss, items are computed in chunks of ``chunk`` and the partial result is saved after each chunk, so an
     interrupted run resumes where it stopped. The full key is stored in each file's metadata and checked on load.
+    Processes that need the same features at once compute them once: the others wait for it.
     """
     from tqdm.auto import tqdm
 
@@ -90,20 +92,26 @@ def cached_features(key: dict[str, Any], total: int, compute: Callable[[slice], 
     done = _read_features(path, key_json)
     if done is not None and done.shape[0] == total:
         return done
-    partial = _read_features(partial_path, key_json)
-    parts = [partial] if partial is not None and partial.shape[0] < total else []
-    start = parts[0].shape[0] if parts else 0
-    with tqdm(total=total, initial=start, desc=desc, unit="img", disable=not progress) as bar:
-        while start < total:
-            stop = min(start + chunk, total)
-            parts.append(compute(slice(start, stop)).float())
-            start = stop
-            bar.update(stop - bar.n)
-            if start < total:
-                _write_features(partial_path, torch.cat(parts), key_json)
-    feats = torch.cat(parts) if parts else torch.zeros(0)
-    _write_features(path, feats, key_json)
-    partial_path.unlink(missing_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    # One computer per key: a second process waits, then reads the first one's result instead of redoing it.
+    with lock_folder(folder / f"{name}.lock", f"feature cache {name}", wait=True):
+        done = _read_features(path, key_json)
+        if done is not None and done.shape[0] == total:
+            return done
+        partial = _read_features(partial_path, key_json)
+        parts = [partial] if partial is not None and partial.shape[0] < total else []
+        start = parts[0].shape[0] if parts else 0
+        with tqdm(total=total, initial=start, desc=desc, unit="img", disable=not progress) as bar:
+            while start < total:
+                stop = min(start + chunk, total)
+                parts.append(compute(slice(start, stop)).float())
+                start = stop
+                bar.update(stop - bar.n)
+                if start < total:
+                    _write_features(partial_path, torch.cat(parts), key_json)
+        feats = torch.cat(parts) if parts else torch.zeros(0)
+        _write_features(path, feats, key_json)
+        partial_path.unlink(missing_ok=True)
     return feats
 
 
