@@ -232,6 +232,27 @@ def print_stage_table(report: dict[str, Any]) -> None:
               f"{ej:>9.4f} {e['ann_j'].get(stage, 0) * 1e6:>9.4f}")
 
 
+def write_report_folder(report: dict[str, Any], out: Path, tokens: Any, images: Any = None) -> None:
+    """``out``/: samples.png (``images``, if given), tokens.npy, report.json, report.md and the plots; prints
+    what it wrote; an unwritable folder is one line."""
+    import numpy as np
+
+    from spkdiff.imageio import save_grid
+
+    written = ["samples.png"] if images is not None else []
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if images is not None:
+            save_grid(images, out / "samples.png")
+        np.save(out / "tokens.npy", tokens.numpy().astype(np.int16))
+        (out / "report.json").write_text(json.dumps(report, indent=2))
+        write_markdown(report, out / "report.md")
+        written += ["tokens.npy", "report.json", "report.md", *(p.name for p in write_plots(report, out))]
+    except OSError as err:
+        raise SpkdiffError(f"cannot write report to {out}: {err.strerror or err}") from None
+    print(f"wrote {out}: {', '.join(written)}")
+
+
 def chip_limits(args: argparse.Namespace) -> ChipLimits:
     """The chip of ``spkdiff sim``'s mapping options."""
     return ChipLimits(cores_per_chip=args.cores_per_chip, compartments_per_core=args.compartments_per_core,
@@ -241,10 +262,6 @@ def chip_limits(args: argparse.Namespace) -> ChipLimits:
 
 def run_bundle(args: argparse.Namespace) -> int:
     """``spkdiff sim --bundle``: generate, print a short table, write the report folder."""
-    import numpy as np
-
-    from spkdiff.imageio import save_grid
-
     if args.n < 1:
         raise SpkdiffError("--n must be at least 1")
     fixed = args.fixed or args.mode == "fixed"
@@ -266,16 +283,5 @@ def run_bundle(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     if args.report:
-        out = Path(args.report)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            save_grid(gen.images, out / "samples.png")
-            np.save(out / "tokens.npy", gen.tokens.numpy().astype(np.int16))
-            (out / "report.json").write_text(json.dumps(report, indent=2))
-            write_markdown(report, out / "report.md")
-            write_plots(report, out)
-        except OSError as err:
-            raise SpkdiffError(f"cannot write report to {out}: {err.strerror or err}") from None
-        print(f"wrote {out}: samples.png, tokens.npy, report.json, report.md, sops_per_layer.png, firing_rates.png, "
-              "energy.png")
+        write_report_folder(report, Path(args.report), gen.tokens, gen.images)
     return 0

@@ -127,22 +127,7 @@ def run(args: argparse.Namespace) -> int:
                  f"host lookup {e['host_lookup'] * 1e6:.4f} uJ on {args.ann_profile})")
     print(line)
     if args.report is not None:
-        _write_report(report, rec, Path(args.report))
+        from spkdiff.simulator.report import write_report_folder
+
+        write_report_folder(report, Path(args.report), rec.tokens)
     return 0
-
-
-def _write_report(report: dict[str, Any], rec: Any, out: Path) -> None:
-    import numpy as np
-
-    from spkdiff.errors import SpkdiffError
-    from spkdiff.simulator.report import write_markdown, write_plots
-
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        np.save(out / "tokens.npy", rec.tokens.numpy().astype(np.int16))
-        (out / "report.json").write_text(json.dumps(report, indent=2))
-        write_markdown(report, out / "report.md")
-        write_plots(report, out)
-    except OSError as err:
-        raise SpkdiffError(f"cannot write report to {out}: {err.strerror or err}") from None
-    print(f"wrote {out}: tokens.npy, report.json, report.md, sops_per_layer.png, firing_rates.png, energy.png")
