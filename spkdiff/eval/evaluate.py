@@ -31,6 +31,7 @@ from spkdiff.errors import SpkdiffError
 from spkdiff.eval.features import canonical_name, real_inception_features
 from spkdiff.eval.inception import get_protocol, inception_features, inception_sha256
 from spkdiff.eval.metrics import frechet_distance, kernel_distance, mse, precision_recall, ssim_distance
+from spkdiff.files import lock_folder
 
 DEFAULT_N = 5000
 INCEPTION_METRICS = ("fid", "kid", "pr")
@@ -148,15 +149,17 @@ def append_results_row(run_dir: str | os.PathLike, row: dict[str, Any]) -> list[
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     json_path = run_dir / "metrics.json"
-    rows: list[dict[str, Any]] = []
-    if json_path.is_file():
-        try:
-            rows = list(json.loads(json_path.read_text())["rows"])
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise SpkdiffError(f"{json_path} is not a metrics file written by spkdiff ({type(err).__name__})") \
-                from None
-    stamped = {"time": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), **row}
-    rows.append(stamped)
-    _write_atomic(json_path, json.dumps({"rows": rows}, indent=2) + "\n")
-    _write_atomic(run_dir / "results.md", results_markdown(rows))
+    # Several evaluations of one run may finish together: the read-modify-write of the table is one at a time.
+    with lock_folder(run_dir / ".metrics.lock", f"{json_path}", wait=True):
+        rows: list[dict[str, Any]] = []
+        if json_path.is_file():
+            try:
+                rows = list(json.loads(json_path.read_text())["rows"])
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise SpkdiffError(f"{json_path} is not a metrics file written by spkdiff ({type(err).__name__})") \
+                    from None
+        stamped = {"time": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), **row}
+        rows.append(stamped)
+        _write_atomic(json_path, json.dumps({"rows": rows}, indent=2) + "\n")
+        _write_atomic(run_dir / "results.md", results_markdown(rows))
     return rows
