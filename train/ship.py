@@ -19,11 +19,12 @@ from spkdiff.config import read_json, write_json_atomic
 def ship(run_dir: Path, name: str, dest_root: Path | None = None) -> Path:
     dest = (dest_root or Path(str(resources.files("spkdiff")))) / "pretrained" / name
     dest.mkdir(parents=True, exist_ok=True)
+    config = read_json(run_dir / "config.json", "run config")  # the run's record; the checkpoints carry it too
     for stage in ("vqsvae", "sdid"):
         ckpt = load_checkpoint(run_dir / f"{stage}.safetensors", stage=stage)
-        save_checkpoint(dest / f"{stage}.safetensors", model=ckpt.model, config=ckpt.config, stage=stage,
+        save_checkpoint(dest / f"{stage}.safetensors", model=ckpt.model, config=config, stage=stage,
                         position=ckpt.position)
-    write_json_atomic(dest / "config.json", read_json(run_dir / "config.json", "run config"))
+    write_json_atomic(dest / "config.json", config)
     for extra in ("metrics.json", "results.md", "commands.md"):
         if (run_dir / extra).exists():
             shutil.copy(run_dir / extra, dest / extra)
