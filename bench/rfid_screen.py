@@ -43,6 +43,8 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=1.0, help="with --sample-steps: softmax temperature")
     ap.add_argument("--skip-reconstruction", action="store_true", help="with --sample-steps: samples only")
     args = ap.parse_args()
+    if args.skip_reconstruction and not args.sample_steps:
+        ap.error("--skip-reconstruction leaves nothing to score without --sample-steps")
 
     from spkdiff.config import read_json, resolve_run
     from spkdiff.data import load_tensor
@@ -73,12 +75,10 @@ def main() -> None:
             row.update(sample_steps=args.sample_steps, sample_method=args.sample_method,
                        temperature=args.temperature)
         for protocol in args.protocols.split(","):
-            real = None
+            real = real_inception_features(dataset, args.data_root, split="test", n=args.n, protocol=protocol,
+                                           progress=False)  # cached: computed once, shared by every run
             for name, images in scored.items():
                 fake = inception_features(images, protocol=protocol, progress=False)
-                if real is None:  # cached: computed once, shared by every run
-                    real = real_inception_features(dataset, args.data_root, split="test", n=args.n,
-                                                   protocol=protocol, progress=False)
                 row[f"{name}_{protocol}_vs_{args.n}_real"] = float(frechet_distance(real, fake))
         row["seconds"] = time.perf_counter() - t0
         print(json.dumps(row), flush=True)
