@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from spkdiff.config import load_preset
-from spkdiff.host import diffusion_loss, psp_sequence, training_mask
-from spkdiff.train.sdid import SDID, SDIDConfig
+from spkdiff.host import psp_sequence
+from spkdiff.train.sdid import SDID, SDIDConfig, diffusion_loss, training_mask
 from spkdiff.train.vqsvae import VQSVAE, VQSVAEConfig
 
 

@@ -2,8 +2,9 @@
 Lava host processes (one implementation, so every backend computes the same numbers).
 
 * codebook lookup: spike train -> z^E (Eq 4-6) -> nearest code (Eq 7) -> embedding (Eq 8);
-* the absorbing-state mask sampler (Eq 10-12): training masks, sampling schedules, SDID input spikes;
-* the reweighted-ELBO / ELBO loss weights (Eq 14).
+* the absorbing-state mask sampler (Eq 10-12): sampling schedules, SDID input spikes.
+
+The training objective (forward masking, Eq 14 loss) is training's: :mod:`spkdiff.train.sdid`.
 """
 
 from __future__ import annotations
@@ -89,42 +90,6 @@ def sdid_input_spikes(tokens: torch.Tensor, t: torch.Tensor, num_codes: int, dif
     tb = time_bin(t, diffusion_steps, time_bins)
     x[torch.arange(b), num_codes + 1 + tb] = 1.0
     return x
-
-
-def training_mask(tokens: torch.Tensor, num_codes: int, diffusion_steps: int,
-                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Forward process at a random time: t ~ U{1..T_d}; each token masked independently w.p. t/T_d.
-
-    This is q(h_t | h_0) of Eq 10-12: with gamma_t = 1/(T_d - t + 1) the product of the per-step
-    keep probabilities prod_{s<=t} (1 - gamma_s) = (T_d - t)/T_d, so P(masked at t) = t/T_d.
-    Returns (t (B,), masked (B, H, W) bool, h_t with [MASK] = num_codes).
-    """
-    b = tokens.shape[0]
-    t = torch.randint(1, diffusion_steps + 1, (b,), generator=generator)
-    rate = (t.float() / diffusion_steps).view(b, 1, 1)
-    masked = torch.rand(tokens.shape, generator=generator) < rate
-    return t, masked, tokens.masked_fill(masked, num_codes)
-
-
-def loss_weight(t: torch.Tensor, diffusion_steps: int, kind: str = "reweighted") -> torch.Tensor:
-    """Per-sample weight of sum_masked CE / (ln 2 * N) (Unleashing-Transformers convention).
-
-    "elbo" (Eq 14): 1/t times 1/p(t) = T_d/t;  "reweighted" (the authors' code): 1 - t/T_d.
-    """
-    t = t.float()
-    if kind == "elbo":
-        return diffusion_steps / t
-    if kind == "reweighted":
-        return 1.0 - t / diffusion_steps
-    raise ValueError(f"unknown loss weighting {kind!r} (elbo or reweighted)")
-
-
-def diffusion_loss(logits: torch.Tensor, target: torch.Tensor, masked: torch.Tensor, t: torch.Tensor,
-                   diffusion_steps: int, kind: str = "reweighted") -> torch.Tensor:
-    """Mean over the batch of weight(t) * sum_{masked} -log p(h_0 | h_t) / (ln 2 * N); logits (B, K, H, W)."""
-    ce = torch.nn.functional.cross_entropy(logits, target, reduction="none")  # (B, H, W)
-    per_sample = (ce * masked).flatten(1).sum(1) / (math.log(2) * masked[0].numel())
-    return (loss_weight(t, diffusion_steps, kind) * per_sample).mean()
 
 
 def unmask_schedule(steps: int, num_tokens: int, kind: str) -> list[int]:

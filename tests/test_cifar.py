@@ -26,8 +26,8 @@ from spkdiff.cli import export_main, main
 from spkdiff.data import load_tensor
 from spkdiff.export.nir_graphs import build_stage_graphs, load_models
 from spkdiff.export.verify import encoder_trace, generator_trace, sdid_trace, verify_stage
-from spkdiff.host import training_mask
 from spkdiff.neuromorphic.bundle import STAGES
+from spkdiff.train.sdid import training_mask
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -21,8 +21,8 @@ from spkdiff.export.lowering import LoweringError, depth_to_space
 from spkdiff.export.manifest import sha256
 from spkdiff.export.nir_graphs import StageGraph, build_stage_graphs, spiking_core
 from spkdiff.export.verify import encoder_trace, generator_trace, sdid_trace, verify_stage
-from spkdiff.host import training_mask
 from spkdiff.neuromorphic.bundle import STAGES
+from spkdiff.train.sdid import training_mask
 
 N_IMAGES = 16
 

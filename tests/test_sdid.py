@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from spkdiff.cli import main
-from spkdiff.host import MaskSampler, diffusion_loss, loss_weight, sdid_input_spikes, training_mask
-from spkdiff.train.sdid import SDID, ResidualBlock, SDIDConfig
+from spkdiff.host import MaskSampler, sdid_input_spikes
+from spkdiff.train.sdid import SDID, ResidualBlock, SDIDConfig, diffusion_loss, loss_weight, training_mask
 from spkdiff.train.snn import LIF, ConvBN, SpikingConv
 
 K, TD = 16, 49

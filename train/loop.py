@@ -39,9 +39,8 @@ from spkdiff.config import write_json_atomic
 from spkdiff.data import load_tensor
 from spkdiff.errors import SpkdiffError
 from spkdiff.files import atomic_write, save_npy_atomic
-from spkdiff.host import diffusion_loss, training_mask
 from spkdiff.train.distributed import SINGLE, DistContext, param_digest, tensor_digest
-from spkdiff.train.sdid import SDID, SDIDConfig
+from spkdiff.train.sdid import SDID, SDIDConfig, diffusion_loss, training_mask
 from spkdiff.train.vqsvae import VQSVAE, VQSVAEConfig
 
 

@@ -12,10 +12,15 @@ operations of one call per sample, each layer's spikes weighted by their fan-out
 relative to the dense MACs of the same network as an ANN (one pass):
 ``R = sum_l sum_{t,c,h,w} s_l[t,c,h,w] f_l[h,w] / MACs_dense``.  On Loihi a SOP costs about 5x an ANN
 MAC at 45 nm (23.6 vs 4.6 pJ), so R < 0.2 is where the chip starts to pay off.
+
+Training objective (training's alone; the host side of sampling is :mod:`spkdiff.host`): the forward
+masking q(h_t | h_0) (:func:`training_mask`, Eq 10-12) and the weighted cross-entropy (:func:`diffusion_loss`,
+Eq 14).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -126,3 +131,42 @@ class SDID(nn.Module):
         input spikes' SOPs are left out: the model cannot change them."""
         sops = sum((s.sum((0, 2)) * f.to(s)).sum() for s, f in zip(spikes, self.fan_outs(), strict=True))
         return sops / (spikes[0].shape[1] * self.dense_macs())
+
+
+# ----------------------------------------------------------------------------- training objective (Eq 10-14)
+
+
+def training_mask(tokens: torch.Tensor, num_codes: int, diffusion_steps: int,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward process at a random time: t ~ U{1..T_d}; each token masked independently w.p. t/T_d.
+
+    This is q(h_t | h_0) of Eq 10-12: with gamma_t = 1/(T_d - t + 1) the product of the per-step
+    keep probabilities prod_{s<=t} (1 - gamma_s) = (T_d - t)/T_d, so P(masked at t) = t/T_d.
+    Returns (t (B,), masked (B, H, W) bool, h_t with [MASK] = num_codes).
+    """
+    b = tokens.shape[0]
+    t = torch.randint(1, diffusion_steps + 1, (b,), generator=generator)
+    rate = (t.float() / diffusion_steps).view(b, 1, 1)
+    masked = torch.rand(tokens.shape, generator=generator) < rate
+    return t, masked, tokens.masked_fill(masked, num_codes)
+
+
+def loss_weight(t: torch.Tensor, diffusion_steps: int, kind: str = "reweighted") -> torch.Tensor:
+    """Per-sample weight of sum_masked CE / (ln 2 * N) (Unleashing-Transformers convention).
+
+    "elbo" (Eq 14): 1/t times 1/p(t) = T_d/t;  "reweighted" (the authors' code): 1 - t/T_d.
+    """
+    t = t.float()
+    if kind == "elbo":
+        return diffusion_steps / t
+    if kind == "reweighted":
+        return 1.0 - t / diffusion_steps
+    raise ValueError(f"unknown loss weighting {kind!r} (elbo or reweighted)")
+
+
+def diffusion_loss(logits: torch.Tensor, target: torch.Tensor, masked: torch.Tensor, t: torch.Tensor,
+                   diffusion_steps: int, kind: str = "reweighted") -> torch.Tensor:
+    """Mean over the batch of weight(t) * sum_{masked} -log p(h_0 | h_t) / (ln 2 * N); logits (B, K, H, W)."""
+    ce = torch.nn.functional.cross_entropy(logits, target, reduction="none")  # (B, H, W)
+    per_sample = (ce * masked).flatten(1).sum(1) / (math.log(2) * masked[0].numel())
+    return (loss_weight(t, diffusion_steps, kind) * per_sample).mean()
