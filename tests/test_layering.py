@@ -98,11 +98,27 @@ def test_layer_reaches_no_forbidden_layer(layer: str, forbidden: set[str]) -> No
     assert not bad, "\n".join(bad)
 
 
+def _imports_lava_library(path: Path) -> bool:
+    """Whether the module imports the lava-nc library itself (``import lava...`` / ``from lava... import``)."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+        if any(n == "lava" or n.startswith("lava.") for n in names):
+            return True
+    return False
+
+
 def test_lava_is_reached_from_the_commands_not_through_the_simulator() -> None:
     # lava_compat is the package's import hook (it imports nothing from Lava); the backend is the rest
     lava = {m for m in MODULES if m.startswith("spkdiff.neuromorphic.lava_")} - {"spkdiff.neuromorphic.lava_compat"}
     bad = sorted(f"{m} -> {t}" for m in GRAPH if _layer(m) == "simulator" for t in _reach(m) & lava)
     assert not bad, "\n".join(bad)
+    # the Lava library is imported by the backend's modules only, so nothing else can reach Lava around them
+    outside = sorted(m for m, path in MODULES.items() if m not in lava and _imports_lava_library(path))
+    assert not outside, f"modules outside the Lava backend that import lava: {outside}"
+    # and the backend is entered from the commands: the CLI's dispatch imports it, no other layer does
+    entries = sorted(m for m in GRAPH if m not in lava and GRAPH[m] & lava)
+    assert entries and all(_layer(m) == "app" for m in entries), entries
 
 
 def test_no_import_cycles() -> None:
