@@ -138,13 +138,15 @@ def test_real_features_are_cached_and_reused(tmp_path, monkeypatch):
     second = feat_mod.real_inception_features("MNIST", None, cache=tmp_path)  # alias of the same dataset
     assert calls["extract"] == 1
     assert torch.equal(first, second) and first.shape == (6, 4)
-    subset = feat_mod.real_inception_features("mnist", None, n=3, cache=tmp_path)  # other key: recomputed
-    assert calls["extract"] == 2 and subset.shape == (3, 4)
+    subset = feat_mod.real_inception_features("mnist", None, n=3, cache=tmp_path)  # rows of the cached split
+    assert calls["extract"] == 1
+    assert torch.equal(subset, first[torch.from_numpy(feat_mod.subset_indices(6, 3))])
+    alone = feat_mod.real_inception_features("mnist", None, n=3, cache=tmp_path / "other")  # nothing to slice
+    assert calls["extract"] == 2 and torch.allclose(alone, subset)
     files = sorted((tmp_path / "features").glob("*.safetensors"))
-    assert len(files) == 2 and all(inception_sha256()[:16] in f.name for f in files)
+    assert len(files) == 1 and inception_sha256()[:16] in files[0].name
     files[0].write_bytes(b"garbage")  # a corrupt cache file is recomputed, not trusted
     feat_mod.real_inception_features("mnist", None, cache=tmp_path)
-    feat_mod.real_inception_features("mnist", None, n=3, cache=tmp_path)
     assert calls["extract"] == 3
 
 

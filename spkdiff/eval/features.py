@@ -74,6 +74,17 @@ def _write_features(path: Path, feats: torch.Tensor, key_json: str) -> None:
     tmp.replace(path)
 
 
+def _cache_name(key: dict[str, Any]) -> str:
+    return "_".join(str(key[k]) for k in sorted(key) if k != "sha256") + f"_{str(key.get('sha256', ''))[:16]}"
+
+
+def stored_features(key: dict[str, Any], total: int, directory: str | os.PathLike | None = None) -> torch.Tensor | None:
+    """The complete features stored under ``key``, or None when the cache does not hold all ``total`` of them."""
+    path = cache_dir(directory) / "features" / f"{_cache_name(key)}.safetensors"
+    done = _read_features(path, json.dumps(key, sort_keys=True))
+    return done if done is not None and done.shape[0] == total else None
+
+
 def cached_features(key: dict[str, Any], total: int, compute: Callable[[slice], torch.Tensor],
                     directory: str | os.PathLike | None = None, *, chunk: int = 500, progress: bool = False,
                     desc: str = "features") -> torch.Tensor:
@@ -86,7 +97,7 @@ def cached_features(key: dict[str, Any], total: int, compute: Callable[[slice], 
     from tqdm.auto import tqdm
 
     folder = cache_dir(directory) / "features"
-    name = "_".join(str(key[k]) for k in sorted(key) if k != "sha256") + f"_{str(key.get('sha256', ''))[:16]}"
+    name = _cache_name(key)
     path, partial_path = folder / f"{name}.safetensors", folder / f"{name}.partial.safetensors"
     key_json = json.dumps(key, sort_keys=True)
     done = _read_features(path, key_json)
@@ -118,7 +129,10 @@ def cached_features(key: dict[str, Any], total: int, compute: Callable[[slice], 
 def real_inception_features(dataset: str, data_root: str | os.PathLike | None = None, *, split: str = "test",
                             n: int | None = None, protocol: str = "std", batch_size: int = 50, device: str = "cpu",
                             progress: bool = True, cache: str | os.PathLike | None = None) -> torch.Tensor:
-    """Cached (N, 2048) Inception features of a real split (all of it, or a seeded subset of ``n`` images)."""
+    """Cached (N, 2048) Inception features of a real split (all of it, or a seeded subset of ``n`` images).
+
+    A subset not cached on its own is sliced from the whole split's cached features when those exist.
+    """
     get_protocol(protocol)
     dataset = canonical_name(dataset)
     sha = inception_sha256()
@@ -126,7 +140,14 @@ def real_inception_features(dataset: str, data_root: str | os.PathLike | None = 
            "protocol": protocol, "sha256": sha}
 
     images, _ = load_split(dataset, data_root, split)
-    images = images[torch.from_numpy(subset_indices(images.shape[0], n))]
+    indices = torch.from_numpy(subset_indices(images.shape[0], n))
+    if indices.numel() < images.shape[0] and stored_features(key, indices.numel(), cache) is None:
+        # A subset's features are rows of the whole split's (the network sees one image at a time); reuse them
+        # when the whole split is cached already, rather than paying the Inception pass again.
+        whole = stored_features({**key, "n": "all"}, images.shape[0], cache)
+        if whole is not None:
+            return whole[indices]
+    images = images[indices]
 
     def compute(sl: slice) -> torch.Tensor:
         return inception_features(images[sl], protocol=protocol, batch_size=batch_size, device=device,
