@@ -212,7 +212,7 @@ def host_current(plan: StagePlan, x: torch.Tensor) -> np.ndarray:
         if plan.mode == "fixed":
             a = op.run(Signal(x.float(), True, False), 1, None).data
             return a.to(torch.int64).numpy()
-        a = op._conv(x.double(), op.weight.double(), None, op.stride, op.padding, op.dilation, op.groups)
+        a = op.current(x.double(), op.weight.double())
         return (a * plan.populations[plan.input_target].params["gain"]).numpy()
 
 

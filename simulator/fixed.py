@@ -84,11 +84,7 @@ class FixedSynapseOp(SynapseOp):
 
     def _float_current(self, x: torch.Tensor) -> torch.Tensor:
         b = self.base
-        if isinstance(b, AffineOp):
-            return torch.nn.functional.linear(b._in(x), b.weight)
-        if isinstance(b, ConvOp):
-            return b._conv(x, b.weight, None, b.stride, b.padding, b.dilation, b.groups)
-        return b.fn(x)
+        return b.current(x) if isinstance(b, AffineOp | ConvOp) else b.fn(x)
 
     def run(self, x: Signal, steps: int, record: dict[str, torch.Tensor] | None) -> Signal:
         d = x.data

@@ -214,6 +214,10 @@ class AffineOp(SynapseOp):
     def fn(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self._in(x), self.weight, self.bias)
 
+    def current(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The output without the bias (``weight``: another weight of the same shape, e.g. in float64)."""
+        return F.linear(self._in(x), self.weight if weight is None else weight)
+
     def apply(self, x: torch.Tensor, mask: bool) -> torch.Tensor:
         w = (self.weight != 0) if mask else torch.ones_like(self.weight)
         return F.linear(self._in(x), w.to(x.dtype))
@@ -251,6 +255,11 @@ class ConvOp(SynapseOp):
 
     def fn(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def current(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The output without the bias (``weight``: another weight of the same shape, e.g. in float64)."""
+        w = self.weight if weight is None else weight
+        return self._conv(x, w, None, self.stride, self.padding, self.dilation, self.groups)
 
     def apply(self, x: torch.Tensor, mask: bool) -> torch.Tensor:
         w = (self.weight != 0) if mask else torch.ones_like(self.weight)
