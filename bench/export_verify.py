@@ -13,9 +13,9 @@ import time
 import torch
 
 from spkdiff.data import load_tensor
-from spkdiff.export.lowering import depth_to_space
 from spkdiff.export.nir_graphs import build_stage_graphs, load_models
 from spkdiff.export.verify import compare_stage, encoder_trace, generator_trace, sdid_trace, simulator_executor
+from spkdiff.generation import depth_to_space
 from spkdiff.train.sdid import training_mask
 from spkdiff.train.snn import merge_time
 

@@ -238,17 +238,9 @@ def conv_spec(module: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d | None 
                     tuple(getattr(module, "output_padding", (0, 0))), tuple(module.dilation), module.groups)
 
 
-def depth_to_space(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """Phase layout ``(..., C f^2, h, w)`` -> fine ``(..., C, h f, w f)`` (``pixel_shuffle``)."""
-    if factor == 1:
-        return x
-    lead = x.shape[:-3]
-    y = torch.nn.functional.pixel_shuffle(x.reshape(-1, *x.shape[-3:]), factor)
-    return y.reshape(*lead, *y.shape[-3:])
-
-
 def space_to_depth(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """Fine ``(..., C, H, W)`` -> phase layout ``(..., C f^2, H/f, W/f)`` (``pixel_unshuffle``)."""
+    """Fine ``(..., C, H, W)`` -> phase layout ``(..., C f^2, H/f, W/f)`` (``pixel_unshuffle``); the inverse
+    is the host decode's :func:`spkdiff.generation.depth_to_space`."""
     if factor == 1:
         return x
     lead = x.shape[:-3]

@@ -15,10 +15,10 @@ import nir
 import torch
 from torch import nn
 
+from spkdiff.generation import depth_to_space
 from spkdiff.host import leaky_sum
 from spkdiff.train.snn import merge_time, split_time
 
-from .lowering import depth_to_space
 from .nir_graphs import StageGraph
 
 Executor = Callable[[nir.NIRGraph, torch.Tensor, int], dict[str, torch.Tensor]]

@@ -187,13 +187,23 @@ def embed_tokens(codebook: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return codebook[tokens].permute(0, 3, 1, 2)
 
 
+def depth_to_space(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Phase layout ``(..., C f^2, h, w)`` -> fine ``(..., C, h f, w f)`` (``pixel_shuffle``): the layout of the
+    lowered transposed convs (:mod:`spkdiff.export.lowering`) back to the image's."""
+    if factor == 1:
+        return x
+    lead = x.shape[:-3]
+    y = torch.nn.functional.pixel_shuffle(x.reshape(-1, *x.shape[-3:]), factor)
+    return y.reshape(*lead, *y.shape[-3:])
+
+
+_depth_to_space = depth_to_space  # decode_readout's argument of the same name shadows it
+
+
 def decode_readout(v: torch.Tensor, depth_to_space: int = 1, crop: Sequence[int] | None = None) -> torch.Tensor:
     """Generator read-out ``v_T`` -> image in [0, 1]: depth-to-space (the phase layout of the lowered
     transposed convs), crop, ``tanh(v) + 0.5`` (pixels live in [-0.5, 0.5]), clamp."""
-    if depth_to_space > 1:
-        lead = v.shape[:-3]
-        v = torch.nn.functional.pixel_shuffle(v.reshape(-1, *v.shape[-3:]), depth_to_space)
-        v = v.reshape(*lead, *v.shape[-3:])
+    v = _depth_to_space(v, depth_to_space)
     if crop is not None:
         v = v[..., : crop[0], : crop[1]]
     return (torch.tanh(v) + 0.5).clamp(0, 1)

@@ -15,12 +15,12 @@ from spkdiff.export.lowering import (
     ConvSpec,
     LoweringError,
     conv_spec,
-    depth_to_space,
     fold_batchnorm,
     lower_conv,
     space_to_depth,
 )
 from spkdiff.export.nir_graphs import li_tau, lif_params
+from spkdiff.generation import depth_to_space
 from spkdiff.host import leaky_sum
 from spkdiff.train.snn import LIF
 

@@ -17,10 +17,11 @@ from torch import nn
 
 from spkdiff.cli import export_main, main
 from spkdiff.data import load_tensor
-from spkdiff.export.lowering import LoweringError, depth_to_space
+from spkdiff.export.lowering import LoweringError
 from spkdiff.export.manifest import sha256
 from spkdiff.export.nir_graphs import StageGraph, build_stage_graphs, spiking_core
 from spkdiff.export.verify import encoder_trace, generator_trace, sdid_trace, verify_stage
+from spkdiff.generation import depth_to_space
 from spkdiff.neuromorphic.bundle import STAGES
 from spkdiff.train.sdid import training_mask
 
