@@ -1,4 +1,4 @@
-"""`make demo`'s steps at reduced size on the shipped model: export, fixed-point simulation, one Lava image.
+"""`make demo` as it runs (its defaults) on the shipped model: export, fixed-point simulation, one Lava image.
 
 The demo's output for seed 0 is pinned by a digest (tokens, image pixels, report counts and energy) in
 ``tests/data/demo_digest.json``: a change of behaviour shows up here.  After an intended change (a new shipped
@@ -19,7 +19,6 @@ from PIL import Image
 from spkdiff.demo import run_demo
 
 DIGEST = Path(__file__).parent / "data" / "demo_digest.json"
-DEMO_ARGS = {"n": 4, "lava_images": 1, "steps": 2, "lava_steps": 1}
 
 
 def _sha(array: np.ndarray) -> str:
@@ -42,7 +41,7 @@ def demo_digest(paths: dict[str, Path]) -> dict:
 
 
 def test_demo_steps_on_the_shipped_model(tmp_path: Path):
-    paths = run_demo("pretrained:mnist", tmp_path, **DEMO_ARGS)
+    paths = run_demo("pretrained:mnist", tmp_path)  # make demo's own settings
     manifest = json.loads((paths["bundle"] / "manifest.json").read_text())
     assert manifest["target"] == "lava"
     assert np.asarray(Image.open(paths["grid"])).std() > 10  # images, not a blank canvas
@@ -76,6 +75,6 @@ if __name__ == "__main__":  # rewrite the stored digest after an intended change
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        digest = demo_digest(run_demo("pretrained:mnist", Path(tmp), **DEMO_ARGS))
+        digest = demo_digest(run_demo("pretrained:mnist", Path(tmp)))
     DIGEST.write_text(json.dumps(digest, indent=1, sort_keys=True) + "\n")
     print(f"wrote {DIGEST}", file=sys.stderr)
