@@ -12,6 +12,11 @@ and afterwards always
 2. kills whatever is left of the group (SIGKILL) and reaps it,
 3. unlinks those segments that still exist.
 
+That clean-up also runs when this process is asked to end while it waits: Ctrl-C raises KeyboardInterrupt,
+and SIGTERM or SIGHUP (``timeout(1)``, ``kill``, a closed terminal) are turned into KeyboardInterrupt for the
+wait where they would otherwise end this process at once — the child's group is in its own session, so the
+signal never reaches it and it would run on, orphaned.
+
 ``fn`` must be a module-level function (it is pickled by reference, with ``sys.path``, so test modules
 work too); arguments and the return value must be picklable.  The child imports
 :mod:`spkdiff.neuromorphic.lava_compat` first, so ``fn`` may import Lava directly.  ``fn`` should stop its
@@ -27,8 +32,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -141,6 +147,26 @@ def _cleanup(pgid: int, before: set[str], started: float, info: RunInfo) -> None
                 info.unlinked_shm.append(name)
 
 
+@contextlib.contextmanager
+def _termination_unwinds() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt inside the block (main thread, where their handler is the
+    default one that ends the process at once; an ignored or a custom handler is left alone), so the
+    ``finally`` clean-up of :func:`run_isolated_info` kills the child's group."""
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        def unwind(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(sig) is signal.SIG_DFL:
+                previous[sig] = signal.signal(sig, unwind)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run_isolated(fn: Callable[..., T], *args: Any, timeout: float = 60.0, **kwargs: Any) -> T:
     """Return ``fn(*args, **kwargs)`` computed in an isolated child; raise :class:`LavaTimeoutError` after
     ``timeout`` seconds or :class:`LavaRunError` if ``fn`` raised (both carry ``.info``)."""
@@ -149,7 +175,7 @@ def run_isolated(fn: Callable[..., T], *args: Any, timeout: float = 60.0, **kwar
 
 def run_isolated_info(fn: Callable[..., T], *args: Any, timeout: float = 60.0, **kwargs: Any) -> tuple[T, RunInfo]:
     """:func:`run_isolated` that also returns the :class:`RunInfo` (process group, clean-up record)."""
-    with tempfile.TemporaryDirectory(prefix="spkdiff-lava-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="spkdiff-lava-") as tmp, _termination_unwinds():
         job, result, log = Path(tmp, "job.pkl"), Path(tmp, "result.pkl"), Path(tmp, "output.log")
         job.write_bytes(pickle.dumps((list(sys.path), pickle.dumps((fn, args, kwargs)))))
         before = _shm_listing()

@@ -182,3 +182,48 @@ def test_timeout_kills_group_and_frees_shared_memory(tmp_path):
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
     assert info.unlinked_shm  # Lava's channels lived in /dev/shm...
     assert all(not Path("/dev/shm", n).exists() for n in info.unlinked_shm)  # ...and were removed
+
+
+def test_sigterm_to_the_caller_still_kills_the_group(tmp_path):
+    """``timeout(1)``, ``kill`` or a closed terminal end the caller with SIGTERM / SIGHUP, which never reach the
+    child (its own session): the caller unwinds as on Ctrl-C, kills the group and frees its shared memory."""
+    import signal
+
+    from spkdiff.neuromorphic.lava_runner import _shm_used_by
+
+    marker = tmp_path / "running"
+    code = f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_lava_compat import lava_forever
+        from spkdiff.neuromorphic.lava_runner import run_isolated
+        try:
+            run_isolated(lava_forever, {str(marker)!r}, timeout=600)
+        except KeyboardInterrupt:
+            sys.exit(130)
+    """
+    caller = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    pgid, shm = None, set()
+    try:
+        deadline = time.time() + 300  # starting Lava on a loaded machine
+        while pgid is None:
+            assert caller.poll() is None, caller.stdout.read().decode(errors="replace")[-500:]
+            assert time.time() < deadline, "Lava did not start in time"
+            text = marker.read_text().strip() if marker.exists() else ""
+            pgid = int(text) if text else None
+            time.sleep(0.2)
+        members = group_members(pgid)
+        shm = {n for n in _shm_used_by(members) if n.startswith("psm_")}
+        assert members and shm  # the child and Lava's workers are alive and hold Lava's channels...
+        caller.send_signal(signal.SIGTERM)
+        assert caller.wait(timeout=60) == 130
+        assert not group_members(pgid)  # ...and are gone
+        assert all(not Path("/dev/shm", n).exists() for n in shm)
+    finally:
+        if caller.poll() is None:
+            caller.kill()
+        if pgid is not None and group_members(pgid):  # the fix failed: clean up after the orphaned group
+            os.killpg(pgid, 9)
+            for name in shm:
+                Path("/dev/shm", name).unlink(missing_ok=True)
