@@ -383,9 +383,13 @@ def ensure_files(spec: DatasetSpec, root: Path, split: str, download: bool = Tru
         bases = _mirrors(spec, mirrors)
         if not download:
             raise _missing_error(spec, root, split, "downloading is disabled", bases)
+        new_folders = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
         try:
             _fetch(spec, root, split, bases)
         except (_DownloadError, OSError) as err:
+            for p in new_folders:  # a failed download leaves no empty folders behind
+                with contextlib.suppress(OSError):
+                    p.rmdir()
             raise _missing_error(spec, root, split, f"download failed ({_one_line(err)})", bases) from None
     paths = [_find(folder, n) for n in spec.files[split]]
     assert all(p is not None for p in paths)

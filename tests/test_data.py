@@ -263,7 +263,15 @@ def test_download_unreachable_is_missing_error(tmp_path: Path, monkeypatch: pyte
         data.load_arrays("cifar10", tmp_path / "root", "test")
     assert "\n" not in str(err.value)
     assert str(tmp_path / "root" / "cifar-10-batches-py" / "test_batch") in str(err.value)
-    assert not any(p.is_file() for p in (tmp_path / "root").rglob("*"))
+    assert not (tmp_path / "root").exists()  # no file, and no empty folder either
+
+
+def test_failed_download_leaves_no_empty_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(data.MIRROR_ENV, f"http://127.0.0.1:{_closed_port()}/")
+    (tmp_path / "root").mkdir()  # an existing root stays, the dataset's folders go
+    with pytest.raises(DatasetMissingError, match="download failed"):
+        data.load_arrays("mnist", tmp_path / "root", "test")
+    assert list((tmp_path / "root").iterdir()) == []
 
 
 @pytest.fixture
@@ -313,7 +321,7 @@ def test_download_wrong_md5_rejected(tmp_path: Path, mirror: tuple[Path, str], m
         data.load_arrays("kmnist", root, "train", mirrors=[url + "kmnist/"])
     assert "\n" not in str(err.value)
     assert "bdb82020997e1d708af4cf47b453dcf7" in str(err.value)
-    assert list((root / "KMNIST" / "raw").iterdir()) == []  # no partial or temporary file
+    assert not root.exists()  # no partial or temporary file, no empty folder
 
 
 def _letters_members() -> tuple[dict[str, bytes], np.ndarray]:
