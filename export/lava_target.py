@@ -15,7 +15,7 @@ from typing import Any
 
 import nir
 import numpy as np
-from safetensors.numpy import save_file
+from safetensors.numpy import save
 
 from spkdiff.errors import SpkdiffError
 from spkdiff.neuromorphic.bundle import BUNDLE_VERSION
@@ -24,6 +24,7 @@ from spkdiff.neuromorphic.quantize import NeuronQuant, QuantOptions, quantize_gr
 
 from .manifest import build_manifest, write_manifest
 from .nir_graphs import StageGraph, build_stage_graphs, load_models
+from .nir_target import write_graph
 
 NETX_REASONS = {
     "encoder": "netx has no analog (graded) input layer: the encoder is driven by image currents every step",
@@ -89,10 +90,10 @@ def write_lava(run_dir: Path, out_dir: Path) -> dict[str, Any]:
     options: dict[str, Any] = {}
     for name, sg in stages.items():
         path = out_dir / f"{name}.nir"
-        nir.write(path, sg.graph)
+        write_graph(path, sg.graph)
         meta, tensors = _stage_quant(sg, quantize_stage(sg.graph, sg.steps, name))
         qfile = f"{name}.loihi.safetensors"
-        save_file(tensors, str(out_dir / qfile))
+        (out_dir / qfile).write_bytes(save(tensors))  # a full disk: one OSError (save_file: its own type)
         (out_dir / qfile).chmod(path.stat().st_mode & 0o777)  # as readable as the NIR files
         options[name] = meta.pop("options")
         entry = manifest["stages"][name]

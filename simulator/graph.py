@@ -52,7 +52,7 @@ def load_graph(graph: nir.NIRGraph | str | Path) -> nir.NIRGraph:
     try:
         return nir.read(str(path))
     except Exception as err:  # h5py/nir raise many types for a foreign or truncated file
-        raise SpkdiffError(f"cannot read NIR graph from {path}: {err}") from err
+        raise SpkdiffError(f"cannot read NIR graph from {path}: {str(err) or type(err).__name__}") from err
 
 
 def _endpoint(sub: nir.NIRGraph, prefix: str, ref: str | None, want: type) -> str:

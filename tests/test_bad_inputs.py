@@ -400,6 +400,9 @@ def file_size_limit(nbytes: int):
 DISK_FULL: dict[str, Callable[[Ctx], list[str]]] = {
     "sample": lambda c: sample(c.run(), "--n", "64"),  # grid.png and grid.tokens.npy exist from before
     "train": lambda c: train(c, c.tmp / "fresh", "--stage", "vqsvae", "--limit", "64"),
+    # HDF5 writing straight to a full disk used to crash the process (h5py finalisers, then a segfault)
+    "export-lava": lambda c: export(c.run(), c.tmp / "bundle_out", "lava"),
+    "export-nir": lambda c: export(c.run(), c.tmp / "bundle_out", "nir"),
 }
 
 
@@ -417,5 +420,6 @@ def test_disk_full(case: str, ctx: Ctx, capsys: pytest.CaptureFixture[str]) -> N
     new = sorted(set(after) - set(before))
     assert not [p for p in new if ".tmp" in p or p.endswith((".png", ".npy", ".safetensors", "manifest.json"))], new
     assert not (ctx.tmp / "bundle_out").exists()
+    assert not [p for p in ctx.tmp.iterdir() if p.name.startswith(".bundle_out")], "export temp or lock left"
     if os.path.exists(ctx.tmp / "fresh"):  # the run directory holds no half-written file
         assert not [p for p in (ctx.tmp / "fresh").iterdir() if ".tmp" in p.name]

@@ -221,17 +221,19 @@ def test_cli_refuses_to_overwrite_without_force(tiny_run: Path, tmp_path: Path, 
 
 def test_failing_writer_leaves_no_partial_output(tiny_run: Path, tmp_path: Path, monkeypatch, capsys):
     """A write error after some files exist (here: the third stage) removes everything written so far."""
-    written = []
-    real_write = nir.write
+    from spkdiff.export import nir_target
 
-    def write(path, graph, *args, **kwargs):
+    written = []
+    real_write = nir_target.write_graph
+
+    def write(path, graph):
         if Path(path).name == "sdid.nir":
             assert len(written) == 2 and all(p.exists() for p in written)
             raise OSError(28, "No space left on device")
         written.append(Path(path))
-        real_write(path, graph, *args, **kwargs)
+        real_write(path, graph)
 
-    monkeypatch.setattr(nir, "write", write)
+    monkeypatch.setattr(nir_target, "write_graph", write)
     out = tmp_path / "deep" / "out"
     assert export_main(["--run", str(tiny_run), "--target", "nir", "--out", str(out)]) == 2
     assert "No space left on device" in capsys.readouterr().err
