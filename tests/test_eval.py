@@ -331,6 +331,11 @@ def test_evaluate_images_rejects_bad_requests():
         eval_mod.evaluate_images(torch.zeros(4, 1, 28, 28), "mnist", None, ["mse"])
     with pytest.raises(SpkdiffError, match="unknown dataset"):
         eval_mod.evaluate_images(torch.zeros(4, 1, 28, 28), "imagenet", None, ["mse"])
+    with pytest.raises(SpkdiffError, match="evaluated images holds NaN or Inf"):
+        eval_mod.evaluate_images(torch.full((4, 1, 28, 28), float("nan")), "mnist", None, ["cfd", "pr"])
+    with pytest.raises(SpkdiffError, match="reference images holds NaN or Inf"):
+        eval_mod.evaluate_images(torch.zeros(4, 1, 28, 28), "mnist", None, ["mse"],
+                                 reference=torch.full((4, 1, 28, 28), float("inf")))
 
 
 def test_append_results_row_writes_json_and_markdown(tmp_path):

@@ -32,6 +32,7 @@ from spkdiff.eval.features import canonical_name, real_inception_features
 from spkdiff.eval.inception import get_protocol, inception_features, inception_sha256
 from spkdiff.eval.metrics import frechet_distance, kernel_distance, mse, precision_recall, ssim_distance
 from spkdiff.files import lock_folder
+from spkdiff.validate import check_finite
 
 DEFAULT_N = 5000
 INCEPTION_METRICS = ("fid", "kid", "pr")
@@ -75,6 +76,9 @@ def evaluate_images(generated: torch.Tensor, dataset: str, data_root: str | os.P
     if generated.ndim == 3:
         generated = generated[:, None]
     check_image_shape(name, generated.shape[1:], "the evaluated images are")  # e.g. a run scored on another dataset
+    check_finite(generated, "the evaluated images")  # NaN images would be scored (a CFD, a precision of 1.0)
+    if reference is not None:
+        check_finite(reference, "the reference images")
     row: dict[str, Any] = {"dataset": name, "n_generated": int(generated.shape[0])}
 
     if any(m in wanted for m in INCEPTION_METRICS):
