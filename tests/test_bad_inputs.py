@@ -122,6 +122,19 @@ def edit_loihi_tensor(ctx: Ctx, pick: Callable[[dict], str], change: Callable[[n
     return bundle
 
 
+def nan_graph(ctx: Ctx) -> Path:
+    """The tiny run's sdid.nir with a NaN in the first float weight (a graph file, not a bundle)."""
+    import nir
+
+    graph = nir.read(str(ctx.tiny_export("nir") / "sdid.nir"))
+    node = next(n for n in graph.nodes.values() if isinstance(getattr(n, "weight", None), np.ndarray))
+    node.weight = node.weight.astype(np.float32)
+    node.weight.flat[0] = np.nan
+    path = ctx.tmp / "nan.nir"
+    nir.write(str(path), graph)
+    return path
+
+
 def overwrite(path: Path, data: bytes) -> Path:
     """Replace a file of a run copy; returns the run."""
     path.write_bytes(data)
@@ -253,6 +266,7 @@ CASES: dict[str, Callable[[Ctx], list[str]]] = {
     "sim-json-parent-is-a-file": lambda c: ["sim", str(c.tiny_export("nir") / "sdid.nir"), "--json",
                                             str(c.file("plain", "x") / "r.json")],
     "sim-graph-missing": lambda c: ["sim", str(c.tmp / "missing.nir")],
+    "sim-graph-nan-weight": lambda c: ["sim", str(nan_graph(c)), "--steps", "2"],
     "sim-graph-is-a-folder": lambda c: ["sim", str(c.tmp)],
     "export-out-symlink-loop": lambda c: export(c.run(), c.loop()),
     "export-out-is-a-file": lambda c: export(c.run(), c.file("taken", "x")),
