@@ -25,6 +25,7 @@ import numpy as np
 from spkdiff.errors import SpkdiffError
 from spkdiff.files import sha256
 from spkdiff.neuromorphic import loihi
+from spkdiff.neuromorphic.nir_graph import check_graph_finite
 from spkdiff.neuromorphic.quantize import NeuronQuant, SynapseQuant
 from spkdiff.validate import check_manifest
 
@@ -173,14 +174,6 @@ def _layer(name: str, meta: dict[str, Any], tensors: dict[str, np.ndarray], wher
                        check_integer_array(tensors[meta["bias_exp"]], "bias_exp", where), syns, direct)
 
 
-def _check_graph_finite(graph: Any, where: str) -> None:
-    """NaN/Inf in any NIR node parameter (a NaN model exports and simulates to garbage)."""
-    for node_name, node in graph.nodes.items():
-        for key, value in vars(node).items():
-            if isinstance(value, np.ndarray) and value.dtype.kind == "f" and not np.isfinite(value).all():
-                raise BundleError(f"{where}: node {node_name}.{key} holds NaN or Inf")
-
-
 def load_bundle(path: str | Path) -> Bundle:
     """Read and verify a bundle folder; any problem is one-line :class:`BundleError`."""
     import nir
@@ -196,7 +189,7 @@ def load_bundle(path: str | Path) -> Bundle:
         except Exception as err:  # h5py / nir raise many types, some with an empty message
             raise BundleError(f"bundle {root}: cannot read {entry.get('file')}: {str(err) or type(err).__name__}"
                               ) from None
-        _check_graph_finite(graphs[stage], f"bundle {root}: {entry['file']}")
+        check_graph_finite(graphs[stage], f"bundle {root}: {entry['file']}", BundleError)
         q = entry.get("loihi")
         if q is None:
             raise BundleError(f"bundle {root}: stage {stage} has no Loihi parameters")

@@ -70,6 +70,18 @@ def view(graph: nir.NIRGraph | GraphView) -> GraphView:
     return _View(dict(graph.nodes), preds, succs)
 
 
+def check_graph_finite(graph: nir.NIRGraph, where: str, error: type[SpkdiffError] = SpkdiffError) -> None:
+    """NaN/Inf in any node parameter, subgraphs included (a NaN model exports and simulates to garbage with exit
+    0): one-line ``error`` naming ``where``, the node and the field."""
+    for node_name, node in graph.nodes.items():
+        if isinstance(node, nir.NIRGraph):
+            check_graph_finite(node, f"{where}: {node_name}", error)
+            continue
+        for key, value in vars(node).items():
+            if isinstance(value, np.ndarray) and value.dtype.kind in "fc" and not np.isfinite(value).all():
+                raise error(f"{where}: node {node_name}.{key} holds NaN or Inf")
+
+
 def is_reshape(node: nir.NIRNode) -> bool:
     return not isinstance(node, SYNAPSE_TYPES + NEURON_TYPES + _IO_TYPES)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import nir
 
 from spkdiff.errors import SpkdiffError
+from spkdiff.neuromorphic.nir_graph import check_graph_finite
 
 
 class Passthrough(nir.NIRNode):
@@ -53,21 +54,8 @@ def load_graph(graph: nir.NIRGraph | str | Path) -> nir.NIRGraph:
         loaded = nir.read(str(path))
     except Exception as err:  # h5py/nir raise many types for a foreign or truncated file
         raise SpkdiffError(f"cannot read NIR graph from {path}: {str(err) or type(err).__name__}") from err
-    _check_finite(loaded, str(path))
+    check_graph_finite(loaded, f"NIR graph {path}")
     return loaded
-
-
-def _check_finite(graph: nir.NIRGraph, where: str) -> None:
-    """NaN/Inf in any node parameter, subgraphs included: a NaN model simulates to garbage with exit 0."""
-    import numpy as np
-
-    for node_name, node in graph.nodes.items():
-        if isinstance(node, nir.NIRGraph):
-            _check_finite(node, f"{where}: {node_name}")
-            continue
-        for key, value in vars(node).items():
-            if isinstance(value, np.ndarray) and value.dtype.kind in "fc" and not np.isfinite(value).all():
-                raise SpkdiffError(f"NIR graph {where}: node {node_name}.{key} holds NaN or Inf")
 
 
 def _endpoint(sub: nir.NIRGraph, prefix: str, ref: str | None, want: type) -> str:

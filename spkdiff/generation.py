@@ -197,13 +197,10 @@ def depth_to_space(x: torch.Tensor, factor: int) -> torch.Tensor:
     return y.reshape(*lead, *y.shape[-3:])
 
 
-_depth_to_space = depth_to_space  # decode_readout's argument of the same name shadows it
-
-
-def decode_readout(v: torch.Tensor, depth_to_space: int = 1, crop: Sequence[int] | None = None) -> torch.Tensor:
+def decode_readout(v: torch.Tensor, factor: int = 1, crop: Sequence[int] | None = None) -> torch.Tensor:
     """Generator read-out ``v_T`` -> image in [0, 1]: depth-to-space (the phase layout of the lowered
     transposed convs), crop, ``tanh(v) + 0.5`` (pixels live in [-0.5, 0.5]), clamp."""
-    v = _depth_to_space(v, depth_to_space)
+    v = depth_to_space(v, factor)
     if crop is not None:
         v = v[..., : crop[0], : crop[1]]
     return (torch.tanh(v) + 0.5).clamp(0, 1)

@@ -141,8 +141,11 @@ def real_inception_features(dataset: str, data_root: str | os.PathLike | None = 
 
     images, _ = load_split(dataset, data_root, split)
     indices = torch.from_numpy(subset_indices(images.shape[0], n))
-    if indices.numel() < images.shape[0] and stored_features(key, indices.numel(), cache) is None:
-        # A subset's features are rows of the whole split's (the network sees one image at a time); reuse them
+    if indices.numel() < images.shape[0]:
+        own = stored_features(key, indices.numel(), cache)
+        if own is not None:
+            return own
+        # A subset's features are rows of the whole split's (the network sees one image at a time): reuse them
         # when the whole split is cached already, rather than paying the Inception pass again.
         whole = stored_features({**key, "n": "all"}, images.shape[0], cache)
         if whole is not None:
