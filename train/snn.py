@@ -1,5 +1,5 @@
-"""Spiking building blocks: the LIF neuron (Eq 1-3; its float step is :func:`spkdiff.neuron.lif_step`) as a
-fused training kernel, its ATan surrogate, PSP/SFR read-outs (Eq 4-5).
+"""Spiking building blocks: the LIF neuron as one autograd function over the fused kernels of
+:mod:`spkdiff.neuron` (where Eq 1-3 and the ATan surrogate are defined), PSP/SFR read-outs (Eq 4-5).
 
 Tensors are time-major: ``(T, B, ...)``.  The neuron is SpikingJelly's ``LIFNode(tau=2,
 decay_input=True, v_threshold=1, v_reset=0, surrogate_function=ATan(alpha=2))`` in multi-step
@@ -9,18 +9,15 @@ it against SpikingJelly bit for bit (forward) and to float precision (gradients)
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 import torch
 from torch import nn
 
+from spkdiff import neuron
 from spkdiff.errors import SpkdiffError
 from spkdiff.neuron import LIFStepParameters, lif_sequence
-
-numba.config.THREADING_LAYER = "workqueue"  # numba's OpenMP layer fights torch's OpenMP pool
 
 
 @dataclass(frozen=True)
@@ -51,63 +48,6 @@ class LIFParams:
         return p
 
 
-def atan_surrogate_grad(h_minus_threshold: torch.Tensor, alpha: float) -> torch.Tensor:
-    """g'(x) = alpha / (2 (1 + (pi/2 alpha x)^2)) for g(x) = arctan(pi/2 alpha x)/pi + 1/2."""
-    return alpha / 2 / (1 + (math.pi / 2 * alpha * h_minus_threshold).square())
-
-
-_BLOCK = 8192  # neurons per parallel chunk: each chunk runs the whole time loop, vectorised over neurons
-
-
-@numba.njit(parallel=True, cache=True)
-def _lif_forward_kernel(x, constant, steps, tau, v_th, v_reset, spikes, hs):  # pragma: no cover (compiled)
-    """Eq 1-3 for all neurons; x is (T, N), or (1, N) with ``constant`` (same input at every step)."""
-    n = spikes.shape[1]
-    one = np.float32(1.0)
-    for b in numba.prange((n + _BLOCK - 1) // _BLOCK):
-        lo = b * _BLOCK
-        hi = min(lo + _BLOCK, n)
-        v = np.full(hi - lo, v_reset, dtype=np.float32)
-        for t in range(steps):
-            row = 0 if constant else t
-            for j in range(lo, hi):
-                vj = v[j - lo]
-                h = vj + (x[row, j] - (vj - v_reset)) / tau
-                s = one if h >= v_th else np.float32(0.0)
-                spikes[t, j] = s
-                hs[t, j] = h
-                v[j - lo] = s * v_reset + (one - s) * h
-
-
-@numba.njit(parallel=True, cache=True)
-def _lif_backward_kernel(grad_spikes, hs, constant, tau, v_th, v_reset, alpha, grad_x):  # pragma: no cover
-    """BPTT through Eq 1-3: surrogate g'(H - V_th) for Theta, gradient through the hard reset."""
-    steps, n = hs.shape
-    one = np.float32(1.0)
-    half_pi_alpha = np.float32(math.pi / 2) * alpha
-    for b in numba.prange((n + _BLOCK - 1) // _BLOCK):
-        lo = b * _BLOCK
-        hi = min(lo + _BLOCK, n)
-        grad_v = np.zeros(hi - lo, dtype=np.float32)
-        if constant:
-            for j in range(lo, hi):
-                grad_x[0, j] = 0.0
-        for t in range(steps - 1, -1, -1):
-            row = 0 if constant else t
-            for j in range(lo, hi):
-                h = hs[t, j]
-                z = half_pi_alpha * (h - v_th)
-                sg = alpha / np.float32(2.0) / (one + z * z)
-                fired = one if h >= v_th else np.float32(0.0)
-                # dV[t]/dH[t] = (1 - S) + (V_reset - H) S'(H);  dH[t]/dV[t-1] = 1 - 1/tau
-                gh = grad_spikes[t, j] * sg + grad_v[j - lo] * ((one - fired) + (v_reset - h) * sg)
-                if constant:
-                    grad_x[0, j] += gh / tau
-                else:
-                    grad_x[row, j] = gh / tau
-                grad_v[j - lo] = gh - gh / tau
-
-
 def _as_2d(x: torch.Tensor) -> np.ndarray:
     return x.detach().contiguous().view(x.shape[0], -1).numpy()
 
@@ -123,7 +63,7 @@ class _LIFMultiStep(torch.autograd.Function):
         shape = (steps, *x_seq.shape[1:])
         spikes = torch.empty(shape, dtype=torch.float32)
         hs = torch.empty(shape, dtype=torch.float32)
-        _lif_forward_kernel(_as_2d(x_seq), constant, steps, np.float32(p.tau), np.float32(p.v_threshold),
+        neuron.lif_forward_kernel(_as_2d(x_seq), constant, steps, np.float32(p.tau), np.float32(p.v_threshold),
                             np.float32(p.v_reset), spikes.view(steps, -1).numpy(), hs.view(steps, -1).numpy())
         ctx.save_for_backward(hs)
         ctx.constant, ctx.p, ctx.in_shape = constant, p, x.shape
@@ -135,7 +75,7 @@ class _LIFMultiStep(torch.autograd.Function):
         p: LIFParams = ctx.p
         rows = 1 if ctx.constant else hs.shape[0]
         grad_x = torch.empty((rows, *hs.shape[1:]), dtype=torch.float32)
-        _lif_backward_kernel(_as_2d(grad_spikes.float()), _as_2d(hs), ctx.constant, np.float32(p.tau),
+        neuron.lif_backward_kernel(_as_2d(grad_spikes.float()), _as_2d(hs), ctx.constant, np.float32(p.tau),
                              np.float32(p.v_threshold), np.float32(p.v_reset), np.float32(p.alpha),
                              grad_x.view(rows, -1).numpy())
         return grad_x.view(ctx.in_shape), None, None, None
