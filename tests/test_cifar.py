@@ -43,12 +43,16 @@ def cifar_root(shared_data_root: Path) -> Path:
     return shared_data_root
 
 
+def _train_args(run: Path, cifar_root: Path) -> list[str]:
+    return ["train", "--stage", "all", "--preset", "tiny", "--dataset", "cifar10", "--out", str(run),
+            "--data-root", str(cifar_root), "--limit", str(N_TRAIN), "--seed", "0"]
+
+
 @pytest.fixture(scope="module")
 def cifar_run(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Both stages of the tiny preset on the first 64 CIFAR-10 training images. Read-only for tests."""
     run = tmp_path_factory.mktemp("cifar") / "run"
-    assert main(["train", "--stage", "all", "--preset", "tiny", "--dataset", "cifar10", "--out", str(run),
-                 "--data-root", str(cifar_root), "--limit", str(N_TRAIN), "--seed", "0"]) == 0
+    assert main(_train_args(run, cifar_root)) == 0
     return run
 
 
@@ -82,6 +86,39 @@ def test_the_run_takes_its_shape_from_the_data(cifar_run: Path) -> None:
     assert (model["in_channels"], model["image_size"], config["sdid"]["model"]["grid"]) == (3, 32, 8)
     tokens = np.load(cifar_run / "tokens_train.npy")
     assert tokens.shape == (N_TRAIN, 8, 8)
+
+
+def test_resume_finishes_a_stopped_run_exactly(cifar_run: Path, cifar_root: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stage 1 stopped after 2 steps (a checkpoint, as after Ctrl-C), then ``--resume``: it runs only the
+    remaining steps, and both stages end with the uninterrupted run's weights, bit for bit (signals and SIGKILL
+    are covered on MNIST in test_interrupt.py)."""
+    from spkdiff.train import loop
+
+    run = tmp_path / "run"
+    assert main([*_train_args(run, cifar_root), "--stage", "vqsvae", "--max-steps", "2"]) == 0
+    steps_run = 0
+    make_step = loop._vqsvae_step
+
+    def counting_factory(*a: object, **k: object) -> object:
+        step = make_step(*a, **k)
+
+        def counted(*args: object) -> object:
+            nonlocal steps_run
+            steps_run += 1
+            return step(*args)
+
+        return counted
+
+    monkeypatch.setattr(loop, "_vqsvae_step", counting_factory)
+    assert main([*_train_args(run, cifar_root), "--resume"]) == 0
+    assert steps_run == N_TRAIN // 16 - 2  # the tiny preset: batch 16, one epoch
+    for stage in ("vqsvae", "sdid"):
+        with safe_open(str(run / f"{stage}.safetensors"), framework="pt") as got, \
+                safe_open(str(cifar_run / f"{stage}.safetensors"), framework="pt") as want:
+            assert set(got.keys()) == set(want.keys())
+            differ = [k for k in want.keys() if not torch.equal(got.get_tensor(k), want.get_tensor(k))]  # noqa: SIM118
+        assert not differ, f"{stage}: {len(differ)} tensors differ after --resume, e.g. {differ[:3]}"
 
 
 def test_nir_stages_match_torch_spike_for_spike(active_run: Path, cifar_root: Path, tmp_path: Path) -> None:
