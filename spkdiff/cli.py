@@ -54,6 +54,7 @@ def build_parser(command: str | None = None, prog: str = "spkdiff") -> argparse.
 
 
 def _dispatch(command: str, prog: str, argv: list[str]) -> int:
+    from spkdiff.allocator import keep_freed_memory
     from spkdiff.errors import SpkdiffError
 
     try:
@@ -62,6 +63,7 @@ def _dispatch(command: str, prog: str, argv: list[str]) -> int:
             args = parser.parse_args(argv)
         except SystemExit as done:  # --help (0) or a usage error (2, one line): a status, also in-process
             return done.code if isinstance(done.code, int) else 2
+        keep_freed_memory()
         return int(args._module.run(args) or 0)
     except SpkdiffError as err:
         print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
