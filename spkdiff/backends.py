@@ -28,7 +28,7 @@ def add_backend_arguments(parser: argparse.ArgumentParser, default_backend: str)
     from spkdiff import validate
 
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", help="trained run directory, or pretrained:mnist / pretrained:fashion-mnist / pretrained:cifar10")
+    src.add_argument("--run", help="trained run directory, or pretrained:NAME (mnist, fashion-mnist, cifar10)")
     src.add_argument("--bundle", help="deployment bundle from `spkdiff-export --target lava` (sim / lava backends)")
     parser.add_argument("--backend", choices=BACKENDS, default=default_backend)
     parser.add_argument("--batch-size", type=validate.batch, default=256)

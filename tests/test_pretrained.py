@@ -23,7 +23,7 @@ from spkdiff.train.sampling import generate_images
 SHIPPED = ["mnist", "fashion-mnist", "cifar10"]
 # Mean top-1 probability the in-domain classifier gives the torch samples: well above chance (0.1) for a model
 # whose samples look like the data, measured on the shipped models and set about 0.1 below that.
-CONFIDENCE = {"mnist": 0.6, "fashion-mnist": 0.6, "cifar10": CIFAR_CONFIDENCE}
+CONFIDENCE = {"mnist": 0.6, "fashion-mnist": 0.6, "cifar10": 0.3}  # cifar10 measured: 0.42
 
 
 @pytest.mark.parametrize("name", SHIPPED)
