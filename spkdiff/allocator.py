@@ -12,7 +12,7 @@ those pages; the price is that the process keeps its peak memory until it exits.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import os
 
 # glibc's mallopt parameters (malloc.h)
@@ -25,15 +25,13 @@ TRIM_THRESHOLD = 2**31 - 1  # (a C int) in effect, never trim the heap top
 TOP_PAD = 2**30  # grow the heap in large steps
 
 
+@functools.cache
 def keep_freed_memory() -> bool:
     """Apply the settings above once per process; False where they do not apply (not glibc, or opted out)."""
     if os.environ.get("SPKDIFF_MALLOC", "").lower() == "default":
         return False
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
     try:
-        mallopt = ctypes.CDLL(name).mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own C library: no library search
     except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
