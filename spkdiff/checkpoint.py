@@ -1,9 +1,10 @@
 """Checkpoint I/O: safetensors only (never pickle), written atomically.
 
 One file holds everything needed to resume exactly: model weights (``model/…``), optimizer
-tensors (``optim/…``), RNG states (``rng/…``) and, in the safetensors header metadata, the JSON
-config, the optimizer's non-tensor state and the loop position (epoch, step).  Export and
-sampling read only ``model/…`` plus the config.
+tensors (``optim/…``), RNG states (``rng/…``), training-only modules such as a discriminator
+(``train/…``) and, in the safetensors header metadata, the JSON config, the optimizer's
+non-tensor state and the loop position (epoch, step).  Export and sampling read only
+``model/…`` plus the config.
 """
 
 from __future__ import annotations
@@ -54,9 +55,15 @@ def save_checkpoint(
     optimizer: dict[str, Any] | None = None,
     rng: dict[str, torch.Tensor] | None = None,
     position: dict[str, Any] | None = None,
+    training: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Write a checkpoint atomically: temp file in the same folder, fsync, rename."""
+    """Write a checkpoint atomically: temp file in the same folder, fsync, rename.
+
+    ``training``: weights of training-only modules (a discriminator), kept for resume under ``train/``;
+    export and sampling never read them.
+    """
     tensors = {f"model/{k}": v.detach().contiguous().cpu() for k, v in model.items()}
+    tensors.update({f"train/{k}": v.detach().contiguous().cpu() for k, v in (training or {}).items()})
     meta: dict[str, Any] = {"format": FORMAT, "version": FORMAT_VERSION, "stage": stage,
                             "config": config, "position": position or {}}
     if optimizer is not None:
@@ -97,6 +104,7 @@ class Checkpoint:
         self.position: dict[str, Any] = meta.get("position", {})
         self.model = {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}
         self.rng = {k[4:]: v for k, v in tensors.items() if k.startswith("rng/")}
+        self.training = {k[6:]: v for k, v in tensors.items() if k.startswith("train/")}
         optim = {k: v for k, v in tensors.items() if k.startswith("optim/")}
         self.optimizer = _unflatten_optimizer(optim, meta["optimizer"]) if "optimizer" in meta else None
 

@@ -35,8 +35,8 @@ def _train(sop_weight: float, steps: int = 25) -> float:
     step = _sdid_step(TrainSettings(sop_weight=sop_weight))
     gen = torch.Generator().manual_seed(1)
     data = torch.randint(0, 16, (32, 7, 7), generator=torch.Generator().manual_seed(2))
-    for _ in range(steps):
-        out = step(model, data, gen)
+    for i in range(steps):
+        out = step(model, data, gen, i)
         opt.zero_grad()
         out["loss"].backward()
         opt.step()

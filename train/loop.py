@@ -39,9 +39,16 @@ from spkdiff.config import write_json_atomic
 from spkdiff.data import load_tensor
 from spkdiff.errors import SpkdiffError
 from spkdiff.files import atomic_write, save_npy_atomic
+from spkdiff.train.adversarial import (
+    PatchDiscriminator,
+    adaptive_weight,
+    discriminator_hinge_loss,
+    generator_adversarial_loss,
+)
 from spkdiff.train.distributed import SINGLE, DistContext, param_digest, tensor_digest
 from spkdiff.train.sdid import SDID, SDIDConfig, diffusion_loss, training_mask
-from spkdiff.train.vqsvae import VQSVAE, VQSVAEConfig
+from spkdiff.train.snn import LIFParams
+from spkdiff.train.vqsvae import PIXEL_MAX, PIXEL_MIN, VQSVAE, VQSVAEConfig
 
 
 @dataclass
@@ -60,6 +67,11 @@ class TrainSettings:
     limit: int | None = None  # use only the first N training images (tests)
     max_steps: int | None = None  # stop after this many optimizer steps in total (tests / interruption)
     sop_weight: float = 0.0  # stage 2: weight of the SOP regulariser (spkdiff.train.sdid.SDID.sop_fraction)
+    adversarial_weight: float = 0.0  # stage 1: w of the adversarial term (spkdiff.train.adversarial); 0 = off
+    adversarial_start: int = 0  # stage 1: step from which the generator feels the discriminator (D trains from 0)
+    discriminator_channels: int = 32  # stage 1: width of the patch discriminator
+    init_from: str | None = None  # stage 1: start from this run's (or checkpoint's) VQ-SVAE weights
+    train_parts: str = "all"  # stage 1: "all", or "generator" (encoder and codebook held: the tokens stay)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -209,20 +221,33 @@ def run_training(
     run_dir: Path,
     config: dict[str, Any],
     data: torch.Tensor,
-    step_fn: Callable[[nn.Module, torch.Tensor, torch.Generator], dict[str, torch.Tensor]],
+    step_fn: Callable[[nn.Module, torch.Tensor, torch.Generator, int], dict[str, torch.Tensor]],
     resume: bool,
     on_start: Callable[[nn.Module, torch.Tensor, torch.Generator], None] | None = None,
     dist: DistContext = SINGLE,
+    setup: Callable[[nn.Module], None] | None = None,
+    companion: nn.Module | None = None,
 ) -> nn.Module:
     """The shared loop: shuffle per epoch, AdamW, schedule, atomic checkpoints, logs, progress.
 
-    ``step_fn`` gets the DDP-wrapped model under torchrun (its attributes still reach the model).
+    ``step_fn(model, batch, generator, step)`` gets the DDP-wrapped model under torchrun (its attributes still
+    reach the model). ``setup`` adjusts the fresh model before the optimizer sees it (e.g. freezes parts), on a
+    new run and on resume alike. ``companion``: training-only modules (a discriminator) optimised beside the
+    model and checkpointed apart from it (``train/``), so they never reach an export.
     """
     stage_cfg = config[stage]
     settings = TrainSettings.from_dict(stage_cfg["train"])
     torch.manual_seed(config["seed"])
     model = build_model(stage, stage_cfg["model"])
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=settings.betas,
+    if setup is not None:
+        setup(model)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    if companion is not None:
+        if dist.enabled:
+            raise SpkdiffError(f"{stage}: training with a companion module (the adversarial term) runs in one "
+                               f"process, not under torchrun")
+        trained += list(companion.parameters())
+    opt = torch.optim.AdamW(trained, lr=settings.lr, betas=settings.betas,
                             weight_decay=settings.weight_decay, fused=True)
     gen = torch.Generator().manual_seed(config["seed"] + 1)
     ckpt_path = run_dir / f"{stage}.safetensors"
@@ -240,6 +265,8 @@ def run_training(
     ckpt = dist.run_on_main(lambda: load_checkpoint(ckpt_path, stage=stage) if resume and ckpt_path.exists() else None)
     if ckpt is not None:
         load_model_weights(model, ckpt.model, ckpt_path)
+        if companion is not None:
+            load_model_weights(companion, ckpt.training, ckpt_path)
         if ckpt.optimizer is None:
             raise SpkdiffError(f"{ckpt_path} has no optimizer state to resume from")
         opt.load_state_dict(ckpt.optimizer)
@@ -271,13 +298,16 @@ def run_training(
         if dist.is_main:
             save_checkpoint(ckpt_path, model=model.state_dict(), config=config, stage=stage,
                             optimizer=opt.state_dict(),
-                            rng={"generator": gen.get_state(), "torch": torch.get_rng_state()}, position=position)
+                            rng={"generator": gen.get_state(), "torch": torch.get_rng_state()}, position=position,
+                            training=None if companion is None else companion.state_dict())
         saved = step
 
     logger = _Logger(run_dir, stage, step if ckpt is not None else None) if dist.is_main else None
     bar = _progress(total, step, stage) if dist.is_main else None
     signals = _Signals()
     model.train()
+    if companion is not None:
+        companion.train()
     t_last, imgs = time.perf_counter(), 0
     # The state of the last completed step while a step is under way: an interruption restores it, so the
     # final checkpoint holds exactly that step (a half-done forward pass moves BatchNorm statistics and RNGs).
@@ -293,7 +323,7 @@ def run_training(
                 batch = order[in_epoch * settings.batch_size:(in_epoch + 1) * settings.batch_size]
                 idx = dist.shard(batch)  # this rank's slice of the global batch (all of it in one process)
                 before_step = _snapshot(model, gen)
-                out = step_fn(net, data[idx], dist.step_generator(gen, config["seed"], step))
+                out = step_fn(net, data[idx], dist.step_generator(gen, config["seed"], step), step)
                 opt.zero_grad(set_to_none=True)
                 out["loss"].backward()
                 with signals.deferred():  # the update and the position change together or not at all
@@ -342,14 +372,26 @@ def run_training(
 # ----------------------------------------------------------------------------- stage 1
 
 
-def _vqsvae_step(data_variance: float):
-    def step(model: nn.Module, batch: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
+def _vqsvae_step(data_variance: float, settings: TrainSettings, discriminator: nn.Module | None):
+    def step(model: nn.Module, batch: torch.Tensor, gen: torch.Generator, step: int) -> dict[str, torch.Tensor]:
         out = model(batch, data_variance)
         counts = torch.bincount(out["tokens"].flatten(), minlength=model.cfg.codebook_size).float()
         p = counts / counts.sum()
         perplexity = torch.exp(-(p[p > 0] * p[p > 0].log()).sum())
         stats = {"perplexity": perplexity, "dead_codes": (counts == 0).sum().float(), "k": model.k.detach()}
-        return {k: out[k] for k in ("loss", "recon", "vq", "mmd")} | {"stats": stats}
+        losses = {k: out[k] for k in ("loss", "recon", "vq", "mmd")}
+        if discriminator is not None:  # see spkdiff.train.adversarial
+            shown = out["x_hat"].clamp(PIXEL_MIN, PIXEL_MAX)
+            losses["disc"] = discriminator_hinge_loss(discriminator(batch), discriminator(shown.detach()))
+            losses["loss"] = losses["loss"] + losses["disc"]  # reaches only D: the fake input is detached
+            losses["adv"] = weight = torch.zeros(())  # the same log columns before the term is switched on
+            if step >= settings.adversarial_start:
+                losses["adv"] = generator_adversarial_loss(discriminator, shown)
+                weight = settings.adversarial_weight * adaptive_weight(
+                    out["recon"], losses["adv"], getattr(model, "module", model).readout.weight)
+                losses["loss"] = losses["loss"] + weight * losses["adv"]
+            stats["adv_weight"] = weight
+        return losses | {"stats": stats}
 
     return step
 
@@ -362,13 +404,49 @@ def train_vqsvae(run_dir: Path, config: dict[str, Any], data_root: str | None, r
     images = (images - 0.5).contiguous()  # the paper's [-0.5, 0.5] pixel range
     data_variance = float(images.var())
 
+    init = None
+    if settings.init_from is not None:
+        init = dist.run_on_main(lambda: initial_vqsvae_weights(settings.init_from, config["vqsvae"]["model"]))
+    elif settings.train_parts != "all":
+        raise SpkdiffError(f"vqsvae train_parts {settings.train_parts!r} needs init_from (a trained stage 1)")
+    if settings.train_parts not in ("all", "generator"):
+        raise SpkdiffError(f"unknown vqsvae train_parts {settings.train_parts!r}: choose all or generator")
+
+    def setup(model: nn.Module) -> None:
+        if settings.train_parts == "generator":
+            model.freeze_tokenizer_()
+
     def on_start(model: nn.Module, data: torch.Tensor, gen: torch.Generator) -> None:
-        if settings.codebook_init == "data":
+        if init is not None:
+            load_model_weights(model, init, Path(settings.init_from))
+        elif settings.codebook_init == "data":
             idx = torch.randperm(data.shape[0], generator=gen)[: max(settings.batch_size, 256)]
             with torch.no_grad():
                 model.init_codebook_(model.features(model.encode_spikes(data[idx])), gen)
 
-    return run_training("vqsvae", run_dir, config, images, _vqsvae_step(data_variance), resume, on_start, dist)
+    discriminator = None
+    if settings.adversarial_weight:
+        torch.manual_seed(config["seed"] + 2)
+        discriminator = PatchDiscriminator(images.shape[1], settings.discriminator_channels)
+    return run_training("vqsvae", run_dir, config, images, _vqsvae_step(data_variance, settings, discriminator),
+                        resume, on_start, dist, setup=setup, companion=discriminator)
+
+
+def initial_vqsvae_weights(source: str, model_cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The VQ-SVAE weights in SOURCE (a run directory or a checkpoint), refused unless its model config is ours."""
+    path = Path(source).expanduser()
+    ckpt = load_checkpoint(path / "vqsvae.safetensors" if path.is_dir() else path, stage="vqsvae")
+
+    def resolved(cfg: dict[str, Any]) -> dict[str, Any]:  # unset neuron constants are their defaults
+        d = VQSVAEConfig.from_dict(cfg).to_dict()
+        return d | {"neuron": LIFParams.from_dict(d["neuron"])}
+
+    theirs, ours = resolved(ckpt.config["vqsvae"]["model"]), resolved(model_cfg)
+    differ = [k for k in ours if ours[k] != theirs[k]]
+    if differ:
+        raise SpkdiffError(f"init_from {source}: its VQ-SVAE differs in {differ[0]} ({theirs[differ[0]]!r} vs "
+                           f"{ours[differ[0]]!r} here)")
+    return ckpt.model
 
 
 # ----------------------------------------------------------------------------- stage 2
@@ -410,7 +488,7 @@ def cached_tokens(run_dir: Path, config: dict[str, Any], data_root: str | None, 
 
 
 def _sdid_step(settings: TrainSettings):
-    def step(model: nn.Module, tokens: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    def step(model: nn.Module, tokens: torch.Tensor, gen: torch.Generator, step: int) -> dict[str, torch.Tensor]:
         cfg: SDIDConfig = model.cfg
         t, masked, h_t = training_mask(tokens, cfg.num_codes, cfg.diffusion_steps, gen)
         spikes: list[torch.Tensor] | None = [] if settings.sop_weight else None

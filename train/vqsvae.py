@@ -116,6 +116,21 @@ class VQSVAE(nn.Module):
             SpikingConv(nn.ConvTranspose2d(c2, c1, 3, 2, 1, output_padding=1), lif),
         ])
         self.readout = nn.ConvTranspose2d(c1, cfg.in_channels, 3, 1, 1)
+        self.tokenizer_frozen = False
+
+    def freeze_tokenizer_(self) -> None:
+        """Hold the encoder, k and the codebook fixed (BatchNorm on its running statistics), so every image keeps
+        its tokens and a prior trained on them stays valid while the generator (ASG, decoder) trains on."""
+        self.tokenizer_frozen = True
+        for p in [*self.encoder.parameters(), self.k, self.codebook]:
+            p.requires_grad_(False)
+        self.encoder.eval()
+
+    def train(self, mode: bool = True) -> VQSVAE:
+        super().train(mode)
+        if self.tokenizer_frozen:
+            self.encoder.eval()
+        return self
 
     @property
     def steps(self) -> int:
@@ -173,8 +188,9 @@ class VQSVAE(nn.Module):
     def forward(self, x: torch.Tensor, data_variance: float = 1.0) -> dict[str, torch.Tensor]:
         """Eq 9 loss terms for a batch of images in [-0.5, 0.5]."""
         beta = self.cfg.beta
-        z_spikes = self.encode_spikes(x)
-        z_e = self.features(z_spikes)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.tokenizer_frozen):
+            z_spikes = self.encode_spikes(x)
+            z_e = self.features(z_spikes)
         tokens, z_q = self.quantize(z_e)
         q_spikes = self.asg_spikes(z_q.detach())
         # Straight-through through the spike sequence: the decoder sees the ASG's spikes, the
