@@ -114,11 +114,11 @@ def _bundle_contents(bundle: Path) -> dict[str, object]:
 
 
 def test_adversarial_run_resumes_exactly(tiny_run: Path, shared_data_root: Path, tmp_path: Path) -> None:
-    preset = _preset(tmp_path, init_from=str(tiny_run), train_parts="generator", adversarial_weight=0.5,
-                     adversarial_start=3, discriminator_channels=8, limit=96)
+    preset = _preset(tmp_path, train_parts="generator", adversarial_weight=0.5, adversarial_start=3,
+                     discriminator_channels=8, limit=96)
     whole, halves = tmp_path / "whole", tmp_path / "halves"
-    assert _train_vq(whole, preset, shared_data_root) == 0
-    assert _train_vq(halves, preset, shared_data_root, "--max-steps", "2") == 0
+    assert _train_vq(whole, preset, shared_data_root, "--init-from", str(tiny_run)) == 0
+    assert _train_vq(halves, preset, shared_data_root, "--init-from", str(tiny_run), "--max-steps", "2") == 0
     assert _train_vq(halves, preset, shared_data_root, "--resume") == 0
     with safe_open(str(whole / "vqsvae.safetensors"), framework="pt") as a, \
             safe_open(str(halves / "vqsvae.safetensors"), framework="pt") as b:

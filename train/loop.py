@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from spkdiff.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
-from spkdiff.config import write_json_atomic
+from spkdiff.config import PRETRAINED_PREFIX, resolve_run, write_json_atomic
 from spkdiff.data import load_tensor
 from spkdiff.errors import SpkdiffError
 from spkdiff.files import atomic_write, save_npy_atomic
@@ -433,8 +433,9 @@ def train_vqsvae(run_dir: Path, config: dict[str, Any], data_root: str | None, r
 
 
 def initial_vqsvae_weights(source: str, model_cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The VQ-SVAE weights in SOURCE (a run directory or a checkpoint), refused unless its model config is ours."""
-    path = Path(source).expanduser()
+    """The VQ-SVAE weights in SOURCE (a run directory, pretrained:NAME or a checkpoint), refused unless its model
+    config is ours."""
+    path = resolve_run(source) if source.startswith(PRETRAINED_PREFIX) else Path(source).expanduser()
     ckpt = load_checkpoint(path / "vqsvae.safetensors" if path.is_dir() else path, stage="vqsvae")
 
     def resolved(cfg: dict[str, Any]) -> dict[str, Any]:  # unset neuron constants are their defaults

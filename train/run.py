@@ -42,6 +42,8 @@ def resolve_config(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         for key, value in overrides.items():
             if value is not None:
                 config[stage]["train"][key] = value
+    if getattr(args, "init_from", None) is not None and args.stage in ("all", "vqsvae"):
+        config["vqsvae"]["train"]["init_from"] = args.init_from
     if args.seed is not None:
         config["seed"] = args.seed
     return config
