@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -117,8 +118,11 @@ def test_adversarial_run_resumes_exactly(tiny_run: Path, shared_data_root: Path,
     preset = _preset(tmp_path, train_parts="generator", adversarial_weight=0.5, adversarial_start=3,
                      discriminator_channels=8, limit=96)
     whole, halves = tmp_path / "whole", tmp_path / "halves"
+    source = tmp_path / "source"  # removed before --resume: a resumed run needs only its own checkpoint
+    shutil.copytree(tiny_run, source)
     assert _train_vq(whole, preset, shared_data_root, "--init-from", str(tiny_run)) == 0
-    assert _train_vq(halves, preset, shared_data_root, "--init-from", str(tiny_run), "--max-steps", "2") == 0
+    assert _train_vq(halves, preset, shared_data_root, "--init-from", str(source), "--max-steps", "2") == 0
+    shutil.rmtree(source)
     assert _train_vq(halves, preset, shared_data_root, "--resume") == 0
     with safe_open(str(whole / "vqsvae.safetensors"), framework="pt") as a, \
             safe_open(str(halves / "vqsvae.safetensors"), framework="pt") as b:

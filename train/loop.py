@@ -404,21 +404,21 @@ def train_vqsvae(run_dir: Path, config: dict[str, Any], data_root: str | None, r
     images = (images - 0.5).contiguous()  # the paper's [-0.5, 0.5] pixel range
     data_variance = float(images.var())
 
-    init = None
-    if settings.init_from is not None:
-        init = dist.run_on_main(lambda: initial_vqsvae_weights(settings.init_from, config["vqsvae"]["model"]))
-    elif settings.train_parts != "all":
-        raise SpkdiffError(f"vqsvae train_parts {settings.train_parts!r} needs init_from (a trained stage 1)")
     if settings.train_parts not in ("all", "generator"):
         raise SpkdiffError(f"unknown vqsvae train_parts {settings.train_parts!r}: choose all or generator")
+    if settings.train_parts != "all" and settings.init_from is None:
+        raise SpkdiffError(f"vqsvae train_parts {settings.train_parts!r} needs init_from (a trained stage 1)")
 
     def setup(model: nn.Module) -> None:
         if settings.train_parts == "generator":
             model.freeze_tokenizer_()
 
     def on_start(model: nn.Module, data: torch.Tensor, gen: torch.Generator) -> None:
-        if init is not None:
-            load_model_weights(model, init, Path(settings.init_from))
+        # Only a fresh run reads init_from: --resume continues from its own checkpoint, whatever became of the source.
+        if settings.init_from is not None:
+            source, model_cfg = settings.init_from, config["vqsvae"]["model"]
+            load_model_weights(model, dist.run_on_main(lambda: initial_vqsvae_weights(source, model_cfg)),
+                               Path(source))
         elif settings.codebook_init == "data":
             idx = torch.randperm(data.shape[0], generator=gen)[: max(settings.batch_size, 256)]
             with torch.no_grad():
