@@ -1,12 +1,22 @@
-"""The SDID's SOP regulariser (``sop_weight``): fan-out-weighted spikes, and it lowers the spike count."""
+"""The SDID's SOP regulariser (``sop_weight``): fan-out-weighted spikes, it lowers the spike count, and the
+prior fine-tune (``--stage sdid --init-from RUN``) that applies it to a trained SDID on the same tokens."""
 
 from __future__ import annotations
 
+import csv
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
-from spkdiff.train.loop import TrainSettings, _sdid_step
+from spkdiff.checkpoint import load_checkpoint, save_checkpoint
+from spkdiff.cli import main
+from spkdiff.train.loop import TrainSettings, _sdid_step, load_stage
 from spkdiff.train.sdid import SDID, SDIDConfig
+
+TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
 
 def _cfg() -> SDIDConfig:
@@ -51,3 +61,81 @@ def _train(sop_weight: float, steps: int = 25) -> float:
 def test_regulariser_lowers_sops():
     base, regularised = _train(0.0), _train(100.0)
     assert regularised < 0.7 * base, (base, regularised)
+
+
+# --- the prior fine-tune: `spkdiff train --stage sdid --init-from RUN` on RUN's tokens
+
+
+def _finetune_preset(tmp_path: Path, **sdid_train: object) -> Path:
+    preset = yaml.safe_load(TINY.read_text())
+    preset["sdid"]["train"].update(sdid_train)
+    path = tmp_path / f"preset_{len(list(tmp_path.glob('preset_*')))}.yaml"
+    path.write_text(yaml.safe_dump(preset))
+    return path
+
+
+def _new_run_on_tokens_of(source: Path, out: Path) -> Path:
+    """A run directory holding SOURCE's stage 1 (so the tokens are SOURCE's) and no prior yet."""
+    out.mkdir()
+    for name in ("vqsvae.safetensors", "config.json"):
+        shutil.copy(source / name, out / name)
+    return out
+
+
+def _train_sdid(out: Path, preset: Path, data: Path, *extra: str) -> int:
+    return main(["train", "--stage", "sdid", "--preset", str(preset), "--dataset", "mnist", "--out", str(out),
+                 "--data-root", str(data), "--seed", "0", *extra])
+
+
+def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in model.named_parameters()}
+
+
+def test_sdid_finetune_starts_from_the_source_prior(tiny_run: Path, shared_data_root: Path, tmp_path: Path) -> None:
+    """At lr 0 one fine-tune step leaves every weight the source's; at lr > 0 with the regulariser it moves on
+    from there, not from a fresh initialisation (its first loss is the trained prior's)."""
+    frozen = _new_run_on_tokens_of(tiny_run, tmp_path / "frozen")
+    preset = _finetune_preset(tmp_path, lr=0.0, weight_decay=0.0, sop_weight=0.5)
+    assert _train_sdid(frozen, preset, shared_data_root, "--init-from", str(tiny_run), "--max-steps", "1") == 0
+    source, tuned = _params(load_stage(tiny_run, "sdid")), _params(load_stage(frozen, "sdid"))
+    assert all(torch.equal(source[k], tuned[k]) for k in source)
+
+    fresh, moving = _new_run_on_tokens_of(tiny_run, tmp_path / "fresh"), _new_run_on_tokens_of(tiny_run,
+                                                                                                tmp_path / "moving")
+    preset = _finetune_preset(tmp_path, sop_weight=0.5, log_every=1)
+    assert _train_sdid(fresh, preset, shared_data_root, "--max-steps", "1") == 0
+    assert _train_sdid(moving, preset, shared_data_root, "--init-from", str(tiny_run), "--max-steps", "2") == 0
+
+    def first_loss(run: Path) -> float:
+        with open(run / "sdid_log.csv") as f:
+            return float(next(csv.DictReader(f))["loss"])
+
+    assert first_loss(moving) < first_loss(fresh)
+    tuned = _params(load_stage(moving, "sdid"))
+    assert any(not torch.equal(source[k], tuned[k]) for k in source)
+
+
+def test_sdid_finetune_refuses_other_tokens_another_shape_and_stage_all(
+        tiny_run: Path, shared_data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    preset = _finetune_preset(tmp_path)
+    # a stage 1 with another codebook gives other tokens: the source prior would predict the wrong ones
+    other_tokens = _new_run_on_tokens_of(tiny_run, tmp_path / "other_tokens")
+    ckpt = load_checkpoint(other_tokens / "vqsvae.safetensors", stage="vqsvae")
+    weights = dict(ckpt.model) | {"codebook": ckpt.model["codebook"] + 0.25}
+    save_checkpoint(other_tokens / "vqsvae.safetensors", model=weights, config=ckpt.config, stage="vqsvae")
+    assert _train_sdid(other_tokens, preset, shared_data_root, "--init-from", str(tiny_run)) != 0
+    err = capsys.readouterr().err.strip()
+    assert "predicts other tokens" in err and "codebook" in err and len(err.splitlines()) == 1
+
+    wider = _finetune_preset(tmp_path, sop_weight=0.5)
+    cfg = yaml.safe_load(wider.read_text())
+    cfg["sdid"]["model"]["channels"] = 24
+    wider.write_text(yaml.safe_dump(cfg))
+    assert _train_sdid(_new_run_on_tokens_of(tiny_run, tmp_path / "wider"), wider, shared_data_root,
+                       "--init-from", str(tiny_run)) != 0
+    err = capsys.readouterr().err.strip()
+    assert "differs in channels" in err and len(err.splitlines()) == 1
+
+    rc = main(["train", "--stage", "all", "--preset", str(preset), "--dataset", "mnist", "--out",
+               str(tmp_path / "all"), "--data-root", str(shared_data_root), "--init-from", str(tiny_run)])
+    assert rc != 0 and "--init-from needs --stage vqsvae or --stage sdid" in capsys.readouterr().err

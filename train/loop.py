@@ -70,7 +70,7 @@ class TrainSettings:
     adversarial_weight: float = 0.0  # stage 1: w of the adversarial term (spkdiff.train.adversarial); 0 = off
     adversarial_start: int = 0  # stage 1: step from which the generator feels the discriminator (D trains from 0)
     discriminator_channels: int = 32  # stage 1: width of the patch discriminator
-    init_from: str | None = None  # stage 1: start from this run's (or checkpoint's) VQ-SVAE weights
+    init_from: str | None = None  # start from this run's (or checkpoint's) weights of the stage being trained
     train_parts: str = "all"  # stage 1: "all", or "generator" (encoder and codebook held: the tokens stay)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -417,7 +417,7 @@ def train_vqsvae(run_dir: Path, config: dict[str, Any], data_root: str | None, r
         # Only a fresh run reads init_from: --resume continues from its own checkpoint, whatever became of the source.
         if settings.init_from is not None:
             source, model_cfg = settings.init_from, config["vqsvae"]["model"]
-            load_model_weights(model, dist.run_on_main(lambda: initial_vqsvae_weights(source, model_cfg)),
+            load_model_weights(model, dist.run_on_main(lambda: initial_weights(source, "vqsvae", model_cfg)),
                                Path(source))
         elif settings.codebook_init == "data":
             idx = torch.randperm(data.shape[0], generator=gen)[: max(settings.batch_size, 256)]
@@ -432,22 +432,51 @@ def train_vqsvae(run_dir: Path, config: dict[str, Any], data_root: str | None, r
                         resume, on_start, dist, setup=setup, companion=discriminator)
 
 
-def initial_vqsvae_weights(source: str, model_cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The VQ-SVAE weights in SOURCE (a run directory, pretrained:NAME or a checkpoint), refused unless its model
-    config is ours."""
-    path = resolve_run(source) if source.startswith(PRETRAINED_PREFIX) else Path(source).expanduser()
-    ckpt = load_checkpoint(path / "vqsvae.safetensors" if path.is_dir() else path, stage="vqsvae")
+STAGE_NAMES = {"vqsvae": "VQ-SVAE", "sdid": "SDID"}
 
-    def resolved(cfg: dict[str, Any]) -> dict[str, Any]:  # unset neuron constants are their defaults
+
+def _source_path(source: str) -> Path:
+    return resolve_run(source) if source.startswith(PRETRAINED_PREFIX) else Path(source).expanduser()
+
+
+def initial_weights(source: str, stage: str, model_cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """STAGE's weights in SOURCE (a run directory, pretrained:NAME or a checkpoint file), refused unless its
+    model config is ours (unset defaults resolved, so an omitted neuron constant still compares equal)."""
+    path = _source_path(source)
+    ckpt = load_checkpoint(path / f"{stage}.safetensors" if path.is_dir() else path, stage=stage)
+
+    def resolved(cfg: dict[str, Any]) -> dict[str, Any]:
+        if stage == "sdid":
+            return SDIDConfig.from_dict(cfg).to_dict()
         d = VQSVAEConfig.from_dict(cfg).to_dict()
         return d | {"neuron": LIFParams.from_dict(d["neuron"])}
 
-    theirs, ours = resolved(ckpt.config["vqsvae"]["model"]), resolved(model_cfg)
-    differ = [k for k in ours if ours[k] != theirs[k]]
+    theirs, ours = resolved(ckpt.config[stage]["model"]), resolved(model_cfg)
+    differ = [k for k in ours if ours[k] != theirs.get(k)]
     if differ:
-        raise SpkdiffError(f"init_from {source}: its VQ-SVAE differs in {differ[0]} ({theirs[differ[0]]!r} vs "
-                           f"{ours[differ[0]]!r} here)")
+        raise SpkdiffError(f"init_from {source}: its {STAGE_NAMES[stage]} differs in {differ[0]} "
+                           f"({theirs.get(differ[0])!r} vs {ours[differ[0]]!r} here)")
     return ckpt.model
+
+
+def _is_tokenizer(key: str) -> bool:
+    """The stage-1 tensors that decide an image's tokens (encoder, k, codebook): not the generator's."""
+    return key.startswith("encoder.") or key in ("k", "codebook")
+
+
+def check_same_tokens(source: str, run_dir: Path) -> None:
+    """A prior fine-tuned from SOURCE must predict the tokens it was trained on: refuse unless SOURCE's stage-1
+    tokenizer is bit-identical to RUN_DIR's (a generator fine-tune keeps it; a retrained stage 1 does not)."""
+    path = _source_path(source)
+    theirs_path = (path if path.is_dir() else path.parent) / "vqsvae.safetensors"
+    if not theirs_path.exists():
+        raise SpkdiffError(f"init_from {source}: no vqsvae.safetensors beside it, so its tokens cannot be checked")
+    theirs = load_checkpoint(theirs_path, stage="vqsvae").model
+    ours = load_checkpoint(run_dir / "vqsvae.safetensors", stage="vqsvae").model
+    differ = [k for k in ours if _is_tokenizer(k) and (k not in theirs or not torch.equal(ours[k], theirs[k]))]
+    if differ:
+        raise SpkdiffError(f"init_from {source}: its SDID predicts other tokens (stage-1 {differ[0]} differs from "
+                           f"{run_dir}'s)")
 
 
 # ----------------------------------------------------------------------------- stage 2
@@ -520,4 +549,16 @@ def train_sdid(run_dir: Path, config: dict[str, Any], data_root: str | None, res
     config["sdid"]["model"]["num_codes"] = config["vqsvae"]["model"]["codebook_size"]
     if dist.is_main:
         write_json_atomic(run_dir / "config.json", config)
-    return run_training("sdid", run_dir, config, tokens, _sdid_step(settings), resume, dist=dist)
+
+    def on_start(model: nn.Module, data: torch.Tensor, gen: torch.Generator) -> None:
+        # A fine-tune (e.g. the SOP regulariser on a trained prior); read on a fresh start only, as in stage 1.
+        if settings.init_from is not None:
+            source, model_cfg = settings.init_from, config["sdid"]["model"]
+
+            def weights() -> dict[str, torch.Tensor]:
+                check_same_tokens(source, run_dir)
+                return initial_weights(source, "sdid", model_cfg)
+
+            load_model_weights(model, dist.run_on_main(weights), Path(source))
+
+    return run_training("sdid", run_dir, config, tokens, _sdid_step(settings), resume, on_start, dist=dist)

@@ -42,8 +42,10 @@ def resolve_config(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         for key, value in overrides.items():
             if value is not None:
                 config[stage]["train"][key] = value
-    if getattr(args, "init_from", None) is not None and args.stage in ("all", "vqsvae"):
-        config["vqsvae"]["train"]["init_from"] = args.init_from
+    if getattr(args, "init_from", None) is not None:
+        if args.stage not in STAGE_ORDER:
+            raise SpkdiffError("--init-from needs --stage vqsvae or --stage sdid (the stage that starts from it)")
+        config[args.stage]["train"]["init_from"] = args.init_from
     if args.seed is not None:
         config["seed"] = args.seed
     return config
