@@ -3,7 +3,7 @@
     python bench/energy_front.py --run pretrained:mnist [--run runs/mnist-narrow ...] \
         [--steps 4,6,8,12,16,24] [--n 2000] [--sim-n 16] [--no-fid] [--fid-backend sim-fixed|torch] \
         [--real-n 2000] [--data-root ../shared/data] [--reference pretrained:mnist:12] \
-        [--default pretrained:mnist:12] [--out bench/energy_front]
+        [--default pretrained:mnist:12] [--add-rows OLD/front.json ...] [--out bench/energy_front]
 
 Operating points = every run (an SDID variant) x every sampler step count.  For each point the bundle's
 fixed-point simulator (``spkdiff sim --fixed`` machinery, :func:`spkdiff.simulator.generate.generate`)
@@ -14,6 +14,8 @@ screen) the float model's samples with the same seed while the energy comes from
 images; against the whole test split or a fixed seeded ``--real-n`` subset.  ``--no-fid`` counts on
 ``--sim-n`` images only (seconds).  Writes ``front.json``, ``front.md`` and ``front.png`` (FID vs mJ per
 image, log x; the ANN equivalents as a dashed line; the reference and the shipped default marked).
+``--add-rows`` draws points measured by earlier invocations (their ``front.json``) on the same front, so slow FID
+points can be measured in parallel processes and joined; without ``--run`` it only redraws them.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def _point(s: str, runs: list[str]) -> tuple[str, int] | None:
         return None
     run, _, steps = s.rpartition(":")
     if run not in runs:
-        raise SystemExit(f"{s}: {run!r} is not one of --run {runs}")
+        raise SystemExit(f"{s}: {run!r} is not one of the front's runs {runs}")
     return run, int(steps)
 
 
@@ -101,8 +103,10 @@ def write_outputs(rows: list[dict[str, Any]], out: Path, reference: tuple[str, i
                      "counts on the n images of the table, priced on the Loihi profile.")
     (out / "front.md").write_text("\n".join(lines) + "\n")
 
-    have_fid = all(r["fid"] is not None for r in rows)
+    # FID on the y axis when any point has one (the counts-only points are then left off the plot, kept in the table)
+    have_fid = any(r["fid"] is not None for r in rows)
     y = (lambda r: r["fid"]) if have_fid else (lambda r: r["steps"])
+    rows = [r for r in rows if r["fid"] is not None] if have_fid else rows
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for run in dict.fromkeys(r["run"] for r in rows):
         pts = sorted((r for r in rows if r["run"] == run), key=lambda r: r["mj_per_image"])
@@ -126,7 +130,9 @@ def write_outputs(rows: list[dict[str, Any]], out: Path, reference: tuple[str, i
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--run", action="append", required=True, help="run directory or pretrained:NAME (repeatable)")
+    ap.add_argument("--run", action="append", default=[], help="run directory or pretrained:NAME (repeatable)")
+    ap.add_argument("--add-rows", action="append", default=[], metavar="FRONT_JSON",
+                    help="also draw the rows of an earlier front.json (repeatable)")
     ap.add_argument("--steps", default="4,6,8,12,16,24", help="sampler steps to sweep (comma-separated)")
     ap.add_argument("--n", type=int, default=2000, help="images per point for FID (default 2000)")
     ap.add_argument("--sim-n", type=int, default=16,
@@ -148,8 +154,15 @@ def main(argv: list[str] | None = None) -> int:
     from spkdiff.export.command import export
     from spkdiff.neuromorphic.bundle import load_bundle
 
+    if not args.run and not args.add_rows:
+        raise SystemExit("give --run RUN (to measure) or --add-rows FRONT_JSON (to redraw)")
     steps = [int(s) for s in args.steps.split(",") if s]
     rows: list[dict[str, Any]] = []
+    for path in args.add_rows:
+        try:
+            rows += json.loads(Path(path).read_text())["rows"]
+        except (OSError, ValueError, KeyError) as err:
+            raise SystemExit(f"--add-rows {path}: not a front.json of this benchmark ({err})") from None
     shipped: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, run in enumerate(args.run):
@@ -162,8 +175,9 @@ def main(argv: list[str] | None = None) -> int:
                 write_outputs(rows, Path(args.out), None, None)  # what is measured survives an interruption
                 print(f"{run} steps {s}: {row['mj_per_image']:.3f} mJ/image (ANN {row['ann_mj_per_image']:.3f}, "
                       f"x{row['ratio_vs_ann']:.2f}), FID {row['fid']}", flush=True)
-    reference = _point(args.reference, args.run) or (args.run[0], shipped[args.run[0]])
-    default = _point(args.default, args.run) or reference
+    runs = list(dict.fromkeys(r["run"] for r in rows))
+    reference = _point(args.reference, runs) or ((args.run[0], shipped[args.run[0]]) if args.run else None)
+    default = _point(args.default, runs) or reference
     write_outputs(rows, Path(args.out), reference, default)
     print(f"wrote {args.out}: front.json, front.md, front.png")
     return 0
