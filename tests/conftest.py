@@ -5,8 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TINY_PRESET = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+
+
+def tiny_preset(folder: Path, stage: str, **train: object) -> Path:
+    """Write the tiny preset with ``train`` overriding its ``stage`` training keys into FOLDER; return the file."""
+    preset = yaml.safe_load(TINY_PRESET.read_text())
+    preset[stage]["train"].update(train)
+    path = folder / f"preset_{len(list(folder.glob('preset_*')))}.yaml"
+    path.write_text(yaml.safe_dump(preset))
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import TINY_PRESET, tiny_preset
 from safetensors import safe_open
 
 from spkdiff.cli import export_main, main
@@ -21,12 +22,10 @@ from spkdiff.train.adversarial import (
 from spkdiff.train.loop import load_stage
 from spkdiff.train.vqsvae import VQSVAE, VQSVAEConfig
 
-TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
-
 
 def _tiny_vq() -> VQSVAE:
     torch.manual_seed(0)
-    cfg = yaml.safe_load(TINY.read_text())["vqsvae"]["model"]
+    cfg = yaml.safe_load(TINY_PRESET.read_text())["vqsvae"]["model"]
     return VQSVAE(VQSVAEConfig.from_dict(cfg))
 
 
@@ -55,11 +54,7 @@ def test_hinge_loss_and_adaptive_weight() -> None:
 
 
 def _preset(tmp_path: Path, **train: object) -> Path:
-    preset = yaml.safe_load(TINY.read_text())
-    preset["vqsvae"]["train"].update(train)
-    path = tmp_path / f"preset_{len(list(tmp_path.glob('preset_*')))}.yaml"
-    path.write_text(yaml.safe_dump(preset))
-    return path
+    return tiny_preset(tmp_path, "vqsvae", **train)
 
 
 def _train_vq(out: Path, preset: Path, data: Path, *extra: str) -> int:
@@ -136,7 +131,7 @@ def test_finetune_settings_are_checked(tiny_run: Path, shared_data_root: Path, t
     no_source = _preset(tmp_path, train_parts="generator")
     assert _train_vq(tmp_path / "a", no_source, shared_data_root) == 2
     assert "needs init_from" in capsys.readouterr().err
-    other = yaml.safe_load(TINY.read_text())
+    other = yaml.safe_load(TINY_PRESET.read_text())
     other["vqsvae"]["model"]["codebook_size"] = 32
     other["vqsvae"]["train"]["init_from"] = str(tiny_run)
     path = tmp_path / "other.yaml"

@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import tiny_preset
 
 from spkdiff.checkpoint import load_checkpoint, save_checkpoint
 from spkdiff.cli import main
 from spkdiff.train.loop import TrainSettings, _sdid_step, load_stage
 from spkdiff.train.sdid import SDID, SDIDConfig
-
-TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
 
 def _cfg() -> SDIDConfig:
@@ -67,11 +66,7 @@ def test_regulariser_lowers_sops():
 
 
 def _finetune_preset(tmp_path: Path, **sdid_train: object) -> Path:
-    preset = yaml.safe_load(TINY.read_text())
-    preset["sdid"]["train"].update(sdid_train)
-    path = tmp_path / f"preset_{len(list(tmp_path.glob('preset_*')))}.yaml"
-    path.write_text(yaml.safe_dump(preset))
-    return path
+    return tiny_preset(tmp_path, "sdid", **sdid_train)
 
 
 def _new_run_on_tokens_of(source: Path, out: Path) -> Path:
@@ -113,6 +108,26 @@ def test_sdid_finetune_starts_from_the_source_prior(tiny_run: Path, shared_data_
     assert first_loss(moving) < first_loss(fresh)
     tuned = _params(load_stage(moving, "sdid"))
     assert any(not torch.equal(source[k], tuned[k]) for k in source)
+
+
+def test_sdid_finetune_to_fewer_time_steps(tiny_run: Path, shared_data_root: Path, tmp_path: Path) -> None:
+    """T per call is not part of the weights: a T = 2 prior fine-tunes to T = 1 from its own weights, and the
+    result runs one SNN step per call (half the spike tensors' time axis)."""
+    preset = _finetune_preset(tmp_path, lr=0.0, weight_decay=0.0, sop_weight=0.5)
+    cfg = yaml.safe_load(preset.read_text())
+    assert cfg["sdid"]["model"]["time_steps"] == 2
+    cfg["sdid"]["model"]["time_steps"] = 1
+    preset.write_text(yaml.safe_dump(cfg))
+    one_step = _new_run_on_tokens_of(tiny_run, tmp_path / "one_step")
+    assert _train_sdid(one_step, preset, shared_data_root, "--init-from", str(tiny_run), "--max-steps", "1") == 0
+    source, tuned = load_stage(tiny_run, "sdid"), load_stage(one_step, "sdid")
+    assert (source.cfg.time_steps, tuned.cfg.time_steps) == (2, 1)
+    assert all(torch.equal(a, b) for a, b in zip(source.parameters(), tuned.parameters(), strict=True))
+    tokens = torch.zeros(2, tuned.cfg.grid, tuned.cfg.grid, dtype=torch.long)
+    spikes: list[torch.Tensor] = []
+    with torch.no_grad():
+        tuned(tokens, torch.tensor([10, 20]), spikes)
+    assert {s.shape[0] for s in spikes} == {1}
 
 
 def test_sdid_finetune_refuses_other_tokens_another_shape_and_stage_all(

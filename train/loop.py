@@ -439,9 +439,15 @@ def _source_path(source: str) -> Path:
     return resolve_run(source) if source.startswith(PRETRAINED_PREFIX) else Path(source).expanduser()
 
 
+# Model settings a fine-tune may change: the weights are shared over the SNN time steps, so the SDID can be
+# fine-tuned to fewer (or more) time steps per denoiser call, which scales its SOPs per call.
+FINE_TUNABLE: dict[str, frozenset[str]] = {"vqsvae": frozenset(), "sdid": frozenset({"time_steps"})}
+
+
 def initial_weights(source: str, stage: str, model_cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
     """STAGE's weights in SOURCE (a run directory, pretrained:NAME or a checkpoint file), refused unless its
-    model config is ours (unset defaults resolved, so an omitted neuron constant still compares equal)."""
+    model config is ours (unset defaults resolved, so an omitted neuron constant still compares equal) up to
+    the settings in FINE_TUNABLE."""
     path = _source_path(source)
     ckpt = load_checkpoint(path / f"{stage}.safetensors" if path.is_dir() else path, stage=stage)
 
@@ -452,7 +458,7 @@ def initial_weights(source: str, stage: str, model_cfg: dict[str, Any]) -> dict[
         return d | {"neuron": LIFParams.from_dict(d["neuron"])}
 
     theirs, ours = resolved(ckpt.config[stage]["model"]), resolved(model_cfg)
-    differ = [k for k in ours if ours[k] != theirs.get(k)]
+    differ = [k for k in ours if ours[k] != theirs.get(k) and k not in FINE_TUNABLE[stage]]
     if differ:
         raise SpkdiffError(f"init_from {source}: its {STAGE_NAMES[stage]} differs in {differ[0]} "
                            f"({theirs.get(differ[0])!r} vs {ours[differ[0]]!r} here)")
