@@ -46,7 +46,7 @@ from spkdiff.train.adversarial import (
     generator_adversarial_loss,
 )
 from spkdiff.train.distributed import SINGLE, DistContext, param_digest, tensor_digest
-from spkdiff.train.sdid import SDID, SDIDConfig, diffusion_loss, training_mask
+from spkdiff.train.sdid import SDID, SDIDConfig, diffusion_loss, distillation_loss, training_mask
 from spkdiff.train.snn import LIFParams
 from spkdiff.train.vqsvae import PIXEL_MAX, PIXEL_MIN, VQSVAE, VQSVAEConfig
 
@@ -72,6 +72,8 @@ class TrainSettings:
     discriminator_channels: int = 32  # stage 1: width of the patch discriminator
     init_from: str | None = None  # start from this run's (or checkpoint's) weights of the stage being trained
     train_parts: str = "all"  # stage 1: "all", or "generator" (encoder and codebook held: the tokens stay)
+    distill_from: str | None = None  # stage 2: a trained prior on the same tokens to distil from (the teacher)
+    distill_weight: float = 0.0  # stage 2: weight of the KL to the teacher (spkdiff.train.sdid.distillation_loss)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -523,16 +525,24 @@ def cached_tokens(run_dir: Path, config: dict[str, Any], data_root: str | None, 
     return tokens
 
 
-def _sdid_step(settings: TrainSettings):
+def _sdid_step(settings: TrainSettings, teacher: SDID | None = None):
     def step(model: nn.Module, tokens: torch.Tensor, gen: torch.Generator, step: int) -> dict[str, torch.Tensor]:
-        cfg: SDIDConfig = model.cfg
+        cfg: SDIDConfig = getattr(model, "module", model).cfg
         t, masked, h_t = training_mask(tokens, cfg.num_codes, cfg.diffusion_steps, gen)
         spikes: list[torch.Tensor] | None = [] if settings.sop_weight else None
         logits = model(h_t, t, spikes)
         loss = diffusion_loss(logits, tokens, masked, t, cfg.diffusion_steps, settings.loss_weighting)
+        stats: dict[str, torch.Tensor] = {}
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_logits = teacher(h_t, t)
+            distill = distillation_loss(logits, teacher_logits, masked, t, cfg.diffusion_steps,
+                                        settings.loss_weighting)
+            loss = loss + settings.distill_weight * distill
+            stats["distill"] = distill.detach()
         with torch.no_grad():
             acc = ((logits.argmax(1) == tokens) & masked).sum() / masked.sum().clamp(min=1)
-        stats = {"masked_accuracy": acc}
+        stats["masked_accuracy"] = acc
         if spikes is not None:  # the energy lever: SOPs per call relative to the ANN's dense MACs
             sops = getattr(model, "module", model).sop_fraction(spikes)
             loss = loss + settings.sop_weight * sops
@@ -551,6 +561,8 @@ def train_sdid(run_dir: Path, config: dict[str, Any], data_root: str | None, res
 
     dist.run_on_main(check_stage1)
     settings = TrainSettings.from_dict(config["sdid"]["train"])
+    if (settings.distill_from is None) != (settings.distill_weight == 0):
+        raise SpkdiffError("distillation needs both distill_from (the teacher run) and a distill_weight > 0")
     tokens = cached_tokens(run_dir, config, data_root, settings.limit, dist).long()
     config["sdid"]["model"]["num_codes"] = config["vqsvae"]["model"]["codebook_size"]
     if dist.is_main:
@@ -567,4 +579,22 @@ def train_sdid(run_dir: Path, config: dict[str, Any], data_root: str | None, res
 
             load_model_weights(model, dist.run_on_main(weights), Path(source))
 
-    return run_training("sdid", run_dir, config, tokens, _sdid_step(settings), resume, on_start, dist=dist)
+    teacher = None if settings.distill_from is None else load_teacher(settings.distill_from, run_dir,
+                                                                      config["sdid"]["model"])
+    return run_training("sdid", run_dir, config, tokens, _sdid_step(settings, teacher), resume, on_start, dist=dist)
+
+
+def load_teacher(source: str, run_dir: Path, model_cfg: dict[str, Any]) -> SDID:
+    """The frozen teacher prior of ``distill_from`` (any width, depth or T): refused unless it predicts RUN_DIR's
+    tokens from the same input encoding.  Read on every start, --resume included: the loss needs it throughout."""
+    check_same_tokens(source, run_dir)
+    path = _source_path(source)
+    ckpt = load_checkpoint(path / "sdid.safetensors" if path.is_dir() else path, stage="sdid")
+    teacher = build_model("sdid", ckpt.config["sdid"]["model"])
+    load_model_weights(teacher, ckpt.model, ckpt.path)
+    ours = SDIDConfig.from_dict(model_cfg)
+    for key in ("num_codes", "grid", "diffusion_steps", "time_bins"):
+        if getattr(teacher.cfg, key) != getattr(ours, key):
+            raise SpkdiffError(f"distill_from {source}: its SDID differs in {key} ({getattr(teacher.cfg, key)!r} "
+                               f"vs {getattr(ours, key)!r} here)")
+    return teacher.eval().requires_grad_(False)

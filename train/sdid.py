@@ -15,7 +15,8 @@ MAC at 45 nm (23.6 vs 4.6 pJ), so R < 0.2 is where the chip starts to pay off.
 
 Training objective (training's alone; the host side of sampling is :mod:`spkdiff.host`): the forward
 masking q(h_t | h_0) (:func:`training_mask`, Eq 10-12) and the weighted cross-entropy (:func:`diffusion_loss`,
-Eq 14).
+Eq 14); optionally (``distill_from`` / ``distill_weight``) the same weighted KL to a trained teacher prior's
+predictions (:func:`distillation_loss`), so that a narrow, low-rate student keeps the teacher's quality.
 """
 
 from __future__ import annotations
@@ -169,4 +170,16 @@ def diffusion_loss(logits: torch.Tensor, target: torch.Tensor, masked: torch.Ten
     """Mean over the batch of weight(t) * sum_{masked} -log p(h_0 | h_t) / (ln 2 * N); logits (B, K, H, W)."""
     ce = torch.nn.functional.cross_entropy(logits, target, reduction="none")  # (B, H, W)
     per_sample = (ce * masked).flatten(1).sum(1) / (math.log(2) * masked[0].numel())
+    return (loss_weight(t, diffusion_steps, kind) * per_sample).mean()
+
+
+def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, masked: torch.Tensor, t: torch.Tensor,
+                      diffusion_steps: int, kind: str = "reweighted") -> torch.Tensor:
+    """Knowledge distillation from a trained prior: KL(p_teacher(h_0 | h_t) || p(h_0 | h_t)) at the masked
+    positions, weighted and normalised as :func:`diffusion_loss` (Eq 14 with the teacher's distribution as the
+    target).  The teacher's full distribution carries what one sampled token cannot: how likely each other code
+    is, which a small, sparse student cannot learn from one-hot targets in few epochs."""
+    log_p_teacher = F.log_softmax(teacher_logits, 1)
+    kl = (log_p_teacher.exp() * (log_p_teacher - F.log_softmax(logits, 1))).sum(1)  # (B, H, W)
+    per_sample = (kl * masked).flatten(1).sum(1) / (math.log(2) * masked[0].numel())
     return (loss_weight(t, diffusion_steps, kind) * per_sample).mean()
