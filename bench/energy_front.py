@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+TARGET_MJ = 0.5  # issue 16: a shipped operating point at <= 0.5 mJ per image (5x below the reference's ANN)
+
 
 def _point(s: str, runs: list[str]) -> tuple[str, int] | None:
     """``RUN:STEPS`` (RUN may itself contain ':', e.g. pretrained:mnist:12)."""
@@ -107,12 +109,16 @@ def write_outputs(rows: list[dict[str, Any]], out: Path, reference: tuple[str, i
     have_fid = any(r["fid"] is not None for r in rows)
     y = (lambda r: r["fid"]) if have_fid else (lambda r: r["steps"])
     rows = [r for r in rows if r["fid"] is not None] if have_fid else rows
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for run in dict.fromkeys(r["run"] for r in rows):
+    fig, ax = plt.subplots(figsize=(10, 4.8))
+    for i, run in enumerate(dict.fromkeys(r["run"] for r in rows)):
         pts = sorted((r for r in rows if r["run"] == run), key=lambda r: r["mj_per_image"])
         ax.plot([r["mj_per_image"] for r in pts], [y(r) for r in pts], "o-", label=f"{run} (Loihi)")
         ax.plot([r["ann_mj_per_image"] for r in pts], [y(r) for r in pts], "x--", color="grey", alpha=0.7,
-                label=f"{run} ANN equivalent (45 nm)")
+                label="ANN equivalents (45 nm), same FID" if i == 0 else None)
+    ax.axvline(TARGET_MJ, color="green", ls=":", label=f"target: {TARGET_MJ} mJ per image")
+    ref = [r for r in rows if (r["run"], r["steps"]) == reference]
+    if have_fid and ref:
+        ax.axhline(ref[0]["fid"] * 1.05, color="orange", ls=":", label="reference FID + 5 %")
     for point, style, name in ((reference, dict(marker="*", s=250, color="gold"), "reference"),
                                (default, dict(marker="s", s=120, facecolors="none", edgecolors="red"), "default")):
         hit = [r for r in rows if (r["run"], r["steps"]) == point]
@@ -121,7 +127,7 @@ def write_outputs(rows: list[dict[str, Any]], out: Path, reference: tuple[str, i
     ax.set_xscale("log")
     ax.set_xlabel("energy per generated image (mJ, Loihi profile, fixed point)")
     ax.set_ylabel("FID (std)" if have_fid else "sampler steps (no FID measured)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(out / "front.png", dpi=110)
