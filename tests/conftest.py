@@ -20,6 +20,24 @@ def tiny_preset(folder: Path, stage: str, **train: object) -> Path:
     return path
 
 
+def run_on_tokens_of(source: Path, out: Path) -> Path:
+    """A new run directory OUT holding SOURCE's stage 1 (so the tokens are SOURCE's) and no prior yet."""
+    import shutil
+
+    out.mkdir()
+    for name in ("vqsvae.safetensors", "config.json"):
+        shutil.copy(source / name, out / name)
+    return out
+
+
+def train_sdid(out: Path, preset: Path, data: Path, *extra: str) -> int:
+    """``spkdiff train --stage sdid`` on MNIST into OUT with PRESET; returns the exit status."""
+    from spkdiff.cli import main
+
+    return main(["train", "--stage", "sdid", "--preset", str(preset), "--dataset", "mnist", "--out", str(out),
+                 "--data-root", str(data), "--seed", "0", *extra])
+
+
 @pytest.fixture(scope="session")
 def shared_data_root() -> Path:
     """The real dataset files (MNIST, Fashion-MNIST) in ../shared/data beside the checkout."""

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import csv
 import math
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_preset
+from conftest import run_on_tokens_of, tiny_preset, train_sdid
 
 from spkdiff.checkpoint import load_checkpoint, save_checkpoint
-from spkdiff.cli import main
 from spkdiff.train.loop import TrainSettings, _sdid_step
 from spkdiff.train.sdid import SDID, SDIDConfig, distillation_loss, loss_weight
 
@@ -77,38 +75,26 @@ def test_distillation_pulls_a_narrow_student_towards_its_teacher():
     assert distilled < 0.5 * plain, (plain, distilled)
 
 
-def _run_on_tokens_of(source: Path, out: Path) -> Path:
-    out.mkdir()
-    for name in ("vqsvae.safetensors", "config.json"):
-        shutil.copy(source / name, out / name)
-    return out
-
-
-def _train_sdid(out: Path, preset: Path, data: Path, *extra: str) -> int:
-    return main(["train", "--stage", "sdid", "--preset", str(preset), "--dataset", "mnist", "--out", str(out),
-                 "--data-root", str(data), "--seed", "0", *extra])
-
-
 def test_distillation_run_logs_the_kl_and_refuses_bad_teachers(
         tiny_run: Path, shared_data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     preset = tiny_preset(tmp_path, "sdid", distill_from=str(tiny_run), distill_weight=1.0, log_every=1)
-    student = _run_on_tokens_of(tiny_run, tmp_path / "student")
-    assert _train_sdid(student, preset, shared_data_root, "--max-steps", "2") == 0
+    student = run_on_tokens_of(tiny_run, tmp_path / "student")
+    assert train_sdid(student, preset, shared_data_root, "--max-steps", "2") == 0
     with open(student / "sdid_log.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and all(float(r["distill"]) > 0 for r in rows)
     capsys.readouterr()
 
     # a teacher on another stage 1 predicts other tokens
-    other = _run_on_tokens_of(tiny_run, tmp_path / "other")
+    other = run_on_tokens_of(tiny_run, tmp_path / "other")
     ckpt = load_checkpoint(other / "vqsvae.safetensors", stage="vqsvae")
     save_checkpoint(other / "vqsvae.safetensors", model=dict(ckpt.model) | {"codebook": ckpt.model["codebook"] + 0.25},
                     config=ckpt.config, stage="vqsvae")
-    assert _train_sdid(other, preset, shared_data_root, "--max-steps", "1") != 0
+    assert train_sdid(other, preset, shared_data_root, "--max-steps", "1") != 0
     err = capsys.readouterr().err.strip()
     assert "predicts other tokens" in err and len(err.splitlines()) == 1
 
     half = tiny_preset(tmp_path, "sdid", distill_weight=1.0)
-    assert _train_sdid(_run_on_tokens_of(tiny_run, tmp_path / "half"), half, shared_data_root) != 0
+    assert train_sdid(run_on_tokens_of(tiny_run, tmp_path / "half"), half, shared_data_root) != 0
     err = capsys.readouterr().err.strip()
     assert "needs both distill_from" in err and len(err.splitlines()) == 1

@@ -4,13 +4,12 @@ prior fine-tune (``--stage sdid --init-from RUN``) that applies it to a trained 
 from __future__ import annotations
 
 import csv
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import tiny_preset
+from conftest import run_on_tokens_of, tiny_preset, train_sdid
 
 from spkdiff.checkpoint import load_checkpoint, save_checkpoint
 from spkdiff.cli import main
@@ -69,19 +68,6 @@ def _finetune_preset(tmp_path: Path, **sdid_train: object) -> Path:
     return tiny_preset(tmp_path, "sdid", **sdid_train)
 
 
-def _new_run_on_tokens_of(source: Path, out: Path) -> Path:
-    """A run directory holding SOURCE's stage 1 (so the tokens are SOURCE's) and no prior yet."""
-    out.mkdir()
-    for name in ("vqsvae.safetensors", "config.json"):
-        shutil.copy(source / name, out / name)
-    return out
-
-
-def _train_sdid(out: Path, preset: Path, data: Path, *extra: str) -> int:
-    return main(["train", "--stage", "sdid", "--preset", str(preset), "--dataset", "mnist", "--out", str(out),
-                 "--data-root", str(data), "--seed", "0", *extra])
-
-
 def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.named_parameters()}
 
@@ -89,17 +75,17 @@ def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def test_sdid_finetune_starts_from_the_source_prior(tiny_run: Path, shared_data_root: Path, tmp_path: Path) -> None:
     """At lr 0 one fine-tune step leaves every weight the source's; at lr > 0 with the regulariser it moves on
     from there, not from a fresh initialisation (its first loss is the trained prior's)."""
-    frozen = _new_run_on_tokens_of(tiny_run, tmp_path / "frozen")
+    frozen = run_on_tokens_of(tiny_run, tmp_path / "frozen")
     preset = _finetune_preset(tmp_path, lr=0.0, weight_decay=0.0, sop_weight=0.5)
-    assert _train_sdid(frozen, preset, shared_data_root, "--init-from", str(tiny_run), "--max-steps", "1") == 0
+    assert train_sdid(frozen, preset, shared_data_root, "--init-from", str(tiny_run), "--max-steps", "1") == 0
     source, tuned = _params(load_stage(tiny_run, "sdid")), _params(load_stage(frozen, "sdid"))
     assert all(torch.equal(source[k], tuned[k]) for k in source)
 
-    fresh, moving = _new_run_on_tokens_of(tiny_run, tmp_path / "fresh"), _new_run_on_tokens_of(tiny_run,
+    fresh, moving = run_on_tokens_of(tiny_run, tmp_path / "fresh"), run_on_tokens_of(tiny_run,
                                                                                                 tmp_path / "moving")
     preset = _finetune_preset(tmp_path, sop_weight=0.5, log_every=1)
-    assert _train_sdid(fresh, preset, shared_data_root, "--max-steps", "1") == 0
-    assert _train_sdid(moving, preset, shared_data_root, "--init-from", str(tiny_run), "--max-steps", "2") == 0
+    assert train_sdid(fresh, preset, shared_data_root, "--max-steps", "1") == 0
+    assert train_sdid(moving, preset, shared_data_root, "--init-from", str(tiny_run), "--max-steps", "2") == 0
 
     def first_loss(run: Path) -> float:
         with open(run / "sdid_log.csv") as f:
@@ -118,8 +104,8 @@ def test_sdid_finetune_to_fewer_time_steps(tiny_run: Path, shared_data_root: Pat
     assert cfg["sdid"]["model"]["time_steps"] == 2
     cfg["sdid"]["model"]["time_steps"] = 1
     preset.write_text(yaml.safe_dump(cfg))
-    one_step = _new_run_on_tokens_of(tiny_run, tmp_path / "one_step")
-    assert _train_sdid(one_step, preset, shared_data_root, "--init-from", str(tiny_run), "--max-steps", "1") == 0
+    one_step = run_on_tokens_of(tiny_run, tmp_path / "one_step")
+    assert train_sdid(one_step, preset, shared_data_root, "--init-from", str(tiny_run), "--max-steps", "1") == 0
     source, tuned = load_stage(tiny_run, "sdid"), load_stage(one_step, "sdid")
     assert (source.cfg.time_steps, tuned.cfg.time_steps) == (2, 1)
     assert all(torch.equal(a, b) for a, b in zip(source.parameters(), tuned.parameters(), strict=True))
@@ -134,11 +120,11 @@ def test_sdid_finetune_refuses_other_tokens_another_shape_and_stage_all(
         tiny_run: Path, shared_data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     preset = _finetune_preset(tmp_path)
     # a stage 1 with another codebook gives other tokens: the source prior would predict the wrong ones
-    other_tokens = _new_run_on_tokens_of(tiny_run, tmp_path / "other_tokens")
+    other_tokens = run_on_tokens_of(tiny_run, tmp_path / "other_tokens")
     ckpt = load_checkpoint(other_tokens / "vqsvae.safetensors", stage="vqsvae")
     weights = dict(ckpt.model) | {"codebook": ckpt.model["codebook"] + 0.25}
     save_checkpoint(other_tokens / "vqsvae.safetensors", model=weights, config=ckpt.config, stage="vqsvae")
-    assert _train_sdid(other_tokens, preset, shared_data_root, "--init-from", str(tiny_run)) != 0
+    assert train_sdid(other_tokens, preset, shared_data_root, "--init-from", str(tiny_run)) != 0
     err = capsys.readouterr().err.strip()
     assert "predicts other tokens" in err and "codebook" in err and len(err.splitlines()) == 1
 
@@ -146,7 +132,7 @@ def test_sdid_finetune_refuses_other_tokens_another_shape_and_stage_all(
     cfg = yaml.safe_load(wider.read_text())
     cfg["sdid"]["model"]["channels"] = 24
     wider.write_text(yaml.safe_dump(cfg))
-    assert _train_sdid(_new_run_on_tokens_of(tiny_run, tmp_path / "wider"), wider, shared_data_root,
+    assert train_sdid(run_on_tokens_of(tiny_run, tmp_path / "wider"), wider, shared_data_root,
                        "--init-from", str(tiny_run)) != 0
     err = capsys.readouterr().err.strip()
     assert "differs in channels" in err and len(err.splitlines()) == 1
