@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from spkdiff.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
+from spkdiff.checkpoint import Checkpoint, load_checkpoint, load_model_weights, save_checkpoint
 from spkdiff.config import PRETRAINED_PREFIX, resolve_run, write_json_atomic
 from spkdiff.data import load_tensor
 from spkdiff.errors import SpkdiffError
@@ -95,7 +95,11 @@ def build_model(stage: str, model_cfg: dict[str, Any]) -> nn.Module:
 
 def load_stage(run_dir: Path, stage: str) -> nn.Module:
     """Rebuild a trained stage from RUN_DIR/{stage}.safetensors (config inside the checkpoint)."""
-    ckpt = load_checkpoint(Path(run_dir) / f"{stage}.safetensors", stage=stage)
+    return stage_from_checkpoint(load_checkpoint(Path(run_dir) / f"{stage}.safetensors", stage=stage), stage)
+
+
+def stage_from_checkpoint(ckpt: Checkpoint, stage: str) -> nn.Module:
+    """The stage a loaded checkpoint holds, built from the config inside it, in eval mode."""
     model = build_model(stage, ckpt.config[stage]["model"])
     load_model_weights(model, ckpt.model, ckpt.path)
     return model.eval()
@@ -441,6 +445,12 @@ def _source_path(source: str) -> Path:
     return resolve_run(source) if source.startswith(PRETRAINED_PREFIX) else Path(source).expanduser()
 
 
+def _source_checkpoint(source: str, stage: str) -> Checkpoint:
+    """STAGE's checkpoint in SOURCE: a run directory, pretrained:NAME or a checkpoint file."""
+    path = _source_path(source)
+    return load_checkpoint(path / f"{stage}.safetensors" if path.is_dir() else path, stage=stage)
+
+
 # Model settings a fine-tune may change: the weights are shared over the SNN time steps, so the SDID can be
 # fine-tuned to fewer (or more) time steps per denoiser call, which scales its SOPs per call.
 FINE_TUNABLE: dict[str, frozenset[str]] = {"vqsvae": frozenset(), "sdid": frozenset({"time_steps"})}
@@ -450,8 +460,7 @@ def initial_weights(source: str, stage: str, model_cfg: dict[str, Any]) -> dict[
     """STAGE's weights in SOURCE (a run directory, pretrained:NAME or a checkpoint file), refused unless its
     model config is ours (unset defaults resolved, so an omitted neuron constant still compares equal) up to
     the settings in FINE_TUNABLE."""
-    path = _source_path(source)
-    ckpt = load_checkpoint(path / f"{stage}.safetensors" if path.is_dir() else path, stage=stage)
+    ckpt = _source_checkpoint(source, stage)
 
     def resolved(cfg: dict[str, Any]) -> dict[str, Any]:
         if stage == "sdid":
@@ -527,7 +536,8 @@ def cached_tokens(run_dir: Path, config: dict[str, Any], data_root: str | None, 
 
 def _sdid_step(settings: TrainSettings, teacher: SDID | None = None):
     def step(model: nn.Module, tokens: torch.Tensor, gen: torch.Generator, step: int) -> dict[str, torch.Tensor]:
-        cfg: SDIDConfig = getattr(model, "module", model).cfg
+        sdid: SDID = getattr(model, "module", model)  # under torchrun, the DDP wrapper's module
+        cfg = sdid.cfg
         t, masked, h_t = training_mask(tokens, cfg.num_codes, cfg.diffusion_steps, gen)
         spikes: list[torch.Tensor] | None = [] if settings.sop_weight else None
         logits = model(h_t, t, spikes)
@@ -544,7 +554,7 @@ def _sdid_step(settings: TrainSettings, teacher: SDID | None = None):
             acc = ((logits.argmax(1) == tokens) & masked).sum() / masked.sum().clamp(min=1)
         stats["masked_accuracy"] = acc
         if spikes is not None:  # the energy lever: SOPs per call relative to the ANN's dense MACs
-            sops = getattr(model, "module", model).sop_fraction(spikes)
+            sops = sdid.sop_fraction(spikes)
             loss = loss + settings.sop_weight * sops
             stats["sop_fraction"] = sops.detach()
         return {"loss": loss, "stats": stats}
@@ -563,8 +573,11 @@ def train_sdid(run_dir: Path, config: dict[str, Any], data_root: str | None, res
     settings = TrainSettings.from_dict(config["sdid"]["train"])
     if (settings.distill_from is None) != (settings.distill_weight == 0):
         raise SpkdiffError("distillation needs both distill_from (the teacher run) and a distill_weight > 0")
-    tokens = cached_tokens(run_dir, config, data_root, settings.limit, dist).long()
     config["sdid"]["model"]["num_codes"] = config["vqsvae"]["model"]["codebook_size"]
+    # A teacher that cannot serve is refused before the training split is encoded.
+    teacher = None if settings.distill_from is None else load_teacher(settings.distill_from, run_dir,
+                                                                      config["sdid"]["model"])
+    tokens = cached_tokens(run_dir, config, data_root, settings.limit, dist).long()
     if dist.is_main:
         write_json_atomic(run_dir / "config.json", config)
 
@@ -579,8 +592,6 @@ def train_sdid(run_dir: Path, config: dict[str, Any], data_root: str | None, res
 
             load_model_weights(model, dist.run_on_main(weights), Path(source))
 
-    teacher = None if settings.distill_from is None else load_teacher(settings.distill_from, run_dir,
-                                                                      config["sdid"]["model"])
     return run_training("sdid", run_dir, config, tokens, _sdid_step(settings, teacher), resume, on_start, dist=dist)
 
 
@@ -588,13 +599,10 @@ def load_teacher(source: str, run_dir: Path, model_cfg: dict[str, Any]) -> SDID:
     """The frozen teacher prior of ``distill_from`` (any width, depth or T): refused unless it predicts RUN_DIR's
     tokens from the same input encoding.  Read on every start, --resume included: the loss needs it throughout."""
     check_same_tokens(source, run_dir)
-    path = _source_path(source)
-    ckpt = load_checkpoint(path / "sdid.safetensors" if path.is_dir() else path, stage="sdid")
-    teacher = build_model("sdid", ckpt.config["sdid"]["model"])
-    load_model_weights(teacher, ckpt.model, ckpt.path)
+    teacher = stage_from_checkpoint(_source_checkpoint(source, "sdid"), "sdid")
     ours = SDIDConfig.from_dict(model_cfg)
     for key in ("num_codes", "grid", "diffusion_steps", "time_bins"):
         if getattr(teacher.cfg, key) != getattr(ours, key):
             raise SpkdiffError(f"distill_from {source}: its SDID differs in {key} ({getattr(teacher.cfg, key)!r} "
                                f"vs {getattr(ours, key)!r} here)")
-    return teacher.eval().requires_grad_(False)
+    return teacher.requires_grad_(False)

@@ -169,7 +169,13 @@ def diffusion_loss(logits: torch.Tensor, target: torch.Tensor, masked: torch.Ten
                    diffusion_steps: int, kind: str = "reweighted") -> torch.Tensor:
     """Mean over the batch of weight(t) * sum_{masked} -log p(h_0 | h_t) / (ln 2 * N); logits (B, K, H, W)."""
     ce = torch.nn.functional.cross_entropy(logits, target, reduction="none")  # (B, H, W)
-    per_sample = (ce * masked).flatten(1).sum(1) / (math.log(2) * masked[0].numel())
+    return _weighted_masked_mean(ce, masked, t, diffusion_steps, kind)
+
+
+def _weighted_masked_mean(per_position: torch.Tensor, masked: torch.Tensor, t: torch.Tensor, diffusion_steps: int,
+                          kind: str) -> torch.Tensor:
+    """Batch mean of weight(t) * sum over the masked positions of ``per_position`` (B, H, W) / (ln 2 * N)."""
+    per_sample = (per_position * masked).flatten(1).sum(1) / (math.log(2) * masked[0].numel())
     return (loss_weight(t, diffusion_steps, kind) * per_sample).mean()
 
 
@@ -181,5 +187,4 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, masked
     is, which a small, sparse student cannot learn from one-hot targets in few epochs."""
     log_p_teacher = F.log_softmax(teacher_logits, 1)
     kl = (log_p_teacher.exp() * (log_p_teacher - F.log_softmax(logits, 1))).sum(1)  # (B, H, W)
-    per_sample = (kl * masked).flatten(1).sum(1) / (math.log(2) * masked[0].numel())
-    return (loss_weight(t, diffusion_steps, kind) * per_sample).mean()
+    return _weighted_masked_mean(kl, masked, t, diffusion_steps, kind)
