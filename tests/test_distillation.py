@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from conftest import run_on_tokens_of, tiny_preset, train_sdid
 
 from spkdiff.checkpoint import load_checkpoint, save_checkpoint
+from spkdiff.errors import SpkdiffError
 from spkdiff.train.loop import TrainSettings, _sdid_step
 from spkdiff.train.sdid import SDID, SDIDConfig, distillation_loss, loss_weight
 
@@ -98,3 +99,12 @@ def test_distillation_run_logs_the_kl_and_refuses_bad_teachers(
     assert train_sdid(run_on_tokens_of(tiny_run, tmp_path / "half"), half, shared_data_root) != 0
     err = capsys.readouterr().err.strip()
     assert "needs both distill_from" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["sop_weight", "adversarial_weight", "distill_weight"])
+def test_negative_loss_weights_are_refused(name: str) -> None:
+    """A negative weight would reward the very thing its term penalises; it is refused by name in one line."""
+    with pytest.raises(SpkdiffError, match=rf"^{name} must be >= 0") as err:
+        TrainSettings.from_dict({name: -0.5})
+    assert "\n" not in str(err.value)
+    assert getattr(TrainSettings.from_dict({name: 0.5}), name) == 0.5

@@ -76,6 +76,11 @@ class TrainSettings:
     distill_weight: float = 0.0  # stage 2: weight of the KL to the teacher (spkdiff.train.sdid.distillation_loss)
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        for name in ("sop_weight", "adversarial_weight", "distill_weight"):
+            if getattr(self, name) < 0:
+                raise SpkdiffError(f"{name} must be >= 0 (a loss weight), got {getattr(self, name)}")
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainSettings:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
