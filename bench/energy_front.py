@@ -1,7 +1,7 @@
 """FID-energy front: mJ per generated image on the Loihi profile (fixed-point simulator) vs FID (std).
 
     python bench/energy_front.py --run pretrained:mnist [--run runs/mnist-narrow ...] \
-        [--steps 4,6,8,12,16,24] [--n 2000] [--sim-n 16] [--no-fid] [--fid-backend sim-fixed|torch] \
+        [--steps 4,6,8,12,16,24] [--n 2000] [--sim-n 16] [--no-fid] [--fid-backend sim-fixed|sim|torch] \
         [--real-n 2000] [--data-root ../shared/data] [--reference pretrained:mnist:12] \
         [--default pretrained:mnist:12] [--add-rows OLD/front.json ...] [--out bench/energy_front]
 
@@ -9,9 +9,10 @@ Operating points = every run (an SDID variant) x every sampler step count.  For 
 fixed-point simulator (``spkdiff sim --fixed`` machinery, :func:`spkdiff.simulator.generate.generate`)
 generates the images and counts what the chip does (relays included); :func:`build_report` prices it on
 ``loihi``, its ANN equivalent on ``cmos45nm`` and the papers' convention (E_AC / E_MAC at 45 nm).  FID is
-the std protocol of ``--n`` images: the same fixed-point images, or (``--fid-backend torch``, a CPU-friendly
-screen) the float model's samples with the same seed while the energy comes from ``--sim-n`` simulated
-images; against the whole test split or a fixed seeded ``--real-n`` subset.  ``--no-fid`` counts on
+the std protocol of ``--n`` images: the same fixed-point images, the float simulator's (``--fid-backend sim``:
+fixed point vs float at equal N and seed), or (``--fid-backend torch``, a CPU-friendly screen) the float
+model's samples with the same seed; except on ``sim-fixed`` the energy comes from ``--sim-n`` simulated images;
+against the whole test split or a fixed seeded ``--real-n`` subset.  ``--no-fid`` counts on
 ``--sim-n`` images only (seconds).  Writes ``front.json``, ``front.md`` and ``front.png`` (FID vs mJ per
 image, log x; the ANN equivalents as a dashed line; the reference and the shipped default marked).
 ``--add-rows`` draws points measured by earlier invocations (their ``front.json``) on the same front, so slow FID
@@ -68,8 +69,13 @@ def measure(run: str, bundle: Path, steps: int, args: argparse.Namespace) -> dic
         from spkdiff.eval.inception import inception_features
         from spkdiff.eval.metrics import frechet_distance
 
-        images = gen.images if on_sim else sample_images("torch", run=run, n=args.n, steps=steps, seed=args.seed,
-                                                         batch_size=args.batch_size)[0]
+        if on_sim:
+            images = gen.images
+        elif args.fid_backend == "sim":  # the float simulator: fixed point vs float at equal N and seed
+            images = generate(b, args.n, fixed=False, steps=steps, seed=args.seed, batch_size=args.batch_size).images
+        else:
+            images = sample_images("torch", run=run, n=args.n, steps=steps, seed=args.seed,
+                                   batch_size=args.batch_size)[0]
         dataset = b.manifest.get("source", {}).get("dataset") or "mnist"
         real = real_inception_features(dataset, args.data_root, split="test", n=args.real_n, protocol="std",
                                        progress=False)
@@ -143,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=2000, help="images per point for FID (default 2000)")
     ap.add_argument("--sim-n", type=int, default=16,
                     help="images per point whose counts give the energy (unless FID is measured on sim-fixed)")
-    ap.add_argument("--fid-backend", choices=("sim-fixed", "torch"), default="sim-fixed",
-                    help="whose --n images FID scores (torch: float samples, much faster on a CPU)")
+    ap.add_argument("--fid-backend", choices=("sim-fixed", "sim", "torch"), default="sim-fixed",
+                    help="whose --n images FID scores (sim: the float simulator; torch: float samples, "
+                         "much faster on a CPU)")
     ap.add_argument("--real-n", type=int, default=None,
                     help="score against this fixed seeded subset of the test split (default: the whole split)")
     ap.add_argument("--no-fid", action="store_true", help="energy only (fast)")
