@@ -17,9 +17,9 @@ import nir
 import numpy as np
 import pytest
 import torch
+from conftest import activated_copy
 from PIL import Image
 from safetensors import safe_open
-from safetensors.torch import save_file
 from test_bad_inputs import assert_one_line_error, call
 
 from spkdiff.cli import export_main, main
@@ -33,7 +33,6 @@ pytestmark = pytest.mark.timeout(300)
 
 CIFAR = "cifar-10-batches-py"
 N_TRAIN, N_TEST = 64, 4
-BN_GAIN, BN_SHIFT = 8.0, 1.0  # measured: every LIF layer of the tiny run then fires 15-50 % of the time
 
 
 @pytest.fixture(scope="module")
@@ -59,18 +58,7 @@ def cifar_run(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 @pytest.fixture(scope="module")
 def active_run(cifar_run: Path) -> Path:
     """A copy of the run whose BatchNorms are scaled so that every spiking layer fires."""
-    run = cifar_run.parent / "active"
-    shutil.copytree(cifar_run, run, ignore=shutil.ignore_patterns("tb", "tokens_train.npy"))
-    for stage in ("vqsvae", "sdid"):
-        path = run / f"{stage}.safetensors"
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata()
-            values = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open is not a dict)
-        for key in [k for k in values if k.endswith(".1.weight")]:  # gamma of each conv's BatchNorm
-            values[key] = values[key] * BN_GAIN
-            values[key.replace(".weight", ".bias")] = torch.full_like(values[key], BN_SHIFT)
-        save_file(values, str(path), metadata=meta)
-    return run
+    return activated_copy(cifar_run, cifar_run.parent / "active")
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from spkdiff.generation import embed_tokens
 from spkdiff.host import codebook_lookup, encoder_features, leaky_sum, psp_sequence
 from spkdiff.train.snn import LIFParams, SpikingConv
 
-LATENT_STRIDE = 4  # image side / token-grid side
+LATENT_STRIDES = (4, 2)  # image side / token-grid side: the paper's two halvings, or one (a 4x finer grid)
 
 
 @dataclass
@@ -41,12 +41,15 @@ class VQSVAEConfig:
     k_init: float = 0.5
     recon_loss: str = "mse"  # "mse" (Eq 9 as written) or "saturated_l1" (see reconstruction_loss)
     neuron: dict = field(default_factory=dict)  # LIF constants (LIFParams.from_dict): tau, v_threshold, ...
+    latent_stride: int = 4  # image side / token-grid side (LATENT_STRIDES): 4 gives 7x7 tokens on 28x28, 2 gives 14x14
 
     def __post_init__(self) -> None:
-        # Two stride-2 convs down, two x2 transposed convs up: only a multiple of 4 comes back at its own size.
-        if self.image_size % LATENT_STRIDE:
-            raise SpkdiffError(f"image_size {self.image_size} is not a multiple of {LATENT_STRIDE} "
-                               f"(the VQ-SVAE halves the image twice)")
+        if self.latent_stride not in LATENT_STRIDES:
+            raise SpkdiffError(f"latent_stride {self.latent_stride} is not supported: choose 4 (the paper's) or 2")
+        # Stride-2 convs down, x2 transposed convs up: only a multiple of the stride comes back at its own size.
+        if self.image_size % self.latent_stride:
+            raise SpkdiffError(f"image_size {self.image_size} is not a multiple of the latent_stride "
+                               f"{self.latent_stride} (the VQ-SVAE halves the image that often)")
 
     @classmethod
     def from_dict(cls, d: dict) -> VQSVAEConfig:
@@ -62,8 +65,8 @@ class VQSVAEConfig:
 
     @property
     def latent_grid(self) -> int:
-        """Side of the token grid (7 for 28x28 images, 8 for 32x32)."""
-        return self.image_size // LATENT_STRIDE
+        """Side of the token grid (7 for 28x28 images at latent_stride 4, 14 at 2; 8 for 32x32 at 4)."""
+        return self.image_size // self.latent_stride
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -102,9 +105,10 @@ class VQSVAE(nn.Module):
         if cfg.recon_loss not in RECON_LOSSES:
             raise SpkdiffError(f"unknown recon_loss {cfg.recon_loss!r}: choose one of {', '.join(RECON_LOSSES)}")
         lif = LIFParams.from_dict(cfg.neuron)
+        halve_twice = cfg.latent_stride == 4  # else the second conv down and the first one up keep the size
         self.encoder = nn.ModuleList([
             SpikingConv(nn.Conv2d(cfg.in_channels, c1, 3, 2, 1), lif),
-            SpikingConv(nn.Conv2d(c1, c2, 3, 2, 1), lif),
+            SpikingConv(nn.Conv2d(c1, c2, 3, 2 if halve_twice else 1, 1), lif),
             SpikingConv(nn.Conv2d(c2, cfg.latent_channels, 1), lif),
         ])
         self.k = nn.Parameter(torch.tensor(cfg.k_init))
@@ -112,7 +116,8 @@ class VQSVAE(nn.Module):
             -1 / cfg.codebook_size, 1 / cfg.codebook_size))
         self.asg = SpikingConv(nn.Conv2d(cfg.latent_channels, cfg.latent_channels, 1), lif)
         self.decoder = nn.ModuleList([
-            SpikingConv(nn.ConvTranspose2d(cfg.latent_channels, c2, 3, 2, 1, output_padding=1), lif),
+            SpikingConv(nn.ConvTranspose2d(cfg.latent_channels, c2, 3, 2, 1, output_padding=1) if halve_twice
+                        else nn.ConvTranspose2d(cfg.latent_channels, c2, 3, 1, 1), lif),
             SpikingConv(nn.ConvTranspose2d(c2, c1, 3, 2, 1, output_padding=1), lif),
         ])
         self.readout = nn.ConvTranspose2d(c1, cfg.in_channels, 3, 1, 1)

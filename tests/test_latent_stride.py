@@ -1,0 +1,106 @@
+"""A finer token grid (``latent_stride: 2`` in ``vqsvae.model``: 14x14 tokens on 28x28 images, issue 15).
+
+The second conv down keeps the size and the first transposed conv up is a stride-1 one; everything after stage 1
+(the SDID's grid, the tokens, the export's phase layout, the simulator, the host sampler) follows the config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import nir
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import TINY_PRESET, activated_copy
+
+from spkdiff.cli import export_main, main
+from spkdiff.data import load_tensor
+from spkdiff.errors import SpkdiffError
+from spkdiff.export.nir_graphs import build_stage_graphs, load_models
+from spkdiff.export.verify import encoder_trace, generator_trace, sdid_trace, verify_stage
+from spkdiff.neuromorphic.bundle import STAGES
+from spkdiff.train.sdid import training_mask
+from spkdiff.train.vqsvae import VQSVAEConfig
+
+N_TRAIN = 64
+
+
+@pytest.fixture(scope="module")
+def fine_run(shared_data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Both stages of the tiny preset at latent_stride 2 on the first 64 MNIST training images. Read-only."""
+    folder = tmp_path_factory.mktemp("fine_grid")
+    preset = yaml.safe_load(TINY_PRESET.read_text())
+    preset["vqsvae"]["model"]["latent_stride"] = 2
+    (folder / "preset.yaml").write_text(yaml.safe_dump(preset))
+    run = folder / "run"
+    assert main(["train", "--stage", "all", "--preset", str(folder / "preset.yaml"), "--dataset", "mnist",
+                 "--out", str(run), "--data-root", str(shared_data_root), "--limit", str(N_TRAIN),
+                 "--seed", "0"]) == 0
+    return run
+
+
+def test_the_token_grid_is_14_by_14(fine_run: Path) -> None:
+    config = json.loads((fine_run / "config.json").read_text())
+    assert (config["vqsvae"]["model"]["latent_stride"], config["sdid"]["model"]["grid"]) == (2, 14)
+    assert np.load(fine_run / "tokens_train.npy").shape == (N_TRAIN, 14, 14)
+    vq, _ = load_models(fine_run)
+    with torch.no_grad():
+        x = torch.zeros(2, 1, 28, 28)
+        tokens, z_q = vq.quantize(vq.features(vq.encode_spikes(x)))
+        assert tokens.shape == (2, 14, 14) and vq.generator_potential(z_q).shape == (2, 1, 28, 28)
+
+
+def test_nir_stages_match_torch_spike_for_spike(fine_run: Path, shared_data_root: Path, tmp_path: Path) -> None:
+    """The written NIR files of all three stages on real test images: every LIF layer fires and spikes as in
+    torch; the generator's stride-1 transposed conv is a native conv, the read-out keeps its 2x2 phases."""
+    active = activated_copy(fine_run, tmp_path / "active")
+    out = tmp_path / "nir"
+    assert export_main(["--run", str(active), "--target", "nir", "--out", str(out)]) == 0
+    vq, sdid = load_models(active)
+    x = load_tensor("mnist", shared_data_root, "test", limit=4)[0] - 0.5
+    with torch.no_grad():
+        tokens, z_q = vq.quantize(vq.features(vq.encode_spikes(x)))
+        t, _, h_t = training_mask(tokens, sdid.cfg.num_codes, sdid.cfg.diffusion_steps,
+                                  torch.Generator().manual_seed(0))
+        inputs = {"encoder": x, "generator": z_q, "sdid": sdid.input_spikes(h_t, t)}
+        traces = {"encoder": encoder_trace(vq, x), "generator": generator_trace(vq, z_q),
+                  "sdid": sdid_trace(sdid, inputs["sdid"])}
+    stages = build_stage_graphs(vq, sdid)
+    for stage in STAGES:
+        sg = dataclasses.replace(stages[stage], graph=nir.read(out / f"{stage}.nir"))
+        check = verify_stage(sg, sdid if stage == "sdid" else vq, inputs[stage])
+        assert check.ok, check.summary()
+        rates = {n: float(s.float().mean()) for n, s in traces[stage].items() if n.endswith("_lif")}
+        assert len(rates) == 3 and all(0.05 < r < 0.95 for r in rates.values()), (stage, rates)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["stages"]["generator"]["input"]["shape"] == [vq.cfg.latent_channels, 14, 14]
+    layers = {layer["name"]: layer for layer in m["stages"]["generator"]["layers"]}
+    assert layers["readout_conv"]["phase_factor"] == 2 and layers["readout_conv"]["shape"] == [4, 14, 14]
+    assert m["host"]["mask_sampler"]["grid"] == [14, 14]
+
+
+def sdid_mask_token(run: Path) -> int:
+    """The absorbing [MASK] token's index: one past the codebook."""
+    return json.loads((run / "config.json").read_text())["vqsvae"]["model"]["codebook_size"]
+
+
+def test_the_fixed_point_simulator_samples_on_the_fine_grid(fine_run: Path, tmp_path: Path) -> None:
+    from spkdiff.simulator.generate import generate
+
+    bundle = tmp_path / "bundle"
+    assert export_main(["--run", str(fine_run), "--target", "lava", "--out", str(bundle)]) == 0
+    gen = generate(bundle, 2, fixed=True, steps=3, seed=0)
+    assert gen.tokens.shape == (2, 14, 14) and gen.images.shape == (2, 1, 28, 28)
+    assert not (gen.tokens == sdid_mask_token(fine_run)).any()  # every position was unmasked
+
+
+@pytest.mark.parametrize("bad,match", [({"latent_stride": 3}, "latent_stride 3 is not supported"),
+                                       ({"latent_stride": 2, "image_size": 27}, "not a multiple of the latent")])
+def test_bad_latent_stride_is_one_line(bad: dict, match: str) -> None:
+    with pytest.raises(SpkdiffError, match=match) as err:
+        VQSVAEConfig(**bad)
+    assert "\n" not in str(err.value)
