@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import yaml
+
+if TYPE_CHECKING:
+    import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TINY_PRESET = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
@@ -41,6 +45,41 @@ def activated_copy(run: Path, out: Path) -> Path:
             values[key.replace(".weight", ".bias")] = torch.full_like(values[key], BN_SHIFT)
         save_file(values, str(path), metadata=meta)
     return out
+
+
+def assert_nir_stages_match_torch(run: Path, images: torch.Tensor, out: Path) -> dict:
+    """Export RUN to NIR in OUT and check the written files of all three stages on IMAGES (pixels in [-0.5, 0.5]):
+    every LIF layer fires (5-95 %) and spikes as in torch, the read-out within the verifier's tolerance.
+    Returns the export's manifest."""
+    import dataclasses
+    import json
+
+    import nir
+    import torch
+
+    from spkdiff.cli import export_main
+    from spkdiff.export.nir_graphs import build_stage_graphs, load_models
+    from spkdiff.export.verify import encoder_trace, generator_trace, sdid_trace, verify_stage
+    from spkdiff.neuromorphic.bundle import STAGES
+    from spkdiff.train.sdid import training_mask
+
+    assert export_main(["--run", str(run), "--target", "nir", "--out", str(out)]) == 0
+    vq, sdid = load_models(run)
+    with torch.no_grad():
+        tokens, z_q = vq.quantize(vq.features(vq.encode_spikes(images)))
+        t, _, h_t = training_mask(tokens, sdid.cfg.num_codes, sdid.cfg.diffusion_steps,
+                                  torch.Generator().manual_seed(0))
+        inputs = {"encoder": images, "generator": z_q, "sdid": sdid.input_spikes(h_t, t)}
+        traces = {"encoder": encoder_trace(vq, images), "generator": generator_trace(vq, z_q),
+                  "sdid": sdid_trace(sdid, inputs["sdid"])}
+    stages = build_stage_graphs(vq, sdid)
+    for stage in STAGES:
+        sg = dataclasses.replace(stages[stage], graph=nir.read(out / f"{stage}.nir"))
+        check = verify_stage(sg, sdid if stage == "sdid" else vq, inputs[stage])
+        assert check.ok, check.summary()
+        rates = {n: float(s.float().mean()) for n, s in traces[stage].items() if n.endswith("_lif")}
+        assert len(rates) == 3 and all(0.05 < r < 0.95 for r in rates.values()), (stage, rates)
+    return json.loads((out / "manifest.json").read_text())
 
 
 def run_on_tokens_of(source: Path, out: Path) -> Path:

@@ -7,27 +7,21 @@ and spikes can only agree if the 3-channel phase layout, the crop and the 8x8 gr
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pickle
 import shutil
 from pathlib import Path
 
-import nir
 import numpy as np
 import pytest
 import torch
-from conftest import activated_copy
+from conftest import activated_copy, assert_nir_stages_match_torch
 from PIL import Image
 from safetensors import safe_open
 from test_bad_inputs import assert_one_line_error, call
 
 from spkdiff.cli import export_main, main
 from spkdiff.data import load_tensor
-from spkdiff.export.nir_graphs import build_stage_graphs, load_models
-from spkdiff.export.verify import encoder_trace, generator_trace, sdid_trace, verify_stage
-from spkdiff.neuromorphic.bundle import STAGES
-from spkdiff.train.sdid import training_mask
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -112,27 +106,11 @@ def test_resume_finishes_a_stopped_run_exactly(cifar_run: Path, cifar_root: Path
 def test_nir_stages_match_torch_spike_for_spike(active_run: Path, cifar_root: Path, tmp_path: Path) -> None:
     """The written NIR files of all three stages on real test images: every LIF layer spikes as in torch (and
     fires), the read-out (3 channels x 4x4 phases on the 8x8 grid, depth-to-space, crop) within 1e-5."""
-    out = tmp_path / "nir"
-    assert export_main(["--run", str(active_run), "--target", "nir", "--out", str(out)]) == 0
-    vq, sdid = load_models(active_run)
     x = load_tensor("cifar10", cifar_root, "test", limit=N_TEST)[0] - 0.5
-    with torch.no_grad():
-        tokens, z_q = vq.quantize(vq.features(vq.encode_spikes(x)))
-        t, _, h_t = training_mask(tokens, sdid.cfg.num_codes, sdid.cfg.diffusion_steps,
-                                  torch.Generator().manual_seed(0))
-        inputs = {"encoder": x, "generator": z_q, "sdid": sdid.input_spikes(h_t, t)}
-        traces = {"encoder": encoder_trace(vq, x), "generator": generator_trace(vq, z_q),
-                  "sdid": sdid_trace(sdid, inputs["sdid"])}
-    stages = build_stage_graphs(vq, sdid)
-    for stage in STAGES:
-        sg = dataclasses.replace(stages[stage], graph=nir.read(out / f"{stage}.nir"))
-        check = verify_stage(sg, sdid if stage == "sdid" else vq, inputs[stage])
-        assert check.ok, check.summary()
-        rates = {n: float(s.float().mean()) for n, s in traces[stage].items() if n.endswith("_lif")}
-        assert len(rates) == 3 and all(0.05 < r < 0.95 for r in rates.values()), (stage, rates)
-    m = json.loads((out / "manifest.json").read_text())
+    m = assert_nir_stages_match_torch(active_run, x, tmp_path / "nir")
+    latent_channels = json.loads((active_run / "config.json").read_text())["vqsvae"]["model"]["latent_channels"]
     assert m["stages"]["encoder"]["input"]["shape"] == [3, 32, 32]
-    assert m["stages"]["generator"]["input"]["shape"] == [vq.cfg.latent_channels, 8, 8]
+    assert m["stages"]["generator"]["input"]["shape"] == [latent_channels, 8, 8]
     readout = next(layer for layer in m["stages"]["generator"]["layers"] if layer["name"] == "readout_conv")
     assert readout["shape"] == [3 * 4 * 4, 8, 8] and readout["phase_factor"] == 4  # phase channels
     assert (m["host"]["decoder_output"]["crop"], m["host"]["mask_sampler"]["grid"]) == ([32, 32], [8, 8])

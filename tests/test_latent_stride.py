@@ -6,24 +6,19 @@ The second conv down keeps the size and the first transposed conv up is a stride
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
-import nir
 import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY_PRESET, activated_copy
+from conftest import TINY_PRESET, activated_copy, assert_nir_stages_match_torch
 
 from spkdiff.cli import export_main, main
 from spkdiff.data import load_tensor
 from spkdiff.errors import SpkdiffError
-from spkdiff.export.nir_graphs import build_stage_graphs, load_models
-from spkdiff.export.verify import encoder_trace, generator_trace, sdid_trace, verify_stage
-from spkdiff.neuromorphic.bundle import STAGES
-from spkdiff.train.sdid import training_mask
+from spkdiff.export.nir_graphs import load_models
 from spkdiff.train.vqsvae import VQSVAEConfig
 
 N_TRAIN = 64
@@ -58,26 +53,10 @@ def test_nir_stages_match_torch_spike_for_spike(fine_run: Path, shared_data_root
     """The written NIR files of all three stages on real test images: every LIF layer fires and spikes as in
     torch; the generator's stride-1 transposed conv is a native conv, the read-out keeps its 2x2 phases."""
     active = activated_copy(fine_run, tmp_path / "active")
-    out = tmp_path / "nir"
-    assert export_main(["--run", str(active), "--target", "nir", "--out", str(out)]) == 0
-    vq, sdid = load_models(active)
     x = load_tensor("mnist", shared_data_root, "test", limit=4)[0] - 0.5
-    with torch.no_grad():
-        tokens, z_q = vq.quantize(vq.features(vq.encode_spikes(x)))
-        t, _, h_t = training_mask(tokens, sdid.cfg.num_codes, sdid.cfg.diffusion_steps,
-                                  torch.Generator().manual_seed(0))
-        inputs = {"encoder": x, "generator": z_q, "sdid": sdid.input_spikes(h_t, t)}
-        traces = {"encoder": encoder_trace(vq, x), "generator": generator_trace(vq, z_q),
-                  "sdid": sdid_trace(sdid, inputs["sdid"])}
-    stages = build_stage_graphs(vq, sdid)
-    for stage in STAGES:
-        sg = dataclasses.replace(stages[stage], graph=nir.read(out / f"{stage}.nir"))
-        check = verify_stage(sg, sdid if stage == "sdid" else vq, inputs[stage])
-        assert check.ok, check.summary()
-        rates = {n: float(s.float().mean()) for n, s in traces[stage].items() if n.endswith("_lif")}
-        assert len(rates) == 3 and all(0.05 < r < 0.95 for r in rates.values()), (stage, rates)
-    m = json.loads((out / "manifest.json").read_text())
-    assert m["stages"]["generator"]["input"]["shape"] == [vq.cfg.latent_channels, 14, 14]
+    m = assert_nir_stages_match_torch(active, x, tmp_path / "nir")
+    latent_channels = json.loads((active / "config.json").read_text())["vqsvae"]["model"]["latent_channels"]
+    assert m["stages"]["generator"]["input"]["shape"] == [latent_channels, 14, 14]
     layers = {layer["name"]: layer for layer in m["stages"]["generator"]["layers"]}
     assert layers["readout_conv"]["phase_factor"] == 2 and layers["readout_conv"]["shape"] == [4, 14, 14]
     assert m["host"]["mask_sampler"]["grid"] == [14, 14]
