@@ -11,6 +11,8 @@ import yaml
 if TYPE_CHECKING:
     import torch
 
+    from spkdiff.train.vqsvae import VQSVAEConfig
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TINY_PRESET = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 BN_GAIN, BN_SHIFT = 8.0, 1.0  # measured: every LIF layer of a tiny run then fires 15-50 % of the time
@@ -47,10 +49,10 @@ def activated_copy(run: Path, out: Path) -> Path:
     return out
 
 
-def assert_nir_stages_match_torch(run: Path, images: torch.Tensor, out: Path) -> dict:
+def assert_nir_stages_match_torch(run: Path, images: torch.Tensor, out: Path) -> tuple[dict, VQSVAEConfig]:
     """Export RUN to NIR in OUT and check the written files of all three stages on IMAGES (pixels in [-0.5, 0.5]):
     every LIF layer fires (5-95 %) and spikes as in torch, the read-out within the verifier's tolerance.
-    Returns the export's manifest."""
+    Returns the export's manifest and RUN's stage-1 config."""
     import dataclasses
     import json
 
@@ -79,7 +81,7 @@ def assert_nir_stages_match_torch(run: Path, images: torch.Tensor, out: Path) ->
         assert check.ok, check.summary()
         rates = {n: float(s.float().mean()) for n, s in traces[stage].items() if n.endswith("_lif")}
         assert len(rates) == 3 and all(0.05 < r < 0.95 for r in rates.values()), (stage, rates)
-    return json.loads((out / "manifest.json").read_text())
+    return json.loads((out / "manifest.json").read_text()), vq.cfg
 
 
 def run_on_tokens_of(source: Path, out: Path) -> Path:

@@ -107,10 +107,9 @@ def test_nir_stages_match_torch_spike_for_spike(active_run: Path, cifar_root: Pa
     """The written NIR files of all three stages on real test images: every LIF layer spikes as in torch (and
     fires), the read-out (3 channels x 4x4 phases on the 8x8 grid, depth-to-space, crop) within 1e-5."""
     x = load_tensor("cifar10", cifar_root, "test", limit=N_TEST)[0] - 0.5
-    m = assert_nir_stages_match_torch(active_run, x, tmp_path / "nir")
-    latent_channels = json.loads((active_run / "config.json").read_text())["vqsvae"]["model"]["latent_channels"]
+    m, vq = assert_nir_stages_match_torch(active_run, x, tmp_path / "nir")
     assert m["stages"]["encoder"]["input"]["shape"] == [3, 32, 32]
-    assert m["stages"]["generator"]["input"]["shape"] == [latent_channels, 8, 8]
+    assert m["stages"]["generator"]["input"]["shape"] == [vq.latent_channels, 8, 8]
     readout = next(layer for layer in m["stages"]["generator"]["layers"] if layer["name"] == "readout_conv")
     assert readout["shape"] == [3 * 4 * 4, 8, 8] and readout["phase_factor"] == 4  # phase channels
     assert (m["host"]["decoder_output"]["crop"], m["host"]["mask_sampler"]["grid"]) == ([32, 32], [8, 8])

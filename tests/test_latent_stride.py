@@ -54,17 +54,11 @@ def test_nir_stages_match_torch_spike_for_spike(fine_run: Path, shared_data_root
     torch; the generator's stride-1 transposed conv is a native conv, the read-out keeps its 2x2 phases."""
     active = activated_copy(fine_run, tmp_path / "active")
     x = load_tensor("mnist", shared_data_root, "test", limit=4)[0] - 0.5
-    m = assert_nir_stages_match_torch(active, x, tmp_path / "nir")
-    latent_channels = json.loads((active / "config.json").read_text())["vqsvae"]["model"]["latent_channels"]
-    assert m["stages"]["generator"]["input"]["shape"] == [latent_channels, 14, 14]
+    m, vq = assert_nir_stages_match_torch(active, x, tmp_path / "nir")
+    assert m["stages"]["generator"]["input"]["shape"] == [vq.latent_channels, 14, 14]
     layers = {layer["name"]: layer for layer in m["stages"]["generator"]["layers"]}
     assert layers["readout_conv"]["phase_factor"] == 2 and layers["readout_conv"]["shape"] == [4, 14, 14]
     assert m["host"]["mask_sampler"]["grid"] == [14, 14]
-
-
-def sdid_mask_token(run: Path) -> int:
-    """The absorbing [MASK] token's index: one past the codebook."""
-    return json.loads((run / "config.json").read_text())["vqsvae"]["model"]["codebook_size"]
 
 
 def test_the_fixed_point_simulator_samples_on_the_fine_grid(fine_run: Path, tmp_path: Path) -> None:
@@ -74,7 +68,8 @@ def test_the_fixed_point_simulator_samples_on_the_fine_grid(fine_run: Path, tmp_
     assert export_main(["--run", str(fine_run), "--target", "lava", "--out", str(bundle)]) == 0
     gen = generate(bundle, 2, fixed=True, steps=3, seed=0)
     assert gen.tokens.shape == (2, 14, 14) and gen.images.shape == (2, 1, 28, 28)
-    assert not (gen.tokens == sdid_mask_token(fine_run)).any()  # every position was unmasked
+    mask_token = load_models(fine_run)[1].cfg.num_codes  # the absorbing [MASK]: one past the codebook
+    assert not (gen.tokens == mask_token).any()  # every position was unmasked
 
 
 @pytest.mark.parametrize("bad,match", [({"latent_stride": 3}, "latent_stride 3 is not supported"),
