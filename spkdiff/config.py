@@ -16,7 +16,7 @@ from typing import Any
 from spkdiff.errors import SpkdiffError
 from spkdiff.files import atomic_write
 
-PRESETS = ("paper", "fast", "fast_adversarial", "tiny", "cifar10_fast")
+PRESETS = ("paper", "fast", "fast_adversarial", "fast_grid14", "fast_grid14_adversarial", "tiny", "cifar10_fast")
 
 
 def preset_name(name: str, dataset: str) -> str:
