@@ -26,10 +26,12 @@ N_TRAIN = 64
 
 @pytest.fixture(scope="module")
 def fine_run(shared_data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Both stages of the tiny preset at latent_stride 2 on the first 64 MNIST training images. Read-only."""
+    """Both stages of the tiny preset at latent_stride 2, its SDID block dilated by 2 (as the fine grid's priors
+    may be), on the first 64 MNIST training images. Read-only."""
     folder = tmp_path_factory.mktemp("fine_grid")
     preset = yaml.safe_load(TINY_PRESET.read_text())
     preset["vqsvae"]["model"]["latent_stride"] = 2
+    preset["sdid"]["model"]["dilations"] = [2]
     (folder / "preset.yaml").write_text(yaml.safe_dump(preset))
     run = folder / "run"
     assert main(["train", "--stage", "all", "--preset", str(folder / "preset.yaml"), "--dataset", "mnist",
@@ -41,6 +43,7 @@ def fine_run(shared_data_root: Path, tmp_path_factory: pytest.TempPathFactory) -
 def test_the_token_grid_is_14_by_14(fine_run: Path) -> None:
     config = json.loads((fine_run / "config.json").read_text())
     assert (config["vqsvae"]["model"]["latent_stride"], config["sdid"]["model"]["grid"]) == (2, 14)
+    assert config["sdid"]["model"]["dilations"] == [2]
     assert np.load(fine_run / "tokens_train.npy").shape == (N_TRAIN, 14, 14)
     vq, _ = load_models(fine_run)
     with torch.no_grad():

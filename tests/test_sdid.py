@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from spkdiff.cli import main
+from spkdiff.errors import SpkdiffError
 from spkdiff.host import MaskSampler, sdid_input_spikes
 from spkdiff.train.sdid import SDID, ResidualBlock, SDIDConfig, diffusion_loss, loss_weight, training_mask
 from spkdiff.train.snn import LIF, ConvBN, SpikingConv
@@ -90,6 +91,39 @@ def test_confidence_sampler_calls_denoiser_steps_times():
     masked_counts = [c[0] for c in calls]
     assert masked_counts[0] == 2 * 49 and masked_counts == sorted(masked_counts, reverse=True)
     assert calls[0][1] == TD and calls[-1][1] == math.ceil(TD / 8)
+
+
+def _positions_reached_from_a_corner(dilations: list[int] | None) -> int:
+    """Positions of a 14x14 grid whose logits change when only the far corner's token changes."""
+    torch.manual_seed(0)
+    cfg = SDIDConfig(num_codes=K, grid=14, channels=32, blocks=3, time_steps=2, dilations=dilations,
+                     neuron={"v_threshold": 0.05})  # a low threshold so that the untrained layers fire
+    sdid = SDID(cfg).eval()
+    tokens = torch.randint(0, K + 1, (32, 14, 14), generator=torch.Generator().manual_seed(1))
+    moved = tokens.clone()
+    moved[:, 13, 13] = (moved[:, 13, 13] + 5) % K
+    t = torch.full((32,), 10)
+    with torch.no_grad():
+        change = (sdid(tokens, t) - sdid(moved, t)).abs().amax((0, 1))
+    return int((change > 0).sum())
+
+
+def test_dilated_blocks_see_the_whole_fine_grid():
+    """Seven 3x3 convs reach 7 positions each way (8x8 of the grid from a corner); dilations (1, 2, 4) reach
+    15, the whole 14x14 grid, with the same synapses per spike."""
+    assert _positions_reached_from_a_corner(None) == 8 * 8
+    assert _positions_reached_from_a_corner([1, 2, 4]) == 14 * 14
+    plain, dilated = (SDID(SDIDConfig(num_codes=K, grid=14, channels=8, blocks=3, dilations=d))
+                      for d in (None, [1, 2, 4]))
+    assert [f.max() for f in dilated.fan_outs()] == [f.max() for f in plain.fan_outs()]
+    assert dilated.dense_macs() < plain.dense_macs()  # the dilated taps that fall off the grid are not MACs
+
+
+@pytest.mark.parametrize("dilations,match", [([1, 2], "one value per block"), ([1, 0, 2], "integers >= 1")])
+def test_bad_dilations_are_one_line(dilations: list[int], match: str):
+    with pytest.raises(SpkdiffError, match=match) as err:
+        SDIDConfig(blocks=3, dilations=dilations)
+    assert "\n" not in str(err.value)
 
 
 def test_sdid_has_only_deployable_layers():

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spkdiff.errors import SpkdiffError
 from spkdiff.host import sdid_input_spikes
 from spkdiff.train.snn import LIF, ConvBN, LIFParams, SpikingConv, merge_time, split_time
 
@@ -42,10 +43,26 @@ class SDIDConfig:
     diffusion_steps: int = 49
     time_bins: int = 7
     neuron: dict = field(default_factory=dict)  # LIF constants (LIFParams.from_dict): tau, v_threshold, ...
+    # One dilation per residual block (both its 3x3 convs), None for all 1. Growing dilations widen the
+    # receptive field on a fine token grid at no extra synapses: (1, 2, 4) sees 31x31 tokens, (1, 1, 1) 15x15.
+    dilations: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.dilations is not None:
+            if len(self.dilations) != self.blocks:
+                raise SpkdiffError(f"sdid dilations {list(self.dilations)} must give one value per block "
+                                   f"({self.blocks})")
+            if any(not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in self.dilations):
+                raise SpkdiffError(f"sdid dilations {list(self.dilations)} must be integers >= 1")
+            self.dilations = list(self.dilations)
 
     @classmethod
     def from_dict(cls, d: dict) -> SDIDConfig:
         return cls(**d)
+
+    @property
+    def block_dilations(self) -> list[int]:
+        return self.dilations if self.dilations is not None else [1] * self.blocks
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,12 +73,13 @@ class SDIDConfig:
 
 
 class ResidualBlock(nn.Module):
-    """s -> LIF(ConvBN(LIF(ConvBN(s))) + s): the skip adds the input spikes to the second LIF's current."""
+    """s -> LIF(ConvBN(LIF(ConvBN(s))) + s): the skip adds the input spikes to the second LIF's current.
+    Both 3x3 convs are dilated by ``dilation`` (padded to keep the grid)."""
 
-    def __init__(self, channels: int, lif: LIFParams):
+    def __init__(self, channels: int, lif: LIFParams, dilation: int = 1):
         super().__init__()
-        self.first = SpikingConv(nn.Conv2d(channels, channels, 3, 1, 1), lif)
-        self.second = ConvBN(nn.Conv2d(channels, channels, 3, 1, 1))
+        self.first = SpikingConv(nn.Conv2d(channels, channels, 3, 1, dilation, dilation=dilation), lif)
+        self.second = ConvBN(nn.Conv2d(channels, channels, 3, 1, dilation, dilation=dilation))
         self.neuron = LIF(lif)
 
     def forward(self, s: torch.Tensor, steps: int, spikes: list[torch.Tensor] | None = None) -> torch.Tensor:
@@ -74,8 +92,9 @@ class ResidualBlock(nn.Module):
 def _taps(conv: nn.Conv2d, grid: int) -> torch.Tensor:
     """(H, W): outputs each input position reaches per output channel (fewer at the borders)."""
     k = torch.ones(1, 1, *conv.kernel_size)
-    outputs = torch.ones_like(F.conv2d(torch.ones(1, 1, grid, grid), k, stride=conv.stride, padding=conv.padding))
-    return F.conv_transpose2d(outputs, k, stride=conv.stride, padding=conv.padding)[0, 0]  # the adjoint
+    geometry = {"stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation}
+    outputs = torch.ones_like(F.conv2d(torch.ones(1, 1, grid, grid), k, **geometry))
+    return F.conv_transpose2d(outputs, k, **geometry)[0, 0]  # the adjoint
 
 
 class SDID(nn.Module):
@@ -84,7 +103,7 @@ class SDID(nn.Module):
         self.cfg = cfg
         lif = LIFParams.from_dict(cfg.neuron)
         self.stem = SpikingConv(nn.Conv2d(cfg.in_channels, cfg.channels, 3, 1, 1), lif)
-        self.blocks = nn.ModuleList([ResidualBlock(cfg.channels, lif) for _ in range(cfg.blocks)])
+        self.blocks = nn.ModuleList([ResidualBlock(cfg.channels, lif, d) for d in cfg.block_dilations])
         self.readout = nn.Conv2d(cfg.channels, cfg.num_codes, 1)
 
     def input_spikes(self, tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
