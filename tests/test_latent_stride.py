@@ -81,3 +81,17 @@ def test_bad_latent_stride_is_one_line(bad: dict, match: str) -> None:
     with pytest.raises(SpkdiffError, match=match) as err:
         VQSVAEConfig(**bad)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.timeout(600)
+def test_lava_fixed_pt_runs_the_fine_grid_and_its_dilated_block_bit_for_bit(fine_run: Path, tmp_path: Path) -> None:
+    """Lava's own Conv processes (with their dilation) on the 14x14 bundle equal the fixed-point simulator."""
+    pytest.importorskip("spkdiff.export.lava_target")
+    from spkdiff.backends import sample_images
+    from spkdiff.simulator.generate import generate
+
+    bundle = tmp_path / "bundle"
+    assert export_main(["--run", str(fine_run), "--target", "lava", "--out", str(bundle)]) == 0
+    images, tokens, _ = sample_images("lava", bundle=bundle, n=1, steps=2, seed=5, fixed=True, timeout=400)
+    ref = generate(bundle, 1, fixed=True, steps=2, seed=5, count=False)
+    assert tokens.shape == (1, 14, 14) and torch.equal(tokens, ref.tokens) and torch.equal(images, ref.images)
