@@ -119,7 +119,10 @@ def test_dilated_blocks_see_the_whole_fine_grid():
     assert dilated.dense_macs() < plain.dense_macs()  # the dilated taps that fall off the grid are not MACs
 
 
-@pytest.mark.parametrize("dilations,match", [([1, 2], "one value per block"), ([1, 0, 2], "integers >= 1")])
+@pytest.mark.parametrize("dilations,match", [([1, 2], "one value per block"),
+                                             ([1, 0, 2], r"dilations\[1\] = 0 is outside"),
+                                             ([1, True, 2], r"dilations\[1\] must be a integer"),
+                                             (5, "dilations must be a list")])
 def test_bad_dilations_are_one_line(dilations: list[int], match: str):
     with pytest.raises(SpkdiffError, match=match) as err:
         SDIDConfig(blocks=3, dilations=dilations)

@@ -31,6 +31,7 @@ from torch import nn
 from spkdiff.errors import SpkdiffError
 from spkdiff.host import sdid_input_spikes
 from spkdiff.train.snn import LIF, ConvBN, LIFParams, SpikingConv, merge_time, split_time
+from spkdiff.validate import check_value
 
 
 @dataclass
@@ -49,12 +50,11 @@ class SDIDConfig:
 
     def __post_init__(self) -> None:
         if self.dilations is not None:
+            check_value(self.dilations, (list, None, None), "sdid dilations")
             if len(self.dilations) != self.blocks:
-                raise SpkdiffError(f"sdid dilations {list(self.dilations)} must give one value per block "
-                                   f"({self.blocks})")
-            if any(not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in self.dilations):
-                raise SpkdiffError(f"sdid dilations {list(self.dilations)} must be integers >= 1")
-            self.dilations = list(self.dilations)
+                raise SpkdiffError(f"sdid dilations {self.dilations} must give one value per block ({self.blocks})")
+            for i, d in enumerate(self.dilations):
+                check_value(d, (int, 1, 64), f"sdid dilations[{i}]")
 
     @classmethod
     def from_dict(cls, d: dict) -> SDIDConfig:
