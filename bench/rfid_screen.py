@@ -18,6 +18,8 @@ import time
 
 import torch
 
+from spkdiff.host import SAMPLER_METHODS
+
 
 def pixel_statistics(images: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
     """Where the reference is background (0): the share of exact zeros and of pixels > 0.02; mid-tones overall."""
@@ -38,8 +40,9 @@ def main() -> None:
     ap.add_argument("--sample-steps", type=int, default=None,
                     help="also sample N images (torch, this many steps, seed 0) and score them against the same "
                          "real features (needs the run's stage 2)")
-    ap.add_argument("--sample-method", default="paper", choices=("paper", "confidence"),
-                    help="with --sample-steps: the sampler (paper: 1/t rule; confidence: MaskGIT order)")
+    ap.add_argument("--sample-method", default="paper", choices=SAMPLER_METHODS,
+                    help="with --sample-steps: the sampler (paper: 1/t rule; confidence: MaskGIT order; "
+                         "coarse: sub-lattice phases first)")
     ap.add_argument("--temperature", type=float, default=1.0, help="with --sample-steps: softmax temperature")
     ap.add_argument("--skip-reconstruction", action="store_true", help="with --sample-steps: samples only")
     args = ap.parse_args()

@@ -173,6 +173,9 @@ def build_manifest(run_dir: Path, vq: nn.Module, sdid: nn.Module | None, stages:
                 "paper": "each still-masked token is unmasked w.p. 1/step_t with its drawn token",
                 "confidence": "keep the most probable draws so that floor(N cos(pi/2 (i+1)/S)) tokens stay "
                               "masked after step i (0 after the last)",
+                "coarse": "unmask the positions of rank < round(N (i+1)/S) at step i; rank: the phase of the "
+                          "stride-2 sub-lattice in the order (even, even), (odd, odd), (even, odd), (odd, even), "
+                          "random within a phase (drawn once, before the first step)",
             },
         }
         manifest["pipelines"]["generation"] = [

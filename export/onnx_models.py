@@ -153,3 +153,19 @@ class SamplerStepPaper(nn.Module):
         drawn, _ = categorical_inverse_cdf(logits, u, self.temperature)
         change = (u_unmask < 1.0 / step_t.to(u_unmask.dtype).view(-1, 1, 1)) & masked
         return torch.where(change, drawn, tokens), masked & ~change
+
+
+class SamplerStepCoarse(nn.Module):
+    """One step of the coarse-to-fine order: unmask the masked positions whose ``rank`` (B, h, w) is below
+    ``n_unmasked`` (B,) = round(N (i+1) / S), with tokens drawn from softmax(logits / temperature). The ranks
+    (:func:`spkdiff.host.coarse_order`) are drawn once on the host before the first step."""
+
+    def __init__(self, temperature: float):
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, logits: torch.Tensor, tokens: torch.Tensor, masked: torch.Tensor, u: torch.Tensor,
+                rank: torch.Tensor, n_unmasked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        drawn, _ = categorical_inverse_cdf(logits, u, self.temperature)
+        change = (rank < n_unmasked.view(-1, 1, 1)) & masked
+        return torch.where(change, drawn, tokens), masked & ~change

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from spkdiff.errors import SpkdiffError
+from spkdiff.host import coarse_order
 
 from .manifest import build_manifest, write_manifest
 from .nir_graphs import build_stage_graphs, latent_size, load_models
@@ -27,6 +28,7 @@ from .onnx_models import (
     CodebookLookup,
     EncoderUnrolled,
     GeneratorUnrolled,
+    SamplerStepCoarse,
     SamplerStepConfidence,
     SamplerStepPaper,
     SDIDUnrolled,
@@ -84,6 +86,14 @@ def onnx_graphs(vq: nn.Module, sdid: nn.Module | None, method: str = "confidence
                  "u_unmask": torch.rand(batch, grid, grid, generator=g), "step_t": step_t},
                 ["tokens_out", "masked_out"], [0] * 6,
                 "one paper-schedule step: unmask w.p. 1/step_t (u_unmask), draw by inverse CDF of u"))
+        elif method == "coarse":
+            out.append(OnnxGraph(
+                "sampler_step", SamplerStepCoarse(temperature),
+                {"logits": logits, "tokens": tokens, "masked": masked, "u": u,
+                 "rank": coarse_order(batch, (grid, grid), g),
+                 "n_unmasked": torch.randint(0, grid * grid + 1, (batch,), generator=g)},
+                ["tokens_out", "masked_out"], [0] * 6,
+                "one coarse-order step: unmask where rank < n_unmasked, draw by inverse CDF of u"))
         else:
             n_keep = torch.randint(0, grid * grid, (batch,), generator=g)
             out.append(OnnxGraph(

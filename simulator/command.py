@@ -18,6 +18,7 @@ from pathlib import Path
 
 from spkdiff import validate
 from spkdiff.errors import SpkdiffError
+from spkdiff.host import SAMPLER_METHODS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="deployment bundle (spkdiff-export --target lava): run the whole generative loop")
     parser.add_argument("--n", type=validate.images, default=16, help="bundle mode: images to generate (default 16)")
     parser.add_argument("--fixed", action="store_true", help="bundle mode: Loihi fixed point (the bundle's integers)")
-    parser.add_argument("--method", choices=("paper", "confidence"), default=None, help="bundle mode: sampler")
+    parser.add_argument("--method", choices=SAMPLER_METHODS, default=None, help="bundle mode: sampler")
     parser.add_argument("--temperature", type=validate.temperature, default=None,
                         help="bundle mode: sampler temperature")
     parser.add_argument("--batch-size", type=validate.batch, default=256, help="bundle mode: images per batch")

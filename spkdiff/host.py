@@ -101,6 +101,23 @@ def unmask_schedule(steps: int, num_tokens: int, kind: str) -> list[int]:
     return remaining
 
 
+SAMPLER_METHODS = ("paper", "confidence", "coarse")
+# Phase (row % 2, column % 2) -> its place in the coarse order: the two diagonal phases first, so each
+# phase after the first has every position's nearest neighbours (or both diagonal ones) already drawn.
+_COARSE_PHASE_ORDER = ((0, 2), (3, 1))
+
+
+def coarse_order(batch: int, grid: tuple[int, int], generator: torch.Generator | None) -> torch.Tensor:
+    """Each position's rank (B, H, W) in the coarse-to-fine order: phase first, then a random tie-break."""
+    h, w = grid
+    rows, cols = torch.arange(h)[:, None] % 2, torch.arange(w)[None, :] % 2
+    phase = torch.tensor(_COARSE_PHASE_ORDER)[rows, cols].float()
+    key = (phase + torch.rand(batch, h, w, generator=generator)).flatten(1)
+    rank = torch.empty_like(key, dtype=torch.long)
+    rank.scatter_(1, key.argsort(1), torch.arange(h * w).expand(batch, -1).contiguous())
+    return rank.view(batch, h, w)
+
+
 @dataclass
 class SamplerState:
     """The mask sampler between steps: tokens (B, H, W) with [MASK] = K, which are masked, steps done."""
@@ -109,6 +126,7 @@ class SamplerState:
     masked: torch.Tensor
     remaining: list[int] | None  # confidence: count still masked after each step
     i: int = 0
+    rank: torch.Tensor | None = None  # coarse: each position's place in the unmasking order (B, H, W)
 
 
 class MaskSampler:
@@ -119,13 +137,17 @@ class MaskSampler:
     ``method="confidence"``: S steps; at each, all masked tokens are drawn, and the most confident
     draws (log-probability plus Gumbel noise scaled by ``choice_temperature`` and annealed to 0,
     as MaskGIT) are kept so that the count still masked follows a cosine schedule.
+    ``method="coarse"``: the paper's pace (round(N (i+1)/S) tokens unmasked after step i, as the 1/t rule
+    gives in expectation) in a coarse-to-fine order: the four phases of the stride-2 sub-lattice one after
+    another, diagonal phases first, in random order within a phase. Tokens drawn in the same step are then
+    never neighbours, and the first quarter fixes a coarse layout on every second row and column.
     The diffusion time given to the denoiser is the one whose mask rate t/T_d matches the step.
     """
 
     def __init__(self, num_codes: int, diffusion_steps: int, steps: int | None = None, method: str = "paper",
                  temperature: float = 1.0, choice_temperature: float = 4.5):
-        if method not in ("paper", "confidence"):
-            raise ValueError(f"unknown sampler {method!r} (paper or confidence)")
+        if method not in SAMPLER_METHODS:
+            raise ValueError(f"unknown sampler {method!r} ({', '.join(SAMPLER_METHODS)})")
         self.num_codes = num_codes
         self.diffusion_steps = diffusion_steps
         self.steps = steps or diffusion_steps
@@ -162,6 +184,11 @@ class MaskSampler:
         drawn, prob = self.draw(logits, generator)
         if self.method == "paper":
             change = (torch.rand(masked.shape, generator=generator) < 1.0 / step_t) & masked
+        elif self.method == "coarse":
+            if state.rank is None:
+                state.rank = coarse_order(masked.shape[0], tuple(masked.shape[1:]), generator)
+            unmasked_after = round(masked[0].numel() * (i + 1) / self.steps)
+            change = (state.rank < unmasked_after) & masked
         else:
             # MaskGIT: log-confidence plus Gumbel noise annealed to 0, so early steps do not all pick
             # the most confident (background-like) tokens.

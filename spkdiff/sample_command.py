@@ -6,14 +6,16 @@ import argparse
 
 from spkdiff import validate
 from spkdiff.backends import add_backend_arguments
+from spkdiff.host import SAMPLER_METHODS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_backend_arguments(parser, default_backend="torch")
     parser.add_argument("--n", type=validate.images, default=64, help="number of images")
     parser.add_argument("--steps", type=validate.steps, default=None, help="sampler steps (default: the preset's)")
-    parser.add_argument("--method", choices=("paper", "confidence"), default=None,
-                        help="paper: 1/t unmasking; confidence: confidence-ordered parallel unmasking")
+    parser.add_argument("--method", choices=SAMPLER_METHODS, default=None,
+                        help="paper: 1/t unmasking; confidence: confidence-ordered parallel unmasking; "
+                             "coarse: the paper's pace, stride-2 sub-lattice phases first")
     parser.add_argument("--temperature", type=validate.temperature, default=None)
     parser.add_argument("--seed", type=validate.seed, default=0)
     parser.add_argument("--out", type=validate.out_file, default="samples.png",

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from spkdiff.data import load_tensor
-from spkdiff.export.onnx_models import SamplerStepConfidence
-from spkdiff.export.onnx_target import run_onnx
+from spkdiff.export.onnx_models import SamplerStepCoarse, SamplerStepConfidence
+from spkdiff.export.onnx_target import export_graph, onnx_graphs, run_onnx
 from spkdiff.host import MaskSampler, leaky_sum, unmask_schedule
 from spkdiff.train.snn import merge_time, split_time
 
@@ -103,3 +103,28 @@ def test_inverse_cdf_draw_follows_the_softmax():
     out, _ = step(torch.zeros(1, 4, 1, 2), tokens, torch.ones(1, 1, 2, dtype=torch.bool),
                   torch.tensor([[[0.1, 0.6]]]), torch.tensor([0]))
     assert out.tolist() == [[[0, 2]]]
+
+
+def test_coarse_sampler_step_exports_and_unmasks_as_the_host_sampler(models, tmp_path: Path):
+    """The coarse-order step in ONNX equals its torch module, and it unmasks exactly the positions the host
+    sampler (:class:`MaskSampler`, method "coarse") unmasks from the same ranks."""
+    vq, sdid = models
+    (graph,) = [g for g in onnx_graphs(vq, sdid, "coarse") if g.name == "sampler_step"]
+    export_graph(graph, tmp_path / "sampler_step.onnx")
+    tokens_out, masked_out = run_onnx(tmp_path / "sampler_step.onnx", graph.inputs)
+    ref_tokens, ref_masked = graph.module(*graph.inputs.values())
+    assert np.array_equal(tokens_out, ref_tokens.numpy()) and np.array_equal(masked_out, ref_masked.numpy())
+
+    k, grid, steps = sdid.cfg.num_codes, sdid.cfg.grid, 4
+    sampler = MaskSampler(k, sdid.cfg.diffusion_steps, steps=steps, method="coarse")
+    state = sampler.start(2, (grid, grid))
+    g = torch.Generator().manual_seed(0)
+    step = SamplerStepCoarse(1.0)
+    masked = state.masked.clone()
+    for i in range(steps):
+        logits = torch.randn(2, k, grid, grid, generator=g)
+        sampler.update(state, logits, g)
+        n_unmasked = torch.full((2,), round(grid * grid * (i + 1) / steps))
+        _, masked = step(logits, state.tokens, masked, torch.rand(2, grid, grid), state.rank, n_unmasked)
+        assert torch.equal(masked, state.masked)
+    assert not masked.any()

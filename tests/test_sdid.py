@@ -67,7 +67,7 @@ def _tiny_sdid() -> SDID:
     return SDID(SDIDConfig(num_codes=K, channels=8, blocks=1, time_steps=2)).eval()
 
 
-@pytest.mark.parametrize("method,steps", [("paper", None), ("confidence", 6)])
+@pytest.mark.parametrize("method,steps", [("paper", None), ("confidence", 6), ("coarse", 6)])
 def test_samples_never_masked_and_deterministic(method: str, steps: int | None):
     sdid = _tiny_sdid()
     sampler = MaskSampler(K, TD, steps, method, temperature=1.0)
@@ -91,6 +91,33 @@ def test_confidence_sampler_calls_denoiser_steps_times():
     masked_counts = [c[0] for c in calls]
     assert masked_counts[0] == 2 * 49 and masked_counts == sorted(masked_counts, reverse=True)
     assert calls[0][1] == TD and calls[-1][1] == math.ceil(TD / 8)
+
+
+def test_coarse_sampler_fixes_the_sub_lattice_first_and_never_draws_neighbours_together():
+    grid, steps = (14, 14), 12
+    sampler = MaskSampler(K, TD, steps, "coarse")
+    state = sampler.start(3, grid)
+    generator = torch.Generator().manual_seed(0)
+    unmasked_at = torch.full((3, *grid), -1)
+    while state.i < steps:
+        before = state.masked.clone()
+        logits = torch.randn(3, K, *grid, generator=generator)
+        sampler.update(state, logits, generator)
+        unmasked_at[before & ~state.masked] = state.i - 1
+    assert (unmasked_at >= 0).all() and not state.masked.any() and (state.tokens < K).all()
+    # the paper's pace: round(N (i + 1) / S) tokens unmasked after step i, in every sample
+    counts = torch.stack([(unmasked_at <= i).flatten(1).sum(1) for i in range(steps)], 1)
+    assert counts.tolist() == [[round(196 * (i + 1) / steps) for i in range(steps)]] * 3
+    # no two neighbours (4-connected) drawn in the same step
+    assert not (unmasked_at[:, 1:] == unmasked_at[:, :-1]).any()
+    assert not (unmasked_at[:, :, 1:] == unmasked_at[:, :, :-1]).any()
+    # phase order: (even, even), then (odd, odd), then (even, odd), then (odd, even)
+    phases = [unmasked_at[:, r::2, c::2] for r, c in ((0, 0), (1, 1), (0, 1), (1, 0))]
+    for earlier, later in zip(phases, phases[1:]):
+        assert earlier.amax() <= later.amin()
+    assert (phases[0] <= 2).all()  # 49 of 196 tokens: the coarse layout within the first quarter of the steps
+    # within a phase the order is random: each sample has its own
+    assert not torch.equal(unmasked_at[0], unmasked_at[1])
 
 
 def _positions_reached_from_a_corner(dilations: list[int] | None) -> int:

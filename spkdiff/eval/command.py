@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from spkdiff import validate
+from spkdiff.host import SAMPLER_METHODS
 
 GENERATIVE = ("fid", "kid", "pr", "cfd", "ckid", "cpr")
 RECONSTRUCTION = ("mse", "ssim", "rfid")  # rfid: FID of the reconstructions (the stage-1 ceiling)
@@ -21,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=validate.images, default=5000,
                         help="generated images (and reconstructed test images)")
     parser.add_argument("--steps", type=validate.steps, default=None, help="sampler steps (default: the preset's)")
-    parser.add_argument("--method", choices=("paper", "confidence"), default=None)
+    parser.add_argument("--method", choices=SAMPLER_METHODS, default=None)
     parser.add_argument("--temperature", type=validate.temperature, default=None)
     parser.add_argument("--seed", type=validate.seed, default=0)
     parser.add_argument("--backend", choices=("torch", "sim", "sim-fixed"), default="torch")
