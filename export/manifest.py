@@ -158,10 +158,11 @@ def build_manifest(run_dir: Path, vq: nn.Module, sdid: nn.Module | None, stages:
             "before": "sdid", "after": "sdid",
             "num_codes": sc.num_codes, "mask_token": sc.num_codes, "grid": [sc.grid, sc.grid],
             "diffusion_steps": sc.diffusion_steps, "time_bins": sc.time_bins,
-            "input_spikes": (f"(K+1+bins, h, w) = ({sc.in_channels}, {sc.grid}, {sc.grid}): channel h_ij is 1 at "
-                             f"(i, j) (K = {sc.num_codes} is [MASK]); channel K+1+bin(t) is 1 everywhere with "
-                             f"bin(t) = clamp(ceil(t bins / T_d) - 1, 0, bins - 1)"),
-            "logits": f"logits = v_T / {sc.time_steps} (integrator state at the last step)",
+            "patch": sc.patch,
+            "input_spikes": _sdid_input_text(sc),
+            "logits": (f"logits = v_T / {sc.time_steps} (integrator state at the last step)" + (
+                "" if sc.patch == 1 else f", (K p^2, h/p, w/p) -> (K, h, w) depth-to-space with p = {sc.patch}: "
+                "read-out channel c p^2 + dy p + dx is code c at token (p i + dy, p j + dx)")),
             "softmax": "p = softmax(logits / temperature) over the K codes",
             "sampling": "draw h ~ Categorical(p) for each masked token",
             "method": sample.get("method", "confidence"),
@@ -182,6 +183,16 @@ def build_manifest(run_dir: Path, vq: nn.Module, sdid: nn.Module | None, stages:
             "repeat S times: mask_sampler -> sdid (chip) -> mask_sampler (host)",
             "embedding z_q = codebook[tokens] (host)", "generator (chip)", "decoder_output (host)"]
     return manifest
+
+
+def _sdid_input_text(sc: Any) -> str:
+    """The manifest's description of the SDID's input spikes (the host builds them each call)."""
+    g, p = sc.chip_grid, sc.patch
+    tokens = ("channel h_ij is 1 at (i, j)" if p == 1 else
+              f"channel h_ij p^2 + (i mod p) p + (j mod p) is 1 at (i div p, j div p) with p = {p}")
+    return (f"(p^2 (K+1) + bins, h/p, w/p) = ({sc.in_channels}, {g}, {g}): {tokens} (K = {sc.num_codes} is "
+            f"[MASK]); channel p^2 (K+1) + bin(t) is 1 everywhere with bin(t) = clamp(ceil(t bins / T_d) - 1, 0, "
+            "bins - 1)")
 
 
 def _sample_settings(run_dir: Path) -> dict[str, Any]:

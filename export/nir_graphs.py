@@ -245,8 +245,8 @@ def sdid_graph(sdid: nn.Module) -> StageGraph:
     """SDID: one-hot token/time spikes -> stem -> residual blocks -> integrator read-out."""
     cfg = sdid.cfg
     b = _Builder("sdid")
-    src_in = b.input("input", cfg.in_channels, (cfg.grid, cfg.grid), True,
-                     "one-hot token (incl. [MASK]) and time-bin spikes")
+    src_in = b.input("input", cfg.in_channels, (cfg.chip_grid, cfg.chip_grid), True,
+                     "one-hot token (incl. [MASK]; patch x patch tokens space-to-depth) and time-bin spikes")
     port = _spiking_conv(b, "stem", sdid.stem, src_in, "stem")
     for i, block in enumerate(sdid.blocks):
         src = f"blocks.{i}"

@@ -171,7 +171,7 @@ def build_graph(stages: Stages, plans: dict, n: int, settings: SamplerSettings, 
     tl = Timeline(batches, sampler.steps, plans["sdid"].run_steps, plans["generator"].run_steps)
     sp = MaskSamplerProcess(plan=plans["sdid"], timeline=tl, sampler=sampler, seed=seed, num_codes=h.num_codes,
                             diffusion_steps=h.diffusion_steps, time_bins=h.time_bins, grid=h.grid,
-                            record=record, name="mask_sampler")
+                            patch=h.patch, record=record, name="mask_sampler")
     sdid = LavaStage(plans["sdid"], sp.spikes_out)
     sp.connect_populations(sdid.lifs)
     lookup = CodebookLookupProcess(plan=plans["generator"], timeline=tl, codebook=h.codebook, grid=h.grid,

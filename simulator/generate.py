@@ -122,7 +122,7 @@ class SimulatorPipeline:
         self.sims, self.host, self.count, self.record = sims, host, count, record
         if "sdid" in sims:
             self.denoise = spike_denoiser(lambda x: self._run("sdid", x), host.num_codes, host.diffusion_steps,
-                                          host.time_bins, host.time_steps["sdid"])
+                                          host.time_bins, host.time_steps["sdid"], host.patch)
         self.calls: dict[str, list[Counters]] = {s: [] for s in sims}
         self.per_batch: list[dict[str, Counters]] = []
         self.warnings: list[str] = []

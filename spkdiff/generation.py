@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from spkdiff.errors import SpkdiffError
-from spkdiff.host import MaskSampler, codebook_lookup, encoder_features, sdid_input_spikes
+from spkdiff.host import MaskSampler, codebook_lookup, encoder_features, patch_logits, sdid_input_spikes
 
 T = TypeVar("T")
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (tokens h_t (B, H, W), t (B,)) -> logits
@@ -63,6 +63,7 @@ class HostConstants:
     crop: tuple[int, int]
     time_steps: Mapping[str, int]  # "sdid", "generator" (and "encoder" where the bundle has it)
     sampler_defaults: Mapping[str, Any]  # the run's method / steps / temperature
+    patch: int = 1  # tokens per side of one SDID position (space-to-depth on the host)
 
     @classmethod
     def from_bundle(cls, bundle: Any) -> HostConstants:
@@ -73,7 +74,8 @@ class HostConstants:
         return cls(int(ms["num_codes"]), int(ms["diffusion_steps"]), int(ms["time_bins"]), grid,
                    torch.as_tensor(bundle.codebook).float(), *_decode_layout(bundle),
                    {stage: bundle.time_steps(stage) for stage in bundle.graphs},
-                   {k: ms[k] for k in ("method", "steps", "temperature") if ms.get(k) is not None})
+                   {k: ms[k] for k in ("method", "steps", "temperature") if ms.get(k) is not None},
+                   int(ms.get("patch", 1)))
 
 
 def _decode_layout(bundle: Any) -> tuple[int, tuple[int, int]]:
@@ -207,11 +209,13 @@ def decode_readout(v: torch.Tensor, factor: int = 1, crop: Sequence[int] | None 
 
 
 def spike_denoiser(run_sdid: Callable[[torch.Tensor], torch.Tensor], num_codes: int, diffusion_steps: int,
-                   time_bins: int, time_steps: int) -> Denoiser:
-    """An SDID given as a spiking graph: one-hot token/time spikes in, ``logits = v_T / T`` out."""
+                   time_bins: int, time_steps: int, patch: int = 1) -> Denoiser:
+    """An SDID given as a spiking graph: one-hot token/time spikes in, ``logits = v_T / T`` out (depth-to-space
+    onto the token grid for ``patch`` > 1)."""
 
     def denoise(tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return run_sdid(sdid_input_spikes(tokens, t, num_codes, diffusion_steps, time_bins)) / time_steps
+        x = sdid_input_spikes(tokens, t, num_codes, diffusion_steps, time_bins, patch)
+        return patch_logits(run_sdid(x) / time_steps, patch)
 
     return denoise
 

@@ -79,17 +79,27 @@ def time_bin(t: torch.Tensor, diffusion_steps: int, time_bins: int) -> torch.Ten
 
 
 def sdid_input_spikes(tokens: torch.Tensor, t: torch.Tensor, num_codes: int, diffusion_steps: int,
-                      time_bins: int) -> torch.Tensor:
-    """The SDID's input spikes (B, K+1+time_bins, H, W), the same at every SNN step.
+                      time_bins: int, patch: int = 1) -> torch.Tensor:
+    """The SDID's input spikes (B, p^2 (K+1) + time_bins, H/p, W/p), the same at every SNN step.
 
-    Channels 0..K: one-hot token incl. [MASK] = K; then a one-hot time channel broadcast over the grid.
+    Channels 0..p^2 (K+1) - 1: one-hot tokens incl. [MASK] = K, each p x p patch of the token grid stacked
+    space-to-depth (channel c p^2 + dy p + dx holds code c at offset (dy, dx), as ``pixel_unshuffle``); then a
+    one-hot time channel broadcast over the grid.  ``patch`` p = 1 is the token grid itself.
     """
     b, h, w = tokens.shape
-    x = torch.zeros(b, num_codes + 1 + time_bins, h, w)
-    x.scatter_(1, tokens.unsqueeze(1), 1.0)
-    tb = time_bin(t, diffusion_steps, time_bins)
-    x[torch.arange(b), num_codes + 1 + tb] = 1.0
-    return x
+    onehot = torch.zeros(b, num_codes + 1, h, w)
+    onehot.scatter_(1, tokens.unsqueeze(1), 1.0)
+    if patch > 1:
+        onehot = torch.nn.functional.pixel_unshuffle(onehot, patch)
+    time = torch.zeros(b, time_bins, h // patch, w // patch)
+    time[torch.arange(b), time_bin(t, diffusion_steps, time_bins)] = 1.0
+    return torch.cat([onehot, time], 1)
+
+
+def patch_logits(logits: torch.Tensor, patch: int) -> torch.Tensor:
+    """The SDID read-out (B, K p^2, H/p, W/p) -> logits on the token grid (B, K, H, W) (``pixel_shuffle``,
+    the inverse of the input's space-to-depth)."""
+    return logits if patch == 1 else torch.nn.functional.pixel_shuffle(logits, patch)
 
 
 def unmask_schedule(steps: int, num_tokens: int, kind: str) -> list[int]:

@@ -300,7 +300,8 @@ def check_manifest(manifest: Any, source: str | Path) -> dict:
 
 def _check_token_grid(manifest: dict, where: str) -> None:
     """The host's token grid and codebook fit the stages' inputs: the generator takes codebook[tokens] as
-    (C, h, w) and the SDID one-hot tokens as (K+1+bins, h, w); a mismatch would otherwise hang a Lava run."""
+    (C, h, w) and the SDID one-hot tokens as (p^2 (K+1) + bins, h/p, w/p); a mismatch would otherwise hang a
+    Lava run."""
     codebook = manifest["host"]["codebook_lookup"]["codebook"]
     k, c = len(codebook), len(codebook[0])
 
@@ -323,10 +324,14 @@ def _check_token_grid(manifest: dict, where: str) -> None:
     if sampler.get("num_codes") != k:
         raise SpkdiffError(f"{where}: host.mask_sampler.num_codes {sampler.get('num_codes')} does not match the "
                            f"codebook's {k} codes")
+    patch = sampler.get("patch", 1)
+    if not isinstance(patch, int) or isinstance(patch, bool) or patch < 1 or gen[1] % patch or gen[2] % patch:
+        raise SpkdiffError(f"{where}: host.mask_sampler.patch {patch!r} is not a positive integer that divides "
+                           f"the {gen[1]}x{gen[2]} token grid")
     sdid = fine_shape("sdid")
-    if sdid is not None and sdid[1:] != gen[1:]:
-        raise SpkdiffError(f"{where}: the SDID takes a {sdid[1]}x{sdid[2]} token grid, the generator "
-                           f"{gen[1]}x{gen[2]}")
+    if sdid is not None and [v * patch for v in sdid[1:]] != gen[1:]:
+        raise SpkdiffError(f"{where}: the SDID takes a {sdid[1]}x{sdid[2]} grid of {patch}x{patch} token patches, "
+                           f"the generator a {gen[1]}x{gen[2]} token grid")
 
 
 def check_matrix(rows: Any, where: str) -> None:

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY_PRESET, activated_copy, assert_nir_stages_match_torch
+from conftest import TINY_PRESET, activated_copy, assert_nir_stages_match_torch, run_on_tokens_of, train_sdid
 
 from spkdiff.cli import export_main, main
 from spkdiff.data import load_tensor
 from spkdiff.errors import SpkdiffError
 from spkdiff.export.nir_graphs import load_models
+from spkdiff.train.sdid import SDIDConfig
 from spkdiff.train.vqsvae import VQSVAEConfig
 
 N_TRAIN = 64
@@ -37,6 +38,19 @@ def fine_run(shared_data_root: Path, tmp_path_factory: pytest.TempPathFactory) -
     assert main(["train", "--stage", "all", "--preset", str(folder / "preset.yaml"), "--dataset", "mnist",
                  "--out", str(run), "--data-root", str(shared_data_root), "--limit", str(N_TRAIN),
                  "--seed", "0"]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def patch_run(fine_run: Path, shared_data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A prior with ``patch: 2`` on ``fine_run``'s 14x14 tokens: a 7x7 network over 2x2 token patches."""
+    folder = tmp_path_factory.mktemp("patch_prior")
+    preset = yaml.safe_load(TINY_PRESET.read_text())
+    preset["vqsvae"]["model"]["latent_stride"] = 2
+    preset["sdid"]["model"]["patch"] = 2
+    (folder / "preset.yaml").write_text(yaml.safe_dump(preset))
+    run = run_on_tokens_of(fine_run, folder / "run")
+    assert train_sdid(run, folder / "preset.yaml", shared_data_root, "--limit", str(N_TRAIN)) == 0
     return run
 
 
@@ -95,3 +109,55 @@ def test_lava_fixed_pt_runs_the_fine_grid_and_its_dilated_block_bit_for_bit(fine
     images, tokens, _ = sample_images("lava", bundle=bundle, n=1, steps=2, seed=5, fixed=True, timeout=400)
     ref = generate(bundle, 1, fixed=True, steps=2, seed=5, count=False)
     assert tokens.shape == (1, 14, 14) and torch.equal(tokens, ref.tokens) and torch.equal(images, ref.images)
+
+
+def test_a_patch_prior_runs_as_a_7x7_network_and_samples_the_14x14_grid(patch_run: Path, shared_data_root: Path,
+                                                                       tmp_path: Path) -> None:
+    """``patch: 2``: the chip sees 4 (K+1) token channels plus the time bins on 7x7 and reads out 4 K logits per
+    position; the host's space-to-depth and depth-to-space make the simulator's logits equal torch's."""
+    from spkdiff.neuromorphic.bundle import load_bundle
+    from spkdiff.simulator.generate import SimulatorPipeline, generate
+
+    active = activated_copy(patch_run, tmp_path / "active")
+    x = load_tensor("mnist", shared_data_root, "test", limit=4)[0] - 0.5
+    m, _ = assert_nir_stages_match_torch(active, x, tmp_path / "nir")
+    _, sdid = load_models(active)
+    k, bins = sdid.cfg.num_codes, sdid.cfg.time_bins
+    assert m["stages"]["sdid"]["input"]["shape"] == [4 * (k + 1) + bins, 7, 7]
+    assert (m["host"]["mask_sampler"]["grid"], m["host"]["mask_sampler"]["patch"]) == ([14, 14], 2)
+
+    bundle = tmp_path / "bundle"
+    assert export_main(["--run", str(active), "--target", "lava", "--out", str(bundle)]) == 0
+    tokens = torch.randint(0, k + 1, (3, 14, 14), generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([1, 20, 49])
+    with torch.no_grad():
+        want = sdid(tokens, t)
+    got = SimulatorPipeline.from_bundle(load_bundle(bundle), fixed=False).denoise(tokens, t)
+    assert got.shape == (3, k, 14, 14)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+    gen = generate(bundle, 2, fixed=True, steps=3, seed=0)
+    assert gen.tokens.shape == (2, 14, 14) and not (gen.tokens == k).any()
+
+
+@pytest.mark.timeout(600)
+def test_lava_fixed_pt_runs_the_patch_prior_bit_for_bit(patch_run: Path, tmp_path: Path) -> None:
+    """The Lava graph of the patch prior (its sampler process does the host's space-to-depth and depth-to-space)
+    equals the fixed-point simulator, tokens and images."""
+    pytest.importorskip("spkdiff.export.lava_target")
+    from spkdiff.backends import sample_images
+    from spkdiff.simulator.generate import generate
+
+    bundle = tmp_path / "bundle"
+    assert export_main(["--run", str(patch_run), "--target", "lava", "--out", str(bundle)]) == 0
+    images, tokens, _ = sample_images("lava", bundle=bundle, n=1, steps=2, seed=5, fixed=True, timeout=400)
+    ref = generate(bundle, 1, fixed=True, steps=2, seed=5, count=False)
+    assert tokens.shape == (1, 14, 14) and torch.equal(tokens, ref.tokens) and torch.equal(images, ref.images)
+
+
+@pytest.mark.parametrize("bad,match", [({"patch": 0}, "sdid patch = 0 is outside"),
+                                       ({"patch": 2, "grid": 7}, "patch 2 does not divide the 7x7 token grid"),
+                                       ({"patch": "2"}, "sdid patch")])
+def test_bad_patch_is_one_line(bad: dict, match: str) -> None:
+    with pytest.raises(SpkdiffError, match=match) as err:
+        SDIDConfig(**bad)
+    assert "\n" not in str(err.value)

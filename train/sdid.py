@@ -1,11 +1,12 @@
 """SDID: a fully spiking denoiser for absorbing-state diffusion over the VQ-SVAE's token grid (stage 2).
 
 Input spikes (the same at each of T SNN steps): one-hot token channels incl. [MASK] and a one-hot
-time channel (see :func:`spkdiff.host.sdid_input_spikes`).  Body: Conv3x3+BN+LIF stem, residual
-blocks whose skip is a *sum of synaptic inputs* into the block's second LIF (two NIR edges into one
-node), and a 1x1 conv read-out into non-spiking integrators (NIR ``I``): the logits are the time
-mean of the read-out currents, i.e. the integrator's final state / T (the authors' "time-mean of
-the last layer's output").  Softmax and sampling are host-side (spkdiff.host.MaskSampler).
+time channel (see :func:`spkdiff.host.sdid_input_spikes`); with ``patch`` p > 1 each position carries a
+p x p patch of tokens (space-to-depth) and reads out its p^2 K logits (depth-to-space on the host).
+Body: Conv3x3+BN+LIF stem, residual blocks whose skip is a *sum of synaptic inputs* into the block's
+second LIF (two NIR edges into one node), and a 1x1 conv read-out into non-spiking integrators (NIR ``I``):
+the logits are the time mean of the read-out currents, i.e. the integrator's final state / T (the authors'
+"time-mean of the last layer's output").  Softmax and sampling are host-side (spkdiff.host.MaskSampler).
 
 Energy lever (``sop_weight`` in the SDID train settings): :meth:`SDID.sop_fraction` is the synaptic
 operations of one call per sample, each layer's spikes weighted by their fan-out (synapses per spike),
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spkdiff.errors import SpkdiffError
-from spkdiff.host import sdid_input_spikes
+from spkdiff.host import patch_logits, sdid_input_spikes
 from spkdiff.train.snn import LIF, ConvBN, LIFParams, SpikingConv, merge_time, split_time
 from spkdiff.validate import check_value
 
@@ -47,8 +48,15 @@ class SDIDConfig:
     # One dilation per residual block (both its 3x3 convs), None for all 1. Growing dilations widen the
     # receptive field on a fine token grid at no extra synapses: (1, 2, 4) sees 31x31 tokens, (1, 1, 1) 15x15.
     dilations: list[int] | None = None
+    # Tokens per side of the patch one SDID position reads and predicts (space-to-depth on the host): with
+    # patch 2 a 14x14 token grid runs as a 7x7 network that sees p^2 (K+1) token channels and reads out
+    # p^2 K logits per position, so it costs what a 7x7 prior costs and sees the whole grid as one does.
+    patch: int = 1
 
     def __post_init__(self) -> None:
+        check_value(self.patch, (int, 1, 8), "sdid patch")
+        if self.grid % self.patch:
+            raise SpkdiffError(f"sdid patch {self.patch} does not divide the {self.grid}x{self.grid} token grid")
         if self.dilations is not None:
             check_value(self.dilations, (list, None, None), "sdid dilations")
             if len(self.dilations) != self.blocks:
@@ -69,7 +77,12 @@ class SDIDConfig:
 
     @property
     def in_channels(self) -> int:
-        return self.num_codes + 1 + self.time_bins
+        return self.patch ** 2 * (self.num_codes + 1) + self.time_bins
+
+    @property
+    def chip_grid(self) -> int:
+        """Side of the grid the network runs on: the token grid over the patch."""
+        return self.grid // self.patch
 
 
 class ResidualBlock(nn.Module):
@@ -104,15 +117,16 @@ class SDID(nn.Module):
         lif = LIFParams.from_dict(cfg.neuron)
         self.stem = SpikingConv(nn.Conv2d(cfg.in_channels, cfg.channels, 3, 1, 1), lif)
         self.blocks = nn.ModuleList([ResidualBlock(cfg.channels, lif, d) for d in cfg.block_dilations])
-        self.readout = nn.Conv2d(cfg.channels, cfg.num_codes, 1)
+        self.readout = nn.Conv2d(cfg.channels, cfg.patch ** 2 * cfg.num_codes, 1)
 
     def input_spikes(self, tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         c = self.cfg
-        return sdid_input_spikes(tokens, t, c.num_codes, c.diffusion_steps, c.time_bins)
+        return sdid_input_spikes(tokens, t, c.num_codes, c.diffusion_steps, c.time_bins, c.patch)
 
     def forward_spikes(self, x: torch.Tensor, spikes: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """Input spikes (B, C_in, H, W), constant over time -> logits (B, K, H, W); ``spikes`` (a list)
-        collects every LIF layer's output (T, B, C, H, W) in the order of :meth:`fan_outs`."""
+        """Input spikes (B, C_in, h, w), constant over time -> the read-out (B, p^2 K, h, w) on the chip's grid
+        (the logits themselves for patch 1); ``spikes`` (a list) collects every LIF layer's output
+        (T, B, C, h, w) in the order of :meth:`fan_outs`."""
         steps = self.cfg.time_steps
         s = self.stem(x, steps, constant_input=True)
         for block in self.blocks:
@@ -127,13 +141,14 @@ class SDID(nn.Module):
 
     def forward(self, tokens: torch.Tensor, t: torch.Tensor, spikes: list[torch.Tensor] | None = None
                 ) -> torch.Tensor:
-        return self.forward_spikes(self.input_spikes(tokens, t), spikes)
+        """Tokens (B, H, W) with [MASK] = K at time t (B,) -> logits (B, K, H, W)."""
+        return patch_logits(self.forward_spikes(self.input_spikes(tokens, t), spikes), self.cfg.patch)
 
     def fan_outs(self) -> list[torch.Tensor]:
         """Synapses per spike (H, W) of each spiking layer, as the chip counts SOPs: a block's input feeds
         its first conv and its skip (one synapse), its hidden layer the second conv, the last output the
         read-out."""
-        g = self.cfg.grid
+        g = self.cfg.chip_grid
         out = []
         for block in self.blocks:
             conv = block.first.synapse[0]
@@ -142,7 +157,7 @@ class SDID(nn.Module):
 
     def dense_macs(self) -> float:
         """MACs of one pass of the same network as an ANN (every conv, all positions)."""
-        g = self.cfg.grid
+        g = self.cfg.chip_grid
         convs = [m for m in self.modules() if isinstance(m, nn.Conv2d)]
         return float(sum(_taps(c, g).sum() * c.in_channels // c.groups * c.out_channels for c in convs))
 

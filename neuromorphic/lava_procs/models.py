@@ -36,6 +36,7 @@ from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 from spkdiff.generation import batch_generator, decode_readout, embed_tokens
+from spkdiff.host import patch_logits, sdid_input_spikes
 from spkdiff.neuromorphic.chip_plan import chw_to_whc, readout_value, reset_offset, whc_to_chw
 from spkdiff.neuromorphic.lava_procs.processes import (
     CodebookLookupProcess,
@@ -90,11 +91,9 @@ class _MaskSamplerBase(_Resetting):
         self.call_index = 0
 
     def _prepare(self) -> None:
-        from spkdiff.host import sdid_input_spikes
-
         p = self.proc_params
         x = sdid_input_spikes(self.state.tokens, self.sampler.time_of(self.state), p["num_codes"],
-                              p["diffusion_steps"], p["time_bins"])
+                              p["diffusion_steps"], p["time_bins"], p["patch"])
         self.spikes = np.stack([chw_to_whc(x[b].numpy()) for b in range(x.shape[0])]).astype(self.spike_dtype)
 
     def run_spk(self) -> None:
@@ -133,7 +132,7 @@ class _MaskSamplerBase(_Resetting):
                      for j in range(len(self.plan.populations)) for var in "uv"])
             self.call_index += 1
             if call.image == self.timeline.batches[call.batch] - 1:  # the batch's logits: one sampler step
-                logits = torch.stack(self.values) / self.plan.steps
+                logits = patch_logits(torch.stack(self.values) / self.plan.steps, self.proc_params["patch"])
                 self.values = []
                 self.sampler.update(self.state, logits, self.generator)
                 if self.state.i == self.sampler.steps:

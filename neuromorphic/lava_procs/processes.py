@@ -54,10 +54,11 @@ class MaskSamplerProcess(_ResettingProcess):
     """
 
     def __init__(self, *, plan: Any, timeline: Any, sampler: Any, seed: int, num_codes: int, diffusion_steps: int,
-                 time_bins: int, grid: tuple[int, int], record: bool = False, **kwargs: Any) -> None:
+                 time_bins: int, grid: tuple[int, int], patch: int = 1, record: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(plan=plan, timeline=timeline, sampler=sampler, seed=seed, num_codes=num_codes,
-                         diffusion_steps=diffusion_steps, time_bins=time_bins, grid=tuple(grid), record=record,
-                         **kwargs)
+                         diffusion_steps=diffusion_steps, time_bins=time_bins, grid=tuple(grid), patch=patch,
+                         record=record, **kwargs)
         n, calls = timeline.num_images, timeline.num_sdid_calls
         self.spikes_out = OutPort(shape=input_shape(plan))
         self.tokens_out = OutPort(shape=(max(timeline.batches), *grid))
