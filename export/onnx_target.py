@@ -76,7 +76,8 @@ def onnx_graphs(vq: nn.Module, sdid: nn.Module | None, method: str = "confidence
         masked = tokens == k
         u = torch.rand(batch, grid, grid, generator=g)
         out.append(OnnxGraph("sdid", SDIDUnrolled(sdid), {"spikes": sdid.input_spikes(tokens, t)}, ["logits"], [0],
-                             "SDID input spikes (B, K+1+bins, h, w) -> logits (B, K, h, w)"))
+                             "SDID input spikes (B, p^2 (K+1) + bins, h/p, w/p) -> read-out (B, p^2 K, h/p, w/p) "
+                             "(p = mask_sampler.patch; the logits themselves for p = 1)"))
         tokens = torch.where(masked, tokens, tokens.clamp(max=k - 1))
         if method == "paper":
             step_t = torch.randint(1, sc.diffusion_steps + 1, (batch,), generator=g)
