@@ -116,13 +116,24 @@ def categorical_inverse_cdf(logits: torch.Tensor, u: torch.Tensor, temperature: 
     return drawn, chosen
 
 
-class SamplerStepConfidence(nn.Module):
-    """One confidence-ordered step: draw every masked token, keep the ``n_masked - n_keep_masked`` most
-    confident draws (ties: lower flat index first); ``n_keep_masked`` (B,) follows the cosine schedule."""
+class _SamplerStep(nn.Module):
+    """A host sampler step at a fixed softmax temperature; each subclass decides which masked positions change."""
 
     def __init__(self, temperature: float):
         super().__init__()
         self.temperature = temperature
+
+    @staticmethod
+    def _unmask(drawn: torch.Tensor, tokens: torch.Tensor, masked: torch.Tensor, change: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens with the ``change`` positions (masked ones only) set to their draws, and the new mask."""
+        change = change & masked
+        return torch.where(change, drawn, tokens), masked & ~change
+
+
+class SamplerStepConfidence(_SamplerStep):
+    """One confidence-ordered step: draw every masked token, keep the ``n_masked - n_keep_masked`` most
+    confident draws (ties: lower flat index first); ``n_keep_masked`` (B,) follows the cosine schedule."""
 
     def forward(self, logits: torch.Tensor, tokens: torch.Tensor, masked: torch.Tensor, u: torch.Tensor,
                 n_keep_masked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,36 +147,25 @@ class SamplerStepConfidence(nn.Module):
         rank = before.sum(2)
         n_masked = masked.reshape(b, -1).sum(1)
         quota = (n_masked - n_keep_masked).clamp(min=0)
-        change = (rank < quota.unsqueeze(1)).view_as(masked) & masked
-        return torch.where(change, drawn, tokens), masked & ~change
+        return self._unmask(drawn, tokens, masked, (rank < quota.unsqueeze(1)).view_as(masked))
 
 
-class SamplerStepPaper(nn.Module):
+class SamplerStepPaper(_SamplerStep):
     """One step of the authors' schedule at time ``step_t``: each masked token is unmasked w.p. 1/t
     (``u_unmask < 1 / step_t``) with a token drawn from softmax(logits / temperature)."""
-
-    def __init__(self, temperature: float):
-        super().__init__()
-        self.temperature = temperature
 
     def forward(self, logits: torch.Tensor, tokens: torch.Tensor, masked: torch.Tensor, u: torch.Tensor,
                 u_unmask: torch.Tensor, step_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         drawn, _ = categorical_inverse_cdf(logits, u, self.temperature)
-        change = (u_unmask < 1.0 / step_t.to(u_unmask.dtype).view(-1, 1, 1)) & masked
-        return torch.where(change, drawn, tokens), masked & ~change
+        return self._unmask(drawn, tokens, masked, u_unmask < 1.0 / step_t.to(u_unmask.dtype).view(-1, 1, 1))
 
 
-class SamplerStepCoarse(nn.Module):
+class SamplerStepCoarse(_SamplerStep):
     """One step of the coarse-to-fine order: unmask the masked positions whose ``rank`` (B, h, w) is below
     ``n_unmasked`` (B,) = round(N (i+1) / S), with tokens drawn from softmax(logits / temperature). The ranks
     (:func:`spkdiff.host.coarse_order`) are drawn once on the host before the first step."""
 
-    def __init__(self, temperature: float):
-        super().__init__()
-        self.temperature = temperature
-
     def forward(self, logits: torch.Tensor, tokens: torch.Tensor, masked: torch.Tensor, u: torch.Tensor,
                 rank: torch.Tensor, n_unmasked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         drawn, _ = categorical_inverse_cdf(logits, u, self.temperature)
-        change = (rank < n_unmasked.view(-1, 1, 1)) & masked
-        return torch.where(change, drawn, tokens), masked & ~change
+        return self._unmask(drawn, tokens, masked, rank < n_unmasked.view(-1, 1, 1))

@@ -97,20 +97,6 @@ def test_bad_latent_stride_is_one_line(bad: dict, match: str) -> None:
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.timeout(600)
-def test_lava_fixed_pt_runs_the_fine_grid_and_its_dilated_block_bit_for_bit(fine_run: Path, tmp_path: Path) -> None:
-    """Lava's own Conv processes (with their dilation) on the 14x14 bundle equal the fixed-point simulator."""
-    pytest.importorskip("spkdiff.export.lava_target")
-    from spkdiff.backends import sample_images
-    from spkdiff.simulator.generate import generate
-
-    bundle = tmp_path / "bundle"
-    assert export_main(["--run", str(fine_run), "--target", "lava", "--out", str(bundle)]) == 0
-    images, tokens, _ = sample_images("lava", bundle=bundle, n=1, steps=2, seed=5, fixed=True, timeout=400)
-    ref = generate(bundle, 1, fixed=True, steps=2, seed=5, count=False)
-    assert tokens.shape == (1, 14, 14) and torch.equal(tokens, ref.tokens) and torch.equal(images, ref.images)
-
-
 def test_a_patch_prior_runs_as_a_7x7_network_and_samples_the_14x14_grid(patch_run: Path, shared_data_root: Path,
                                                                        tmp_path: Path) -> None:
     """``patch: 2``: the chip sees 4 (K+1) token channels plus the time bins on 7x7 and reads out 4 K logits per
@@ -140,15 +126,19 @@ def test_a_patch_prior_runs_as_a_7x7_network_and_samples_the_14x14_grid(patch_ru
 
 
 @pytest.mark.timeout(600)
-def test_lava_fixed_pt_runs_the_patch_prior_bit_for_bit(patch_run: Path, tmp_path: Path) -> None:
-    """The Lava graph of the patch prior (its sampler process does the host's space-to-depth and depth-to-space)
-    equals the fixed-point simulator, tokens and images."""
+@pytest.mark.parametrize("run_name", ["fine_run", "patch_run"])
+def test_lava_fixed_pt_runs_the_fine_grid_bit_for_bit(run_name: str, request: pytest.FixtureRequest,
+                                                      tmp_path: Path) -> None:
+    """Lava on the 14x14 bundles equals the fixed-point simulator, tokens and images: ``fine_run`` through Lava's
+    own Conv processes with their dilation, ``patch_run`` through the sampler process's space-to-depth and
+    depth-to-space of the patch prior."""
     pytest.importorskip("spkdiff.export.lava_target")
     from spkdiff.backends import sample_images
     from spkdiff.simulator.generate import generate
 
     bundle = tmp_path / "bundle"
-    assert export_main(["--run", str(patch_run), "--target", "lava", "--out", str(bundle)]) == 0
+    assert export_main(["--run", str(request.getfixturevalue(run_name)), "--target", "lava", "--out",
+                        str(bundle)]) == 0
     images, tokens, _ = sample_images("lava", bundle=bundle, n=1, steps=2, seed=5, fixed=True, timeout=400)
     ref = generate(bundle, 1, fixed=True, steps=2, seed=5, count=False)
     assert tokens.shape == (1, 14, 14) and torch.equal(tokens, ref.tokens) and torch.equal(images, ref.images)
