@@ -325,9 +325,10 @@ def _check_token_grid(manifest: dict, where: str) -> None:
         raise SpkdiffError(f"{where}: host.mask_sampler.num_codes {sampler.get('num_codes')} does not match the "
                            f"codebook's {k} codes")
     patch = sampler.get("patch", 1)
-    if not isinstance(patch, int) or isinstance(patch, bool) or patch < 1 or gen[1] % patch or gen[2] % patch:
-        raise SpkdiffError(f"{where}: host.mask_sampler.patch {patch!r} is not a positive integer that divides "
-                           f"the {gen[1]}x{gen[2]} token grid")
+    check_value(patch, (int, 1, None), f"{where}: host.mask_sampler.patch")
+    if gen[1] % patch or gen[2] % patch:
+        raise SpkdiffError(f"{where}: host.mask_sampler.patch {patch} does not divide the {gen[1]}x{gen[2]} "
+                           "token grid")
     sdid = fine_shape("sdid")
     if sdid is not None and [v * patch for v in sdid[1:]] != gen[1:]:
         raise SpkdiffError(f"{where}: the SDID takes a {sdid[1]}x{sdid[2]} grid of {patch}x{patch} token patches, "

@@ -123,6 +123,16 @@ def test_a_patch_prior_runs_as_a_7x7_network_and_samples_the_14x14_grid(patch_ru
     torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
     gen = generate(bundle, 2, fixed=True, steps=3, seed=0)
     assert gen.tokens.shape == (2, 14, 14) and not (gen.tokens == k).any()
+    # a manifest whose patch disagrees with the SDID's grid, or cannot tile the token grid: one line each
+    from spkdiff.validate import check_manifest
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for patch, match in ((1, "grid of 1x1 token patches"), (4, "patch 4 does not divide the 14x14"),
+                         (True, "must be a integer")):
+        manifest["host"]["mask_sampler"]["patch"] = patch
+        with pytest.raises(SpkdiffError, match=match) as err:
+            check_manifest(manifest, "bundle")
+        assert "\n" not in str(err.value)
 
 
 @pytest.mark.timeout(600)
