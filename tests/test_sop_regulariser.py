@@ -13,8 +13,9 @@ from conftest import run_on_tokens_of, tiny_preset, train_sdid
 
 from spkdiff.checkpoint import load_checkpoint, save_checkpoint
 from spkdiff.cli import main
-from spkdiff.train.loop import TrainSettings, _sdid_step, load_stage
+from spkdiff.train.loop import TrainSettings, _sdid_step, _vqsvae_step, load_stage
 from spkdiff.train.sdid import SDID, SDIDConfig
+from spkdiff.train.vqsvae import VQSVAE, VQSVAEConfig
 
 
 def _cfg() -> SDIDConfig:
@@ -140,3 +141,68 @@ def test_sdid_finetune_refuses_other_tokens_another_shape_and_stage_all(
     rc = main(["train", "--stage", "all", "--preset", str(preset), "--dataset", "mnist", "--out",
                str(tmp_path / "all"), "--data-root", str(shared_data_root), "--init-from", str(tiny_run)])
     assert rc != 0 and "--init-from needs --stage vqsvae or --stage sdid" in capsys.readouterr().err
+
+
+# --- stage 1: the generator's SOP regulariser (`sop_weight` in vqsvae.train)
+
+
+def _vqsvae() -> VQSVAE:
+    torch.manual_seed(0)
+    return VQSVAE(VQSVAEConfig(hidden=(8, 16), latent_channels=8, codebook_size=16, time_steps=4))
+
+
+def test_generator_fan_outs_and_dense_macs_by_hand():
+    """A 3x3 stride-2 transposed conv (padding 1, output padding 1) maps input i to outputs 2i-1..2i+1 of 14:
+    per axis 2 taps at i = 0 and 3 elsewhere; the 3x3 read-out on 28x28 has 4 / 6 / 9 taps."""
+    m = _vqsvae()
+    dec0, dec1, readout = m.generator_fan_outs()
+    assert (dec0[0, 0].item(), dec0[0, 3].item(), dec0[6, 6].item()) == (4 * 16, 6 * 16, 9 * 16)
+    assert (dec1[0, 0].item(), dec1[13, 13].item()) == (4 * 8, 9 * 8)
+    assert (readout[0, 0].item(), readout[0, 5].item(), readout[5, 5].item()) == (4, 6, 9)
+    stride2 = lambda n: (2 + 3 * (n - 1)) ** 2  # noqa: E731 - summed taps of one stride-2 map
+    same = (4 * 4 + 4 * 26 * 6 + 26 * 26 * 9)  # 3x3 same conv on 28x28
+    assert m.generator_dense_macs() == 49 * 8 * 8 + stride2(7) * 8 * 16 + stride2(14) * 16 * 8 + same * 8
+    spikes = [torch.zeros(4, 2, c, h, h) for c, h in ((8, 7), (16, 14), (8, 28))]
+    spikes[1][3, 1, 5, 13, 13] = 1  # one decoder spike: 72 synapses, for 1 of 2 images
+    assert m.generator_sop_fraction(spikes).item() == pytest.approx(72 / 2 / m.generator_dense_macs())
+
+
+def _train_generator(sop_weight: float, steps: int = 20) -> tuple[float, torch.Tensor]:
+    """A tiny generator fine-tune through the stage-1 step; returns the generator's SOP fraction on held-out
+    images and the held-out tokens."""
+    model = _vqsvae()
+    data = torch.rand(32, 1, 28, 28, generator=torch.Generator().manual_seed(2)) - 0.5
+    with torch.no_grad():  # a tokenizer that has seen the data: BatchNorm statistics, codes from its features
+        for bn in model.encoder.modules():
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                bn.momentum = None  # cumulative: one pass sets the batch's statistics
+        model.encode_spikes(data)
+        model.freeze_tokenizer_()
+        model.init_codebook_(model.features(model.encode_spikes(data)), torch.Generator().manual_seed(4))
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    step = _vqsvae_step(1.0, TrainSettings(sop_weight=sop_weight), None)
+    held_out = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(3)) - 0.5
+    gen = torch.Generator().manual_seed(1)
+    for i in range(steps):
+        out = step(model, data, gen, i)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    with torch.no_grad():  # batch statistics: 20 steps leave BatchNorm's running ones near their start
+        spikes: list[torch.Tensor] = []
+        model(held_out, 1.0, spikes)
+        return float(model.generator_sop_fraction(spikes)), model.encode_tokens(held_out)
+
+
+def test_generator_regulariser_lowers_sops_and_keeps_the_tokens():
+    (base, tokens), (regularised, same_tokens) = _train_generator(0.0), _train_generator(5.0)
+    assert regularised < 0.7 * base, (base, regularised)
+    assert torch.equal(tokens, same_tokens)  # train_parts generator: the prior's tokens stay valid
+
+
+def test_generator_regulariser_reaches_the_decoder():
+    m = _vqsvae()
+    spikes: list[torch.Tensor] = []
+    m(torch.rand(4, 1, 28, 28) - 0.5, 1.0, spikes)
+    m.generator_sop_fraction(spikes).backward()
+    assert all(layer.synapse[0].weight.grad.abs().sum() > 0 for layer in [m.asg, *m.decoder])

@@ -66,7 +66,7 @@ class TrainSettings:
     loss_weighting: str = "reweighted"  # stage 2: "reweighted" (authors' code) or "elbo" (Eq 14)
     limit: int | None = None  # use only the first N training images (tests)
     max_steps: int | None = None  # stop after this many optimizer steps in total (tests / interruption)
-    sop_weight: float = 0.0  # stage 2: weight of the SOP regulariser (spkdiff.train.sdid.SDID.sop_fraction)
+    sop_weight: float = 0.0  # weight of the SOP regulariser: stage 1 the generator's, stage 2 the SDID's (sop_fraction)
     adversarial_weight: float = 0.0  # stage 1: w of the adversarial term (spkdiff.train.adversarial); 0 = off
     adversarial_start: int = 0  # stage 1: step from which the generator feels the discriminator (D trains from 0)
     discriminator_channels: int = 32  # stage 1: width of the patch discriminator
@@ -385,7 +385,8 @@ def run_training(
 
 def _vqsvae_step(data_variance: float, settings: TrainSettings, discriminator: nn.Module | None):
     def step(model: nn.Module, batch: torch.Tensor, gen: torch.Generator, step: int) -> dict[str, torch.Tensor]:
-        out = model(batch, data_variance)
+        spikes: list[torch.Tensor] | None = [] if settings.sop_weight else None
+        out = model(batch, data_variance, spikes)
         counts = torch.bincount(out["tokens"].flatten(), minlength=model.cfg.codebook_size).float()
         p = counts / counts.sum()
         perplexity = torch.exp(-(p[p > 0] * p[p > 0].log()).sum())
@@ -402,6 +403,10 @@ def _vqsvae_step(data_variance: float, settings: TrainSettings, discriminator: n
                     out["recon"], losses["adv"], getattr(model, "module", model).readout.weight)
                 losses["loss"] = losses["loss"] + weight * losses["adv"]
             stats["adv_weight"] = weight
+        if spikes is not None:  # the energy lever: the generator's SOPs relative to its dense MACs
+            sops = getattr(model, "module", model).generator_sop_fraction(spikes)
+            losses["loss"] = losses["loss"] + settings.sop_weight * sops
+            stats["sop_fraction"] = sops.detach()
         return losses | {"stats": stats}
 
     return step

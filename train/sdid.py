@@ -31,7 +31,17 @@ from torch import nn
 
 from spkdiff.errors import SpkdiffError
 from spkdiff.host import patch_logits, sdid_input_spikes
-from spkdiff.train.snn import LIF, ConvBN, LIFParams, SpikingConv, merge_time, split_time
+from spkdiff.train.snn import (
+    LIF,
+    ConvBN,
+    LIFParams,
+    SpikingConv,
+    dense_macs,
+    fan_out,
+    merge_time,
+    sop_fraction,
+    split_time,
+)
 from spkdiff.validate import check_value
 
 
@@ -102,14 +112,6 @@ class ResidualBlock(nn.Module):
         return self.neuron(split_time(self.second(merge_time(h)), steps) + s)
 
 
-def _taps(conv: nn.Conv2d, grid: int) -> torch.Tensor:
-    """(H, W): outputs each input position reaches per output channel (fewer at the borders)."""
-    k = torch.ones(1, 1, *conv.kernel_size)
-    geometry = {"stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation}
-    outputs = torch.ones_like(F.conv2d(torch.ones(1, 1, grid, grid), k, **geometry))
-    return F.conv_transpose2d(outputs, k, **geometry)[0, 0]  # the adjoint
-
-
 class SDID(nn.Module):
     def __init__(self, cfg: SDIDConfig):
         super().__init__()
@@ -148,24 +150,21 @@ class SDID(nn.Module):
         """Synapses per spike (H, W) of each spiking layer, as the chip counts SOPs: a block's input feeds
         its first conv and its skip (one synapse), its hidden layer the second conv, the last output the
         read-out."""
-        g = self.cfg.chip_grid
+        hw = (self.cfg.chip_grid,) * 2
         out = []
         for block in self.blocks:
-            conv = block.first.synapse[0]
-            out += [_taps(conv, g) * conv.out_channels + 1, _taps(block.second[0], g) * block.second[0].out_channels]
-        return [*out, _taps(self.readout, g) * self.readout.out_channels]
+            out += [fan_out(block.first.synapse[0], hw) + 1, fan_out(block.second[0], hw)]
+        return [*out, fan_out(self.readout, hw)]
 
     def dense_macs(self) -> float:
         """MACs of one pass of the same network as an ANN (every conv, all positions)."""
-        g = self.cfg.chip_grid
-        convs = [m for m in self.modules() if isinstance(m, nn.Conv2d)]
-        return float(sum(_taps(c, g).sum() * c.in_channels // c.groups * c.out_channels for c in convs))
+        hw = (self.cfg.chip_grid,) * 2
+        return sum(dense_macs(c, hw) for c in self.modules() if isinstance(c, nn.Conv2d))
 
     def sop_fraction(self, spikes: list[torch.Tensor]) -> torch.Tensor:
-        """R per sample, batch mean (module docstring): differentiable through the surrogate spikes.  The
-        input spikes' SOPs are left out: the model cannot change them."""
-        sops = sum((s.sum((0, 2)) * f.to(s)).sum() for s, f in zip(spikes, self.fan_outs(), strict=True))
-        return sops / (spikes[0].shape[1] * self.dense_macs())
+        """R per sample, batch mean (:func:`spkdiff.train.snn.sop_fraction`).  The input spikes' SOPs are left
+        out: the model cannot change them."""
+        return sop_fraction(spikes, self.fan_outs(), self.dense_macs())
 
 
 # ----------------------------------------------------------------------------- training objective (Eq 10-14)

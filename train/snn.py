@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from spkdiff import neuron
@@ -150,3 +151,42 @@ class SpikingConv(nn.Module):
         if constant_input:
             return self.neuron(self.synapse(x), steps)
         return self.neuron(split_time(self.synapse(merge_time(x)), steps))
+
+
+# ----------------------------------------------------------------------------- synaptic operations (energy lever)
+
+
+def synapse_taps(conv: nn.Conv2d | nn.ConvTranspose2d, in_hw: tuple[int, int]) -> torch.Tensor:
+    """(H, W): outputs each input position of an ``in_hw`` map reaches per output channel (fewer at the borders).
+
+    It is the gradient of the summed output of the same geometry with a kernel of ones: input position p
+    feeds one output per kernel tap that lands inside the output map."""
+    ones = torch.ones(1, 1, *conv.kernel_size)
+    x = torch.ones(1, 1, *in_hw, requires_grad=True)
+    geometry = {"stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation}
+    with torch.enable_grad():
+        if isinstance(conv, nn.ConvTranspose2d):
+            y = F.conv_transpose2d(x, ones, output_padding=conv.output_padding, **geometry)
+        else:
+            y = F.conv2d(x, ones, **geometry)
+        (taps,) = torch.autograd.grad(y.sum(), x)
+    return taps[0, 0]
+
+
+def fan_out(conv: nn.Conv2d | nn.ConvTranspose2d, in_hw: tuple[int, int]) -> torch.Tensor:
+    """(H, W): synapses one input spike drives, as the chip counts SOPs."""
+    return synapse_taps(conv, in_hw) * (conv.out_channels // conv.groups)
+
+
+def dense_macs(conv: nn.Conv2d | nn.ConvTranspose2d, in_hw: tuple[int, int]) -> float:
+    """MACs of one pass of the layer as an ANN: every (input, weight, output) triple inside the maps."""
+    return float(fan_out(conv, in_hw).sum() * conv.in_channels)
+
+
+def sop_fraction(spikes: list[torch.Tensor], fan_outs: list[torch.Tensor], macs: float) -> torch.Tensor:
+    """R = sum_l sum_{t,c,h,w} s_l[t,c,h,w] f_l[h,w] / (B MACs_dense): the SOPs of one pass per sample (batch
+    mean), each layer's spikes (T, B, C, H, W) weighted by their fan-out, relative to the dense MACs of the same
+    network as an ANN.  Differentiable through the surrogate spikes.  On Loihi a SOP costs about 5x an ANN MAC
+    at 45 nm (23.6 vs 4.6 pJ), so R < 0.2 is where the chip starts to pay off."""
+    sops = sum((s.sum((0, 2)) * f.to(s)).sum() for s, f in zip(spikes, fan_outs, strict=True))
+    return sops / (spikes[0].shape[1] * macs)

@@ -8,6 +8,11 @@
 
 Every on-chip layer is Conv2d / ConvTranspose2d + BatchNorm + LIF, or the final non-spiking
 read-out, so each lowers exactly to NIR (see spkdiff.export).
+
+Energy lever (``sop_weight`` in the stage-1 train settings): :meth:`VQSVAE.generator_sop_fraction` is the
+generator's synaptic operations per image (the ASG's, the decoder's spikes, each weighted by its fan-out)
+relative to the dense MACs of the generator as an ANN, R of :func:`spkdiff.train.snn.sop_fraction`.  With
+``train_parts: generator`` it makes the on-chip generator sparser while every image keeps its tokens.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from torch import nn
 from spkdiff.errors import SpkdiffError
 from spkdiff.generation import embed_tokens
 from spkdiff.host import codebook_lookup, encoder_features, leaky_sum, psp_sequence
-from spkdiff.train.snn import LIFParams, SpikingConv
+from spkdiff.train.snn import LIFParams, SpikingConv, dense_macs, fan_out, sop_fraction
 
 LATENT_STRIDES = (4, 2)  # image side / token-grid side: the paper's two halvings, or one (a 4x finer grid)
 
@@ -165,15 +170,18 @@ class VQSVAE(nn.Module):
         """Adaptive spike generator: z^Q (constant over time) -> z^Q_{1:Ts}."""
         return self.asg(z_q, self.steps, constant_input=True)
 
-    def decode_spikes(self, spikes: torch.Tensor) -> torch.Tensor:
+    def decode_spikes(self, spikes: torch.Tensor, collect: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Decoder SNN + leaky read-out + tanh: spike train -> image in [-1, 1] (pixels live in [-0.5, 0.5])."""
-        return torch.tanh(self.readout_potential(spikes))
+        return torch.tanh(self.readout_potential(spikes, collect))
 
-    def readout_potential(self, spikes: torch.Tensor) -> torch.Tensor:
-        """Decoder SNN + leaky read-out: spike train -> the read-out's v_T (before the host's tanh)."""
+    def readout_potential(self, spikes: torch.Tensor, collect: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Decoder SNN + leaky read-out: spike train -> the read-out's v_T (before the host's tanh).
+        ``collect`` (a list) receives each decoder layer's spikes (T, B, C, H, W)."""
         s = spikes
         for layer in self.decoder:
             s = layer(s, self.steps)
+            if collect is not None:
+                collect.append(s)
         # Leaky read-out of the output conv: sum_t d^(T-1-t) (W s_t + b) = W (sum_t d^(T-1-t) s_t) + b sum_t d^(T-1-t).
         # The conv is linear, so it runs once on the integrated spikes instead of T times (same math).
         decay, r = self.cfg.readout_decay, self.readout
@@ -185,13 +193,32 @@ class VQSVAE(nn.Module):
         """The generator stage (ASG + decoder) on embeddings z^Q: the read-out's v_T."""
         return self.readout_potential(self.asg_spikes(z_q))
 
+    def generator_fan_outs(self) -> list[torch.Tensor]:
+        """Synapses per spike (H, W) of the ASG's and each decoder layer's spikes, in :meth:`forward`'s order."""
+        grid, half = self.cfg.latent_grid, self.cfg.image_size // 2  # the last decoder layer doubles to the image
+        return [fan_out(self.decoder[0].synapse[0], (grid, grid)), fan_out(self.decoder[1].synapse[0], (half, half)),
+                fan_out(self.readout, (self.cfg.image_size,) * 2)]
+
+    def generator_dense_macs(self) -> float:
+        """MACs of one pass of the generator (ASG, decoder, read-out) as an ANN."""
+        grid, half = self.cfg.latent_grid, self.cfg.image_size // 2
+        return (dense_macs(self.asg.synapse[0], (grid, grid)) + dense_macs(self.decoder[0].synapse[0], (grid, grid))
+                + dense_macs(self.decoder[1].synapse[0], (half, half))
+                + dense_macs(self.readout, (self.cfg.image_size,) * 2))
+
+    def generator_sop_fraction(self, spikes: list[torch.Tensor]) -> torch.Tensor:
+        """R of the generator per image, batch mean, from the spikes :meth:`forward` collects."""
+        return sop_fraction(spikes, self.generator_fan_outs(), self.generator_dense_macs())
+
     @torch.no_grad()
     def encode_tokens(self, x: torch.Tensor) -> torch.Tensor:
         return self.quantize(self.features(self.encode_spikes(x)))[0]
 
     # --- training -----------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, data_variance: float = 1.0) -> dict[str, torch.Tensor]:
-        """Eq 9 loss terms for a batch of images in [-0.5, 0.5]."""
+    def forward(self, x: torch.Tensor, data_variance: float = 1.0, spikes: list[torch.Tensor] | None = None
+                ) -> dict[str, torch.Tensor]:
+        """Eq 9 loss terms for a batch of images in [-0.5, 0.5].  ``spikes`` (a list) receives the generator's
+        spikes in the order of :meth:`generator_fan_outs`: the ASG's, then each decoder layer's."""
         beta = self.cfg.beta
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.tokenizer_frozen):
             z_spikes = self.encode_spikes(x)
@@ -201,7 +228,9 @@ class VQSVAE(nn.Module):
         # Straight-through through the spike sequence: the decoder sees the ASG's spikes, the
         # gradient goes to the encoder's spikes.
         dec_in = z_spikes + (q_spikes - z_spikes).detach()
-        x_hat = self.decode_spikes(dec_in)
+        if spikes is not None:
+            spikes.append(q_spikes)  # what the decoder's synapses see, with the gradient to the ASG
+        x_hat = self.decode_spikes(dec_in, spikes)
         recon = reconstruction_loss(x_hat, x, self.cfg.recon_loss, data_variance)
         vq = F.mse_loss(z_q, z_e.detach()) + beta * F.mse_loss(z_e, z_q.detach())
         # MMD with PSP as kernel, summed over t (mean over elements at each t).
