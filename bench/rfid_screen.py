@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from spkdiff.host import SAMPLER_METHODS
+from spkdiff.config import SAMPLER_METHODS
 
 
 def pixel_statistics(images: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:

@@ -17,8 +17,8 @@ import math
 from pathlib import Path
 
 from spkdiff import validate
+from spkdiff.config import SAMPLER_METHODS
 from spkdiff.errors import SpkdiffError
-from spkdiff.host import SAMPLER_METHODS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,6 +16,9 @@ from typing import Any
 from spkdiff.errors import SpkdiffError
 from spkdiff.files import atomic_write
 
+# The host's mask-sampler orders (spkdiff.host.MaskSampler): named here, without torch, so the command
+# parsers that offer them (`sim`, `eval`, `sample`) build without importing it.
+SAMPLER_METHODS = ("paper", "confidence", "coarse")
 PRESETS = ("paper", "fast", "fast_adversarial", "fast_grid14", "fast_grid14_adversarial", "tiny", "cifar10_fast")
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from spkdiff.config import SAMPLER_METHODS
 from spkdiff.validate import check_finite
 
 # ----------------------------------------------------------------------------- codebook lookup
@@ -111,7 +112,6 @@ def unmask_schedule(steps: int, num_tokens: int, kind: str) -> list[int]:
     return remaining
 
 
-SAMPLER_METHODS = ("paper", "confidence", "coarse")
 # Phase (row % 2, column % 2) -> its place in the coarse order: the two diagonal phases first, so each
 # phase after the first has every position's nearest neighbours (or both diagonal ones) already drawn.
 _COARSE_PHASE_ORDER = ((0, 2), (3, 1))

@@ -6,7 +6,7 @@ import argparse
 
 from spkdiff import validate
 from spkdiff.backends import add_backend_arguments
-from spkdiff.host import SAMPLER_METHODS
+from spkdiff.config import SAMPLER_METHODS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

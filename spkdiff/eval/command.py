@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from spkdiff import validate
-from spkdiff.host import SAMPLER_METHODS
+from spkdiff.config import SAMPLER_METHODS
 
 GENERATIVE = ("fid", "kid", "pr", "cfd", "ckid", "cpr")
 RECONSTRUCTION = ("mse", "ssim", "rfid")  # rfid: FID of the reconstructions (the stage-1 ceiling)
