@@ -7,7 +7,7 @@
 
 Operating points = every run (an SDID variant) x every sampler step count.  For each point the bundle's
 fixed-point simulator (``spkdiff sim --fixed`` machinery, :func:`spkdiff.simulator.generate.generate`)
-generates the images and counts what the chip does (relays included); :func:`build_report` prices it on
+generates the images and counts what the chip does; :func:`build_report` prices it on
 ``loihi``, its ANN equivalent on ``cmos45nm`` and the papers' convention (E_AC / E_MAC at 45 nm).  FID is
 the std protocol of ``--n`` images: the same fixed-point images, the float simulator's (``--fid-backend sim``:
 fixed point vs float at equal N and seed), or (``--fid-backend torch``, a CPU-friendly screen) the float

@@ -1,5 +1,5 @@
 """How a NIR stage (as the simulator compiles it) maps onto the chip: neuron populations, connections, delays
-and relays (no Lava import; the report counts what this plan runs).
+and synaptic delays (no Lava import; the report counts what this plan runs).
 
 :func:`build_plan` turns a :class:`spkdiff.simulator.Simulator` (mode ``"fixed"``: the integers it runs,
 i.e. the bundle's, so Lava and the simulator use the same numbers; mode ``"float"``: float parameters) into a
@@ -10,10 +10,11 @@ wires both stages into one graph.
 Delays.  Every Lava ``Conv``/``Dense`` delays by one step; the simulator has no delays.  Population ``k``
 therefore sees the simulator's step ``j`` at Lava step ``d_k + j`` of a call (1-based), with ``d = 1`` for
 a population fed by the host's current directly, ``d = d_src + 1`` across a connection.  A direct
-(identity) spike edge whose source is ``D > 1`` steps ahead goes through ``D - 1`` relay populations
-(``Dense(2 I) -> LIF(du=4095, dv=4096, vth=0)`` re-emits each spike one step later) so that residual
-sums add the same simulator step.  Before its ``d_k``, a population would integrate only its bias (and
-stale activations of the previous call); the host process therefore zeroes ``u`` and ``v`` of each
+(identity) spike edge whose source is ``D > 1`` steps ahead (a residual skip) holds its spikes ``D - 1``
+extra steps in a synaptic delay (Lava's ``DelayDense``; Loihi's synapses carry a delay, up to 63 steps on
+Loihi 2), so that residual sums add the same simulator step at no extra compartments or neuron updates.
+Before its ``d_k``, a population would integrate only its bias (and stale activations of the previous
+call, including spikes still held in a delay); the host process therefore zeroes ``u`` and ``v`` of each
 population after the call's step ``d_k - 1`` (:func:`reset_offset`; after the previous call's last step
 when ``d_k = 1``; its earlier spikes reach the next population before that one's own reset).  Then every
 state equals the simulator's bit for bit (fixed_pt), and the read-out population's ``v`` at the call's
@@ -34,8 +35,6 @@ from .nir_graph import bias_map, neuron_constants, trace_back
 
 __all__ = ["Connection", "Population", "StagePlan", "build_plan", "chw_to_whc", "host_current",
            "input_shape", "readout_value", "reset_offset", "whc_shape", "whc_to_chw"]
-
-RELAY_WEIGHT = 2  # even (Lava truncates MIXED weights to even values), a = 2 > vth = 0
 
 
 def chw_to_whc(x: np.ndarray) -> np.ndarray:
@@ -71,6 +70,7 @@ class Connection:
     weight_exp: int = 0
     geometry: dict[str, Any] = field(default_factory=dict)
     synapse: str = ""  # the NIR synapse node (conv) or the direct edge's source (diag)
+    delay: int = 0  # "diag": steps its spikes are held beyond the connection's own one (a residual skip)
 
 
 @dataclass
@@ -185,15 +185,7 @@ def build_plan(sim: Any, steps: int, graded_input: bool = False) -> StagePlan:
             if arrive != d:
                 if conn.kind != "diag":
                     raise SpkdiffError(f"Lava: {name}: a convolution input arrives {d - arrive} steps early")
-                prev = conn.src
-                for k in range(d - arrive):
-                    relay = f"{name}__relay{k}_{prev}"
-                    shape = pops[prev].shape if prev in pops else tuple(sim.inputs[inp])
-                    pops[relay] = Population(relay, shape, _relay_params(shape, mode), depth_of(prev) + 1)
-                    one = np.full(int(np.prod(shape)), RELAY_WEIGHT if mode == "fixed" else 1.0)
-                    conns.append(Connection(prev, relay, "diag", one.astype(np.int64 if mode == "fixed" else float)))
-                    prev = relay
-                conn.src = prev
+                conn.delay = d - arrive
             conns.append(conn)
         pops[name] = Population(name, tuple(op.in_shape), params, d, scale, spiking)
     out = trace_back(flat, flat.preds[flat.outputs[0]][0])
@@ -214,13 +206,6 @@ def host_current(plan: StagePlan, x: torch.Tensor) -> np.ndarray:
             return a.to(torch.int64).numpy()
         a = op.current(x.double(), op.weight.double())
         return (a * plan.populations[plan.input_target].params["gain"]).numpy()
-
-
-def _relay_params(shape: tuple[int, ...], mode: str) -> dict[str, Any]:
-    if mode == "fixed":
-        return {"du": 4095, "dv": 4096, "vth": 0, "bias_mant": np.zeros(shape, np.int64),
-                "bias_exp": np.zeros(shape, np.int64)}
-    return {"du": 1.0, "dv": 1.0, "vth": 0.5, "bias_mant": np.zeros(shape), "bias_exp": 0, "gain": 1.0}
 
 
 def readout_value(plan: StagePlan, raw: np.ndarray) -> torch.Tensor:

@@ -1,5 +1,5 @@
 """A stage's :class:`~.chip_plan.StagePlan` as a Lava process graph (``Conv``/``Dense`` + ``LIF``), fed and reset
-by host processes (:mod:`.lava_procs`); delays, relays and resets are explained in :mod:`.chip_plan`."""
+by host processes (:mod:`.lava_procs`); delays and resets are explained in :mod:`.chip_plan`."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ class LavaStage:
 
     def __init__(self, plan: StagePlan, source: Any) -> None:
         from lava.proc.conv.process import Conv
-        from lava.proc.dense.process import Dense
+        from lava.proc.dense.process import DelayDense, Dense
         from lava.proc.lif.process import LIF
 
         from spkdiff.neuromorphic import loihi
@@ -54,14 +54,14 @@ class LavaStage:
                 src_port.connect(proc.s_in)
                 proc.a_out.connect(dst.a_in)
             else:
-                gain = 1.0 if fixed or c.dst.count("__relay") else plan.populations[c.dst].params["gain"]
+                gain = 1.0 if fixed else plan.populations[c.dst].params["gain"]
                 kw: dict[str, Any] = {"weight_exp": int(c.weight_exp), "num_weight_bits": 8} if fixed else {}
                 if fixed:
                     kw["sign_mode"] = _sign_mode(c.weight)
                     w = np.diag(c.weight).astype(np.int32)
                 else:
                     w = np.diag(c.weight.astype(float) * gain)
-                proc = Dense(weights=w, **kw)
+                proc = DelayDense(weights=w, delays=c.delay, **kw) if c.delay else Dense(weights=w, **kw)
                 src_port.flatten().connect(proc.s_in)
                 proc.a_out.reshape(dst.a_in.shape).connect(dst.a_in)
             self.conns.append(proc)

@@ -125,26 +125,6 @@ class Counters:
                                            spiking=lc.spiking)
         return out
 
-    def add_relays(self, relays: Mapping[str, str]) -> list[str]:
-        """Count relay populations (``relay name -> source neuron layer``) as neuron layers.
-
-        A relay (the Lava graph's delay line on a residual skip, :mod:`spkdiff.neuromorphic.chip_plan`)
-        has one identity synapse per neuron and re-emits each spike of its source once, so per step
-        ``sops = spikes = active_updates = spikes_src`` and ``neuron_updates = neurons``.  Returns the
-        relays whose source has no counts here (e.g. the graph input), which are not counted.
-        """
-        missing: list[str] = []
-        for relay, src in relays.items():
-            lc = self.layers.get(src)
-            if lc is None or not lc.spiking:
-                missing.append(relay)
-                continue
-            spk = lc.spikes.copy()
-            self.layers[relay] = LayerCounts(relay, "Relay", "neuron", lc.neurons, lc.neurons, sops=spk.copy(),
-                                             macs=np.zeros_like(spk), neuron_updates=np.full_like(spk, lc.neurons),
-                                             spikes=spk.copy(), active_updates=spk.copy(), spiking=True)
-        return missing
-
 
 @dataclass(frozen=True)
 class NeuroBenchMetrics:
@@ -176,8 +156,6 @@ class NeuroBenchMetrics:
             per_call = per_call or ctr.steps
             first = np.arange(ctr.steps) % per_call == 0  # the first step of each call
             for lc in ctr.layers.values():
-                if lc.nir_type == "Relay":
-                    continue  # a chip artefact (chip_plan's delay line), not part of the network
                 acs += float(lc.total("sops").mean())
                 macs += float(lc.total("effective_macs").mean())
                 if lc.kind != "neuron":

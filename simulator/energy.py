@@ -181,7 +181,7 @@ class EnergyReport:
                 "snn_j": snn, "ann_j": ann, "ratio_vs_ann": ann / snn if snn > 0 else float("inf"),
                 "per_stage_snn_j": self.papers_snn_j, "per_stage_ann_j": self.papers_ann_j,
                 "formula": "E_SNN = SOPs * E_AC + MACs * E_MAC (analog-input layers), "
-                           "E_ANN = ANN MACs * E_MAC + adds * E_AC (network layers only, no relays)"}
+                           "E_ANN = ANN MACs * E_MAC + adds * E_AC (the network's layers)"}
 
     def to_dict(self) -> dict[str, Any]:
         return {"profile": self.profile, "ann_profile": self.ann_profile, "total_j": self.total_j,

@@ -23,43 +23,16 @@ from .generate import Generation, generate
 from .mapping import ChipLimits, map_to_chip
 
 
-def relay_sources(sim: Simulator, counters: Counters, steps: int) -> dict[str, str]:
-    """``relay population -> the neuron layer whose spikes it re-emits``, read from the Lava graph of ``sim``
-    (:func:`spkdiff.neuromorphic.chip_plan.build_plan`, as the chip runs it; a stage whose input layer
-    counts dense MACs has a graded input, computed on the host as :mod:`~spkdiff.neuromorphic.lava_generate`
-    does)."""
-    from spkdiff.neuromorphic.chip_plan import build_plan
-
-    inp = sim.flat.inputs[0]
-    graded = any(counters.layers[s].macs.any() for s in sim.flat.succs[inp] if s in counters.layers)
-    plan = build_plan(sim, steps, graded_input=graded)
-    feeds = {c.dst: c.src for c in plan.connections if "__relay" in c.dst}
-    out: dict[str, str] = {}
-    for relay, src in feeds.items():
-        while src in feeds:  # a chain of relays re-emits the first one's source
-            src = feeds[src]
-        out[relay] = src
-    return out
-
-
 def stage_reports(counters: dict[str, Counters], simulators: dict[str, Simulator], calls: dict[str, int],
-                  profile: str = "loihi", ann_profile: str = "cmos45nm", limits: ChipLimits | None = None,
-                  count_relays: bool = True) -> dict[str, Any]:
+                  profile: str = "loihi", ann_profile: str = "cmos45nm", limits: ChipLimits | None = None
+                  ) -> dict[str, Any]:
     """Per-stage counts, energy and mapping per image (``calls``: stage calls per image); the part of a report
-    that generation and reconstruction share: ``stages``, ``per_image``, ``neurobench``, ``energy_per_image``
-    and ``notes``.
+    that generation and reconstruction share: ``stages``, ``per_image``, ``neurobench`` and ``energy_per_image``.
 
-    ``count_relays``: add the Lava graph's relay populations (residual-skip delay lines) to the counts, so
-    the energy is what the chip does; the NeuroBench metrics describe the network and leave them out.
+    The counts are what the chip runs: the Lava graph adds no populations (a residual skip is a delayed
+    synapse, :mod:`spkdiff.neuromorphic.chip_plan`), and a delayed synapse is one SOP like any other.
     """
     steps_per_call = {st: ctr.steps // calls.get(st, 1) for st, ctr in counters.items()}
-    notes: list[str] = []
-    for stage, ctr in counters.items():
-        sim = simulators.get(stage)
-        if count_relays and sim is not None and not any(lc.nir_type == "Relay" for lc in ctr.layers.values()):
-            missing = ctr.add_relays(relay_sources(sim, ctr, steps_per_call[stage]))
-            if missing:
-                notes.append(f"{stage}: relays of the graph input not counted: {', '.join(missing)}")
     rep = energy(counters, profile, ann_profile)
     stages: dict[str, Any] = {}
     for stage, ctr in counters.items():
@@ -67,19 +40,18 @@ def stage_reports(counters: dict[str, Counters], simulators: dict[str, Simulator
                                  "per_image": ctr.totals(), "layers": ctr.summary()}
         sim = simulators.get(stage)
         if sim is not None:
-            entry["mapping"] = map_to_chip(sim, limits).summary()  # relays are not mapped (yet)
+            entry["mapping"] = map_to_chip(sim, limits).summary()
         stages[stage] = entry
     totals = {k: sum(s["per_image"][k] for s in stages.values())
               for k in ("sops", "macs", "neuron_updates", "active_updates", "spikes", "ann_macs", "ann_adds")}
     return {"per_image": totals, "neurobench": NeuroBenchMetrics.of(counters, steps_per_call).to_dict(),
-            "stages": stages, "energy_per_image": rep.to_dict(), "notes": notes}
+            "stages": stages, "energy_per_image": rep.to_dict()}
 
 
 def build_report(gen: Generation, profile: str = "loihi", ann_profile: str = "cmos45nm",
-                 limits: ChipLimits | None = None, count_relays: bool = True) -> dict[str, Any]:
+                 limits: ChipLimits | None = None) -> dict[str, Any]:
     """JSON-ready report of one generation run (counts, energy and mapping per image, :func:`stage_reports`)."""
-    core = stage_reports(gen.counters, gen.simulators, {"sdid": gen.denoiser_calls}, profile, ann_profile, limits,
-                         count_relays)
+    core = stage_reports(gen.counters, gen.simulators, {"sdid": gen.denoiser_calls}, profile, ann_profile, limits)
     info = gen.info()
     info.pop("per_image", None)
     return {"settings": {k: info[k] for k in ("backend", "method", "steps", "temperature", "seed", "batch_size", "n")},
@@ -87,7 +59,7 @@ def build_report(gen: Generation, profile: str = "loihi", ann_profile: str = "cm
                            "denoiser_calls_per_image": gen.denoiser_calls, "snn_steps_per_image": gen.snn_steps},
             "quantization": "the bundle's integers" if info["backend"] == "sim-fixed" else "none (float)",
             "per_image": core["per_image"], "neurobench": core["neurobench"], "stages": core["stages"],
-            "energy_per_image": core["energy_per_image"], "warnings": gen.warnings + core["notes"]}
+            "energy_per_image": core["energy_per_image"], "warnings": gen.warnings}
 
 
 def build_reconstruction_report(rec: Any, profile: str = "loihi", ann_profile: str = "cmos45nm",
@@ -108,7 +80,7 @@ def build_reconstruction_report(rec: Any, profile: str = "loihi", ann_profile: s
             "host_lookup": {**rec.host_ops, "profile": ann_profile, "energy_j": host_j},
             "energy_per_image": core["energy_per_image"],
             "energy_with_host_j": core["energy_per_image"]["total_j"] + host_j,
-            "warnings": rec.warnings + core["notes"]}
+            "warnings": rec.warnings}
 
 
 def _energy_notes(report: dict[str, Any]) -> list[str]:
@@ -117,7 +89,7 @@ def _energy_notes(report: dict[str, Any]) -> list[str]:
     pc = e["papers_convention"]
     lines = [f"Papers' convention (45 nm, E_AC = {pc['e_ac_pj']} pJ per SOP, E_MAC = {pc['e_mac_pj']} pJ per dense "
              f"MAC): SNN {pc['snn_j'] * 1e6:.4f} uJ vs ANN {pc['ann_j'] * 1e6:.4f} uJ, ratio {pc['ratio_vs_ann']:.2f}.",
-             "", "NeuroBench workload metrics per image (the network, without relays): "
+             "", "NeuroBench workload metrics per image: "
              + ", ".join(f"{k} {v:.4g}" for k, v in nb.items()) + "."]
     if e["leaves_out"]:
         lines += ["", f"Profile `{e['profile']}` leaves out:", *[f"- {x}" for x in e["leaves_out"]]]

@@ -83,8 +83,8 @@ def sample_images(backend: str, *, run: str | None = None, bundle: str | Path | 
 
 
 def generation_energy(gen: Any) -> dict[str, Any]:
-    """Joules per generated image of a simulator run, as ``spkdiff sim --report`` prices it: the Loihi profile
-    (relays included), the same network as an ANN at 45 nm, and the papers' SOP/MAC convention."""
+    """Joules per generated image of a simulator run, as ``spkdiff sim --report`` prices it: the Loihi profile,
+    the same network as an ANN at 45 nm, and the papers' SOP/MAC convention."""
     from spkdiff.simulator.report import build_report
 
     e = build_report(gen)["energy_per_image"]

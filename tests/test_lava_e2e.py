@@ -67,14 +67,14 @@ def _rates(stages: Stages, graph: nir.NIRGraph, x: torch.Tensor, steps: int) -> 
 
 
 def test_plan_delays(stages: Stages) -> None:
-    """Each connection delays one step; the residual skip is relayed so both inputs of the sum align."""
+    """Each connection delays one step; the residual skip holds its spikes one step more in a synaptic delay,
+    so both inputs of the sum align, and the plan has no population the network lacks."""
     plan = build_plan(Simulator(stages.sdid, mode="fixed"), stages.sdid_steps)
     d = {n: p.depth for n, p in plan.populations.items()}
-    assert d["stem_lif"] == 2 and d["block0_a_lif"] == 3 and d["block0_b_lif"] == 4 and d["readout_i"] == 5
-    relays = [n for n in d if "__relay" in n]
-    assert len(relays) == 1 and d[relays[0]] == 3
-    into_b = {c.src for c in plan.connections if c.dst == "block0_b_lif"}
-    assert into_b == {"block0_a_lif", relays[0]}
+    assert d == {"stem_lif": 2, "block0_a_lif": 3, "block0_b_lif": 4, "readout_i": 5}
+    into_b = {c.src: (c.kind, c.delay) for c in plan.connections if c.dst == "block0_b_lif"}
+    assert into_b == {"block0_a_lif": ("conv", 0), "stem_lif": ("diag", 1)}
+    assert all(c.delay == 0 for c in plan.connections if c.dst != "block0_b_lif")
     assert plan.run_steps == 5 + stages.sdid_steps - 1
     gen = build_plan(Simulator(stages.generator, mode="fixed"), stages.gen_steps, graded_input=True)
     assert gen.input_kind == "current" and gen.populations[gen.input_target].depth == 1
@@ -157,8 +157,6 @@ def test_fixed_pt_bit_exact_in_one_run(stages: Stages) -> None:
         x = rec["sdid_in"][step][image: image + 1]
         res = sim.run({sim.flat.inputs[0]: x}, steps=plan.run_steps - 1, record=True, count=False)
         for name, (u, v) in state.items():
-            if "__relay" in name:
-                continue
             t = plan.run_steps - depth[name]
             assert np.array_equal(v, res.recordings[name]["v_int"][t, 0].numpy()), (c, name)
             assert np.array_equal(u, res.recordings[name]["u_int"][t, 0].numpy()), (c, name)
