@@ -15,8 +15,10 @@ model's samples with the same seed; except on ``sim-fixed`` the energy comes fro
 against the whole test split or a fixed seeded ``--real-n`` subset.  ``--no-fid`` counts on
 ``--sim-n`` images only (seconds).  Writes ``front.json``, ``front.md`` and ``front.png`` (FID vs mJ per
 image, log x; the ANN equivalents as a dashed line; the reference and the shipped default marked).
-``--add-rows`` draws points measured by earlier invocations (their ``front.json``) on the same front, so slow FID
-points can be measured in parallel processes and joined; without ``--run`` it only redraws them.
+``--fid-from`` (with ``--no-fid``) re-counts the energy of earlier points and keeps their FID, for a change of
+the counts that leaves the samples as they were.  ``--add-rows`` draws points measured by earlier invocations
+(their ``front.json``) on the same front, so slow FID points can be measured in parallel processes and joined;
+without ``--run`` it only redraws them.
 """
 
 from __future__ import annotations
@@ -155,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--real-n", type=int, default=None,
                     help="score against this fixed seeded subset of the test split (default: the whole split)")
     ap.add_argument("--no-fid", action="store_true", help="energy only (fast)")
+    ap.add_argument("--fid-from", action="append", default=[], metavar="FRONT_JSON",
+                    help="with --no-fid: take each point's FID from the same RUN:STEPS of an earlier front.json "
+                         "(repeatable): energy re-counted, FID as measured, for a change that leaves the samples")
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=256)
@@ -170,6 +175,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.run and not args.add_rows:
         raise SystemExit("give --run RUN (to measure) or --add-rows FRONT_JSON (to redraw)")
     steps = [int(s) for s in args.steps.split(",") if s]
+    if args.fid_from and not args.no_fid:
+        raise SystemExit("--fid-from takes FID from earlier fronts: use it with --no-fid")
+    earlier: dict[tuple[str, int], dict[str, Any]] = {}
+    for path in args.fid_from:
+        try:
+            earlier |= {(r["run"], r["steps"]): r for r in json.loads(Path(path).read_text())["rows"] if r["fid"]}
+        except (OSError, ValueError, KeyError) as err:
+            raise SystemExit(f"--fid-from {path}: not a front.json of this benchmark ({err})") from None
     rows: list[dict[str, Any]] = []
     for path in args.add_rows:
         try:
@@ -184,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             shipped[run] = int(load_bundle(bundle).sampler["steps"])
             for s in steps:
                 row = measure(run, bundle, s, args)
+                if (run, s) in earlier:
+                    row |= {k: earlier[run, s][k] for k in ("fid", "fid_backend", "fid_n", "real_n")}
                 rows.append(row)
                 write_outputs(rows, Path(args.out), None, None)  # what is measured survives an interruption
                 print(f"{run} steps {s}: {row['mj_per_image']:.3f} mJ/image (ANN {row['ann_mj_per_image']:.3f}, "
