@@ -74,12 +74,15 @@ class TrainSettings:
     train_parts: str = "all"  # stage 1: "all", or "generator" (encoder and codebook held: the tokens stay)
     distill_from: str | None = None  # stage 2: a trained prior on the same tokens to distil from (the teacher)
     distill_weight: float = 0.0  # stage 2: weight of the KL to the teacher (spkdiff.train.sdid.distillation_loss)
+    ema_decay: float = 0.0  # > 0: the checkpoint's weights are this exponential moving average (WeightAverage)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("sop_weight", "adversarial_weight", "distill_weight"):
             if getattr(self, name) < 0:
                 raise SpkdiffError(f"{name} must be >= 0 (a loss weight), got {getattr(self, name)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise SpkdiffError(f"ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainSettings:
@@ -213,6 +216,32 @@ class _Signals:
             signal.signal(sig, handler)
 
 
+class WeightAverage:
+    """Exponential moving average of the trained parameters (Polyak averaging), the weights a run ships.
+
+    After optimizer step k (counted from 1): theta_ema <- d_k * theta_ema + (1 - d_k) * theta, with the warm-up
+    d_k = min(decay, (1 + k) / (10 + k)), so the average does not cling to the first weights. Buffers are not
+    averaged: the shipped model takes the trained model's. The trained ("online") weights stay in the
+    checkpoint's training section, so --resume continues both.
+    """
+
+    PREFIX = "online."  # the online weights' keys in the checkpoint's training section
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {name: p.detach().clone() for name, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for name, p in model.named_parameters():
+            self.shadow[name].lerp_(p.detach(), 1.0 - d)
+
+    def averaged_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The model's state dict with the averaged parameters in place of the trained ones."""
+        return {k: self.shadow.get(k, v).detach().clone() for k, v in model.state_dict().items()}
+
+
 def _snapshot(model: nn.Module, gen: torch.Generator) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
     """What a forward pass changes besides the parameters: buffers (BatchNorm statistics) and RNG states."""
     return [b.detach().clone() for b in model.buffers()], gen.get_state(), torch.get_rng_state()
@@ -275,9 +304,14 @@ def run_training(
     epoch, in_epoch, step = 0, 0, 0
     ckpt = dist.run_on_main(lambda: load_checkpoint(ckpt_path, stage=stage) if resume and ckpt_path.exists() else None)
     if ckpt is not None:
-        load_model_weights(model, ckpt.model, ckpt_path)
+        online = {k[len(WeightAverage.PREFIX):]: v for k, v in ckpt.training.items()
+                  if k.startswith(WeightAverage.PREFIX)}
+        if settings.ema_decay and not online:
+            raise SpkdiffError(f"{ckpt_path} was trained without ema_decay: resume it without, or start a new run")
+        load_model_weights(model, online or ckpt.model, ckpt_path)
         if companion is not None:
-            load_model_weights(companion, ckpt.training, ckpt_path)
+            load_model_weights(companion, {k: v for k, v in ckpt.training.items()
+                                           if not k.startswith(WeightAverage.PREFIX)}, ckpt_path)
         if ckpt.optimizer is None:
             raise SpkdiffError(f"{ckpt_path} has no optimizer state to resume from")
         opt.load_state_dict(ckpt.optimizer)
@@ -288,6 +322,15 @@ def run_training(
             print(f"resuming {stage} at epoch {epoch}, step {step}", file=sys.stderr)
     elif on_start is not None:
         on_start(model, data, gen)  # identical on every rank (same data, seed and generator)
+    average = WeightAverage(model, settings.ema_decay) if settings.ema_decay else None
+    if average is not None and ckpt is not None:
+        average.shadow = {name: ckpt.model[name].clone() for name in average.shadow}
+
+    def shipped(m: nn.Module) -> nn.Module:
+        """The model a finished run hands on (to token encoding): the averaged weights where there are any."""
+        if average is not None:
+            m.load_state_dict(average.averaged_state(m))
+        return m
     net = dist.prepare(model)  # DDP (+ SyncBatchNorm2d) under torchrun; DDP broadcasts rank 0's weights
     if dist.enabled and dist.is_main:
         per = settings.batch_size // dist.world_size
@@ -307,10 +350,14 @@ def run_training(
                 if len(set(digests)) > 1:
                     raise SpkdiffError(f"the ranks' {stage} parameters diverged by step {step}")
         if dist.is_main:
-            save_checkpoint(ckpt_path, model=model.state_dict(), config=config, stage=stage,
-                            optimizer=opt.state_dict(),
+            training = {} if companion is None else companion.state_dict()
+            weights = model.state_dict()
+            if average is not None:
+                training |= {WeightAverage.PREFIX + k: v for k, v in weights.items()}
+                weights = average.averaged_state(model)
+            save_checkpoint(ckpt_path, model=weights, config=config, stage=stage, optimizer=opt.state_dict(),
                             rng={"generator": gen.get_state(), "torch": torch.get_rng_state()}, position=position,
-                            training=None if companion is None else companion.state_dict())
+                            training=training or None)
         saved = step
 
     logger = _Logger(run_dir, stage, step if ckpt is not None else None) if dist.is_main else None
@@ -330,7 +377,7 @@ def run_training(
                 if settings.max_steps is not None and step >= settings.max_steps:
                     if saved != step:
                         checkpoint()
-                    return model
+                    return shipped(model)
                 batch = order[in_epoch * settings.batch_size:(in_epoch + 1) * settings.batch_size]
                 idx = dist.shard(batch)  # this rank's slice of the global batch (all of it in one process)
                 before_step = _snapshot(model, gen)
@@ -341,6 +388,8 @@ def run_training(
                     for group in opt.param_groups:
                         group["lr"] = lr_at(step, total, settings)
                     opt.step()
+                    if average is not None:
+                        average.update(model, step)
                     step += 1
                     in_epoch += 1
                     before_step = None
@@ -377,7 +426,7 @@ def run_training(
                 bar.close()
                 logger.close()
         signals.restore()
-    return model
+    return shipped(model)
 
 
 # ----------------------------------------------------------------------------- stage 1
