@@ -11,8 +11,9 @@ Delays.  Every Lava ``Conv``/``Dense`` delays by one step; the simulator has no 
 therefore sees the simulator's step ``j`` at Lava step ``d_k + j`` of a call (1-based), with ``d = 1`` for
 a population fed by the host's current directly, ``d = d_src + 1`` across a connection.  A direct
 (identity) spike edge whose source is ``D > 1`` steps ahead (a residual skip) holds its spikes ``D - 1``
-extra steps in a synaptic delay (Lava's ``DelayDense``; Loihi's synapses carry a delay, up to 63 steps on
-Loihi 2), so that residual sums add the same simulator step at no extra compartments or neuron updates.
+extra steps in a synaptic delay (:class:`~.lava_procs.processes.DiagonalSynapse`: Lava's ``DelayDense``
+in O(N) per step; Loihi's synapses carry a delay, up to 63 steps on Loihi 2), so that residual sums add the
+same simulator step at no extra compartments or neuron updates.
 Before its ``d_k``, a population would integrate only its bias (and stale activations of the previous
 call, including spikes still held in a delay); the host process therefore zeroes ``u`` and ``v`` of each
 population after the call's step ``d_k - 1`` (:func:`reset_offset`; after the previous call's last step

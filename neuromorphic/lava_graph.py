@@ -1,5 +1,6 @@
-"""A stage's :class:`~.chip_plan.StagePlan` as a Lava process graph (``Conv``/``Dense`` + ``LIF``), fed and reset
-by host processes (:mod:`.lava_procs`); delays and resets are explained in :mod:`.chip_plan`."""
+"""A stage's :class:`~.chip_plan.StagePlan` as a Lava process graph (``Conv`` and one-to-one
+:class:`~.lava_procs.processes.DiagonalSynapse` connections + ``LIF``), fed and reset by host processes
+(:mod:`.lava_procs`); delays and resets are explained in :mod:`.chip_plan`."""
 
 from __future__ import annotations
 
@@ -13,17 +14,17 @@ __all__ = ["LavaStage"]
 
 
 class LavaStage:
-    """The plan's ``LIF`` populations and ``Conv``/``Dense`` connections, fed by ``source`` (an OutPort of a
+    """The plan's ``LIF`` populations and ``Conv``/``DiagonalSynapse`` connections, fed by ``source`` (an OutPort of a
     host process: the input spikes for ``"spikes"`` stages, the integer/float current ``a`` of the input
     population for ``"current"`` stages).  Building only; the populations are reset and read by the host
     processes through RefPorts (:attr:`lifs`, :func:`reset_offset`)."""
 
     def __init__(self, plan: StagePlan, source: Any) -> None:
         from lava.proc.conv.process import Conv
-        from lava.proc.dense.process import DelayDense, Dense
         from lava.proc.lif.process import LIF
 
         from spkdiff.neuromorphic import loihi
+        from spkdiff.neuromorphic.lava_procs.processes import DiagonalSynapse
 
         self.plan = plan
         fixed = plan.mode == "fixed"
@@ -55,13 +56,12 @@ class LavaStage:
                 proc.a_out.connect(dst.a_in)
             else:
                 gain = 1.0 if fixed else plan.populations[c.dst].params["gain"]
-                kw: dict[str, Any] = {"weight_exp": int(c.weight_exp), "num_weight_bits": 8} if fixed else {}
                 if fixed:
-                    kw["sign_mode"] = _sign_mode(c.weight)
-                    w = np.diag(c.weight).astype(np.int32)
+                    proc = DiagonalSynapse(weights=c.weight.astype(np.int32), delay=c.delay,
+                                           weight_exp=int(c.weight_exp), num_weight_bits=8,
+                                           sign_mode=_sign_mode(c.weight))
                 else:
-                    w = np.diag(c.weight.astype(float) * gain)
-                proc = DelayDense(weights=w, delays=c.delay, **kw) if c.delay else Dense(weights=w, **kw)
+                    proc = DiagonalSynapse(weights=c.weight.astype(float) * gain, delay=c.delay)
                 src_port.flatten().connect(proc.s_in)
                 proc.a_out.reshape(dst.a_in.shape).connect(dst.a_in)
             self.conns.append(proc)

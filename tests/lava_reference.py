@@ -133,3 +133,52 @@ def count_process_runs(job: Callable[..., Any], *args: Any) -> tuple[Any, list[s
         return job(*args), calls
     finally:
         AbstractProcess.run = run
+
+
+@dataclass
+class DiagonalCase:
+    spikes: np.ndarray  # (n, T) 0/1
+    weights: np.ndarray  # (n,): int for fixed_pt, float for floating_pt
+    delay: int
+    weight_exp: int = 0
+    sign_mode: int | None = None  # lava.utils.weightutils.SignMode value; None: the models decide
+
+
+def run_diagonal_and_delay_dense(case: DiagonalCase, select_tag: str) -> tuple[np.ndarray, np.ndarray]:
+    """``a_out`` per step, shape ``(T, n)``, of spkdiff's ``DiagonalSynapse`` and of Lava's ``DelayDense`` with
+    the diagonal weight matrix, both fed by one ``RingBuffer`` in one run."""
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
+    from lava.proc.dense.process import DelayDense
+    from lava.proc.io.source import RingBuffer
+    from lava.proc.monitor.process import Monitor
+    from lava.utils.weightutils import SignMode
+
+    from spkdiff.neuromorphic.lava_procs.processes import DiagonalSynapse
+
+    fixed = select_tag == "fixed_pt"
+    kwargs: dict[str, Any] = {"weight_exp": int(case.weight_exp), "num_weight_bits": 8} if fixed else {}
+    if fixed and case.sign_mode is not None:
+        kwargs["sign_mode"] = SignMode(case.sign_mode)
+    dtype = np.int32 if fixed else float
+    src = RingBuffer(data=np.asarray(case.spikes, dtype=np.int32))
+    ours = DiagonalSynapse(weights=np.asarray(case.weights, dtype=dtype), delay=case.delay, **kwargs)
+    lavas = DelayDense(weights=np.diag(np.asarray(case.weights, dtype=dtype)),
+                       delays=np.full((len(case.weights),) * 2, case.delay), **kwargs)
+    steps = case.spikes.shape[-1]
+    monitors = []
+    for conn in (ours, lavas):
+        src.s_out.connect(conn.s_in)
+        monitors.append(Monitor())
+        monitors[-1].probe(conn.a_out, steps)
+    try:
+        src.run(condition=RunSteps(num_steps=steps), run_cfg=Loihi2SimCfg(select_tag=select_tag))
+        a, b = (np.asarray(m.get_data()[c.name]["a_out"]) for m, c in zip(monitors, (ours, lavas), strict=True))
+    finally:
+        src.stop()
+    return a, b
+
+
+def run_diagonal_cases(cases: list[tuple[DiagonalCase, str]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`run_diagonal_and_delay_dense` for each ``(case, select_tag)``, in this process."""
+    return [run_diagonal_and_delay_dense(case, tag) for case, tag in cases]

@@ -40,6 +40,7 @@ from spkdiff.host import patch_logits, sdid_input_spikes
 from spkdiff.neuromorphic.chip_plan import chw_to_whc, readout_value, reset_offset, whc_to_chw
 from spkdiff.neuromorphic.lava_procs.processes import (
     CodebookLookupProcess,
+    DiagonalSynapse,
     EncoderLookupProcess,
     ImageSinkProcess,
     ImageSourceProcess,
@@ -339,3 +340,60 @@ def host_models(procs: list[Any], select_tag: str) -> dict[Any, type]:
                 if not hasattr(base, port.name)}
         out[proc] = type(f"{base.__name__}_{proc.name}", (base,), refs) if refs else base
     return out
+
+
+# ----------------------------------------------------------------------------- on-chip: one-to-one synapses
+
+
+class _DiagonalSynapseBase(PyLoihiProcessModel):
+    """:class:`DiagonalSynapse`: a ring of ``delay + 1`` columns, O(N) per step.  The buffer moves as in Lava's
+    ``DelayDense`` models: send column 0, clear it, shift left, add this step's input at column ``delay``."""
+
+    def _accumulate(self, s_in: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def run_spk(self) -> None:
+        self.a_out.send(self.a_buff[:, 0])
+        s_in = self.s_in.recv().astype(bool)
+        self.a_buff[:, 0] = 0
+        self.a_buff = np.roll(self.a_buff, -1, axis=1)
+        self.a_buff[:, -1] += self._accumulate(s_in)
+
+
+@implements(proc=DiagonalSynapse, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyDiagonalSynapseFloat(_DiagonalSynapseBase):
+    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, bool, precision=1)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
+    weights: np.ndarray = LavaPyType(np.ndarray, float)
+    a_buff: np.ndarray = LavaPyType(np.ndarray, float)
+
+    def _accumulate(self, s_in: np.ndarray) -> np.ndarray:
+        return np.where(s_in, self.weights, 0.0)
+
+
+@implements(proc=DiagonalSynapse, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("bit_accurate_loihi", "fixed_pt")
+class PyDiagonalSynapseBitAcc(_DiagonalSynapseBase):
+    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, bool, precision=1)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=16)
+    weights: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=8)
+    a_buff: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=16)
+
+    def __init__(self, proc_params: Any) -> None:
+        super().__init__(proc_params)
+        self._weights_set = False  # clipped and truncated once, on the first step (as Lava's Dense)
+
+    def _accumulate(self, s_in: np.ndarray) -> np.ndarray:
+        if not self._weights_set:
+            from lava.utils.weightutils import clip_weights, determine_sign_mode, truncate_weights
+
+            sign_mode = self.proc_params.get("sign_mode") or determine_sign_mode(self.weights)
+            self.weights = truncate_weights(clip_weights(self.weights, sign_mode, num_bits=8), sign_mode,
+                                            self.proc_params.get("num_weight_bits", 8))
+            self._weights_set = True
+        accum = np.where(s_in, self.weights, 0).astype(np.int32)
+        exp = int(self.proc_params.get("weight_exp", 0))
+        return np.left_shift(accum, exp) if exp > 0 else np.right_shift(accum, -exp)

@@ -9,9 +9,12 @@ OutPort carries spikes, and the read-out integrators do not spike), and a RefPor
 phase is Lava's way to read another process's Var during a run.
 Reconstruction runs ``ImageSourceProcess --a_out--> encoder graph``, the encoder's last LIF
 ``s_out --> EncoderLookupProcess.spikes_in`` (spikes through an InPort), ``EncoderLookupProcess --a_out-->``
-ASG/decoder graph and the same image sink.  Each process takes the plan of its
+ASG/decoder graph and the same image sink.  Each host process takes the plan of its
 stage (:class:`~spkdiff.neuromorphic.chip_plan.StagePlan`) and the run's
 :class:`~spkdiff.neuromorphic.lava_generate.Timeline` as parameters.
+
+On the chip side, :class:`DiagonalSynapse` carries a stage's one-to-one connections (residual skips, with their
+synaptic delay).
 """
 
 from __future__ import annotations
@@ -138,3 +141,29 @@ class ImageSinkProcess(AbstractProcess):
         self.v = RefPort(shape=whc_shape(ro))
         self.images = Var(shape=(n, *image_shape), init=0)
         self.readouts = Var(shape=(n, *ro) if record else (1,), init=0)
+
+
+class DiagonalSynapse(AbstractProcess):
+    """One-to-one synapses with a synaptic delay: Lava's ``DelayDense`` with a diagonal weight matrix and a
+    single delay, without its dense ``N x N x (delay + 1)`` weight stack.
+
+        a_out[i](t + 1 + delay) = w[i] * s_in[i](t)
+
+    The one step is every Lava synapse's (a_out at t carries the buffer of t - 1).  fixed_pt, as Loihi's
+    ``Dense``: w is clipped to 8 bits and truncated to ``num_weight_bits`` under ``sign_mode`` (Lava's weight
+    utilities), and a_out is scaled by 2**weight_exp (arithmetic shift).  ``weights``: shape (N,).
+    """
+
+    def __init__(self, *, weights: np.ndarray, delay: int = 0, weight_exp: int = 0, num_weight_bits: int = 8,
+                 sign_mode: Any = None, **kwargs: Any) -> None:
+        super().__init__(weights=weights, delay=delay, weight_exp=weight_exp, num_weight_bits=num_weight_bits,
+                         sign_mode=sign_mode, **kwargs)
+        if weights.ndim != 1:
+            raise ValueError(f"DiagonalSynapse weights must be a vector (one per neuron), got shape {weights.shape}")
+        if not 0 <= delay <= 63:
+            raise ValueError(f"DiagonalSynapse delay must be in 0..63 (Loihi's 6 delay bits), got {delay}")
+        n = weights.shape[0]
+        self.s_in = InPort(shape=(n,))
+        self.a_out = OutPort(shape=(n,))
+        self.weights = Var(shape=(n,), init=weights)
+        self.a_buff = Var(shape=(n, delay + 1), init=0)  # column k reaches a_out k + 1 steps from now
