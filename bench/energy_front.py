@@ -88,7 +88,7 @@ def measure(run: str, bundle: Path, steps: int, args: argparse.Namespace) -> dic
 
 
 def write_outputs(rows: list[dict[str, Any]], out: Path, reference: tuple[str, int] | None,
-                  default: tuple[str, int] | None) -> None:
+                  default: tuple[str, int] | None, fid_bar: float | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,7 +125,9 @@ def write_outputs(rows: list[dict[str, Any]], out: Path, reference: tuple[str, i
                 label="ANN equivalents (45 nm), same FID" if i == 0 else None)
     ax.axvline(TARGET_MJ, color="green", ls=":", label=f"target: {TARGET_MJ} mJ per image")
     ref = [r for r in rows if (r["run"], r["steps"]) == reference]
-    if have_fid and ref:
+    if have_fid and fid_bar is not None:
+        ax.axhline(fid_bar, color="orange", ls=":", label=f"FID bar {fid_bar:g}")
+    elif have_fid and ref:
         ax.axhline(ref[0]["fid"] * 1.05, color="orange", ls=":", label="reference FID + 5 %")
     for point, style, name in ((reference, dict(marker="*", s=250, color="gold"), "reference"),
                                (default, dict(marker="s", s=120, facecolors="none", edgecolors="red"), "default")):
@@ -166,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reference", default="", help="RUN:STEPS to mark as the reference (default: first run, "
                                                     "its shipped steps)")
     ap.add_argument("--default", default="", help="RUN:STEPS of the shipped default (default: as --reference)")
+    ap.add_argument("--fid-bar", type=float, default=None,
+                    help="draw the FID bar at this value (default: the reference's FID + 5 %%)")
     ap.add_argument("--out", default="bench/energy_front")
     args = ap.parse_args(argv)
 
@@ -206,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = list(dict.fromkeys(r["run"] for r in rows))
     reference = _point(args.reference, runs) or ((args.run[0], shipped[args.run[0]]) if args.run else None)
     default = _point(args.default, runs) or reference
-    write_outputs(rows, Path(args.out), reference, default)
+    write_outputs(rows, Path(args.out), reference, default, args.fid_bar)
     print(f"wrote {args.out}: front.json, front.md, front.png")
     return 0
 
