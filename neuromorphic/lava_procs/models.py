@@ -1,4 +1,5 @@
-"""PyLoihiProcessModels of the host processes (fixed_pt: integer ports, floating_pt: float ports).
+"""PyLoihiProcessModels of the host processes and of the on-chip ``DiagonalSynapse`` (fixed_pt: integer ports,
+floating_pt: float ports).
 
 The numeric work is :mod:`spkdiff.host` (mask sampler, SDID input spikes), :mod:`spkdiff.generation` (keyed
 generator, embedding, decode) and the stage's first synapse (:func:`~spkdiff.neuromorphic.chip_plan.host_current`),
