@@ -84,15 +84,22 @@ def _run_recorded(src, conn, lif, num_steps: int) -> dict[str, np.ndarray]:
     return out
 
 
+def _fixed_pt_kwargs(weight_exp: int, num_weight_bits: int, sign_mode: int | None) -> dict[str, Any]:
+    """The fixed_pt keyword arguments of Lava's ``Dense``/``DelayDense`` (and of ``DiagonalSynapse``)."""
+    from lava.utils.weightutils import SignMode
+
+    kwargs: dict[str, Any] = {"weight_exp": int(weight_exp), "num_weight_bits": int(num_weight_bits)}
+    if sign_mode is not None:
+        kwargs["sign_mode"] = SignMode(sign_mode)
+    return kwargs
+
+
 def run_dense_lif(case: DenseCase) -> dict[str, np.ndarray]:
     """Run ``RingBuffer -> Dense -> LIF``; return ``u``, ``v``, ``s`` of shape ``(T, n_out)`` (int64)."""
     from lava.proc.dense.process import Dense
     from lava.proc.io.source import RingBuffer
-    from lava.utils.weightutils import SignMode
 
-    kwargs: dict[str, Any] = {"weight_exp": int(case.weight_exp), "num_weight_bits": int(case.num_weight_bits)}
-    if case.sign_mode is not None:
-        kwargs["sign_mode"] = SignMode(case.sign_mode)
+    kwargs = _fixed_pt_kwargs(case.weight_exp, case.num_weight_bits, case.sign_mode)
     src = RingBuffer(data=np.asarray(case.spikes, dtype=np.int32))
     dense = Dense(weights=np.asarray(case.weights, dtype=np.int32), **kwargs)
     lif = _lif((case.weights.shape[0],), case.lif)
@@ -152,14 +159,11 @@ def run_diagonal_and_delay_dense(case: DiagonalCase, select_tag: str) -> tuple[n
     from lava.proc.dense.process import DelayDense
     from lava.proc.io.source import RingBuffer
     from lava.proc.monitor.process import Monitor
-    from lava.utils.weightutils import SignMode
 
     from spkdiff.neuromorphic.lava_procs.processes import DiagonalSynapse
 
     fixed = select_tag == "fixed_pt"
-    kwargs: dict[str, Any] = {"weight_exp": int(case.weight_exp), "num_weight_bits": 8} if fixed else {}
-    if fixed and case.sign_mode is not None:
-        kwargs["sign_mode"] = SignMode(case.sign_mode)
+    kwargs = _fixed_pt_kwargs(case.weight_exp, 8, case.sign_mode) if fixed else {}
     dtype = np.int32 if fixed else float
     src = RingBuffer(data=np.asarray(case.spikes, dtype=np.int32))
     ours = DiagonalSynapse(weights=np.asarray(case.weights, dtype=dtype), delay=case.delay, **kwargs)

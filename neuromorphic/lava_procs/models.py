@@ -47,6 +47,7 @@ from spkdiff.neuromorphic.lava_procs.processes import (
     ImageSourceProcess,
     MaskSamplerProcess,
 )
+from spkdiff.neuromorphic.loihi import lava_dense_weights
 
 
 class _Resetting(PyLoihiProcessModel):
@@ -389,11 +390,8 @@ class PyDiagonalSynapseBitAcc(_DiagonalSynapseBase):
 
     def _accumulate(self, s_in: np.ndarray) -> np.ndarray:
         if not self._weights_set:
-            from lava.utils.weightutils import clip_weights, determine_sign_mode, truncate_weights
-
-            sign_mode = self.proc_params.get("sign_mode") or determine_sign_mode(self.weights)
-            self.weights = truncate_weights(clip_weights(self.weights, sign_mode, num_bits=8), sign_mode,
-                                            self.proc_params.get("num_weight_bits", 8))
+            self.weights = lava_dense_weights(self.weights, self.proc_params.get("sign_mode"),
+                                              self.proc_params.get("num_weight_bits", 8)).numpy().astype(np.int32)
             self._weights_set = True
         accum = np.where(s_in, self.weights, 0).astype(np.int32)
         exp = int(self.proc_params.get("weight_exp", 0))

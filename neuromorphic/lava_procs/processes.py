@@ -150,8 +150,9 @@ class DiagonalSynapse(AbstractProcess):
         a_out[i](t + 1 + delay) = w[i] * s_in[i](t)
 
     The one step is every Lava synapse's (a_out at t carries the buffer of t - 1).  fixed_pt, as Loihi's
-    ``Dense``: w is clipped to 8 bits and truncated to ``num_weight_bits`` under ``sign_mode`` (Lava's weight
-    utilities), and a_out is scaled by 2**weight_exp (arithmetic shift).  ``weights``: shape (N,).
+    ``Dense``: w is clipped to 8 bits and truncated to ``num_weight_bits`` under ``sign_mode``
+    (:func:`~spkdiff.neuromorphic.loihi.lava_dense_weights`), and a_out is scaled by 2**weight_exp (arithmetic
+    shift).  ``weights``: shape (N,).
     """
 
     def __init__(self, *, weights: np.ndarray, delay: int = 0, weight_exp: int = 0, num_weight_bits: int = 8,
