@@ -400,6 +400,30 @@ def test_eval_command_reconstruction_fid(tiny_run, shared_data_root, tmp_path, m
     assert main(["eval", "--run", str(run), "--metrics", "rfid", "--n", "4", "--fid-protocols", "clean"]) == 2
 
 
+def test_eval_command_prior_nll(tiny_run, shared_data_root, tmp_path):
+    """``--metrics nll``: the prior's held-out bound in bits per token of the first N test images' tokens,
+    reproducible for a seed and recorded beside the number of grids it saw."""
+    import shutil
+
+    from spkdiff.cli import main
+    from spkdiff.data import load_tensor
+    from spkdiff.train.loop import load_stage
+    from spkdiff.train.sampling import reconstruct
+    from spkdiff.train.sdid import elbo_bits_per_token
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    args = ["eval", "--run", str(run), "--metrics", "nll", "--n", "64", "--data-root", str(shared_data_root)]
+    assert main(args) == 0 and main(args) == 0
+    first, second = json.loads((run / "metrics.json").read_text())["rows"][-2:]
+    assert first["n_token_grids"] == 64 and "fid" not in first and "mse" not in first
+    assert first["prior_nll_bits_per_token"] == second["prior_nll_bits_per_token"]
+    test, _ = load_tensor("mnist", shared_data_root, "test", limit=64)
+    _, tokens = reconstruct(load_stage(run, "vqsvae"), test)
+    expected = elbo_bits_per_token(load_stage(run, "sdid"), tokens, seed=0)
+    assert first["prior_nll_bits_per_token"] == pytest.approx(expected, rel=1e-6) and expected > 0
+
+
 def test_pytorch_fid_protocol_is_bilinear_on_2x_minus_1():
     """pytorch-fid feeds the network 2 (x / 255) - 1 of a bilinear (align_corners=False) resize; the network
     here computes (x - 128) / 128, so the resize must hand it x * 256 / 255 of the same bilinear resize."""

@@ -8,12 +8,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from spkdiff.cli import main
 from spkdiff.errors import SpkdiffError
 from spkdiff.host import MaskSampler, sdid_input_spikes
-from spkdiff.train.sdid import SDID, ResidualBlock, SDIDConfig, diffusion_loss, loss_weight, training_mask
+from spkdiff.train.sdid import (
+    SDID,
+    ResidualBlock,
+    SDIDConfig,
+    diffusion_loss,
+    elbo_bits_per_token,
+    loss_weight,
+    training_mask,
+)
 from spkdiff.train.snn import LIF, ConvBN, SpikingConv
 
 K, TD = 16, 49
@@ -154,6 +163,34 @@ def test_bad_dilations_are_one_line(dilations: list[int], match: str):
     with pytest.raises(SpkdiffError, match=match) as err:
         SDIDConfig(blocks=3, dilations=dilations)
     assert "\n" not in str(err.value)
+
+
+def test_heldout_elbo_of_a_uniform_prior_is_log2_k_bits():
+    """A prior that knows nothing (zero read-out: uniform logits) costs log2 K bits per token: the bound's
+    weight T_d / t undoes the masking rate t / T_d, so the estimate is log2 K up to the masks' noise."""
+    sdid = _tiny_sdid()
+    nn.init.zeros_(sdid.readout.weight)
+    nn.init.zeros_(sdid.readout.bias)
+    tokens = torch.randint(0, K, (2000, 7, 7), generator=torch.Generator().manual_seed(0))
+    bits = elbo_bits_per_token(sdid, tokens, batch_size=500, seed=0)
+    assert bits == pytest.approx(math.log2(K), rel=0.03)
+    assert elbo_bits_per_token(sdid, tokens, batch_size=333, seed=0) == pytest.approx(bits, rel=1e-6)  # seeded
+    assert elbo_bits_per_token(sdid, tokens, batch_size=500, seed=1) != bits
+
+
+def test_heldout_elbo_rewards_the_prior_that_predicts_the_tokens():
+    """A read-out that puts its mass on the true tokens scores far below one that spreads it evenly."""
+    sdid = _tiny_sdid()
+    tokens = torch.randint(0, K, (300, 7, 7), generator=torch.Generator().manual_seed(1))
+
+    class KnowsTheTokens(nn.Module):  # one batch of all the grids, so it can answer from the truth
+        cfg = sdid.cfg
+
+        def forward(self, h_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return 8.0 * F.one_hot(tokens, K).permute(0, 3, 1, 2).float()
+
+    assert elbo_bits_per_token(KnowsTheTokens(), tokens, batch_size=300) < 0.01
+    assert elbo_bits_per_token(sdid, tokens, batch_size=300) > 1.0
 
 
 def test_sdid_has_only_deployable_layers():

@@ -212,6 +212,33 @@ def _weighted_masked_mean(per_position: torch.Tensor, masked: torch.Tensor, t: t
     return (loss_weight(t, diffusion_steps, kind) * per_sample).mean()
 
 
+@torch.no_grad()
+def elbo_bits_per_token(model: SDID, tokens: torch.Tensor, batch_size: int = 256, seed: int = 0) -> float:
+    """Upper bound on -log2 p(h_0) per token of held-out token grids (B, H, W): Eq 14 with its ELBO weight,
+
+        -log p(h_0) <= sum_{t=1}^{T_d} E_q(h_t|h_0) [ (1/t) sum_{masked} -log p(h_0 | h_t) ],
+
+    estimated with one masked copy per grid. The times are stratified, t_i = 1 + (i mod T_d), instead of
+    drawn, so every t is seen equally often and the estimate does not move with how t falls; the masks
+    (Eq 10-12, P(masked) = t/T_d) come from a generator seeded with ``seed``, so the number is reproducible.
+    The prior's held-out likelihood: what selects its training length without looking at any sample metric.
+    """
+    c = model.cfg
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    total, count = 0.0, 0
+    for start in range(0, tokens.shape[0], batch_size):
+        h0 = tokens[start:start + batch_size].long()
+        b = h0.shape[0]
+        t = 1 + (torch.arange(start, start + b) % c.diffusion_steps)
+        masked = torch.rand(h0.shape, generator=generator) < (t.float() / c.diffusion_steps).view(b, 1, 1)
+        logits = model(h0.masked_fill(masked, c.num_codes), t)
+        # the sum over the B grids of weight(t) * sum_masked CE / (ln 2 * N), weight = T_d / t
+        total += float(diffusion_loss(logits, h0, masked, t, c.diffusion_steps, "elbo")) * b
+        count += b
+    return total / count
+
+
 def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, masked: torch.Tensor, t: torch.Tensor,
                       diffusion_steps: int, kind: str = "reweighted") -> torch.Tensor:
     """Knowledge distillation from a trained prior: KL(p_teacher(h_0 | h_t) || p(h_0 | h_t)) at the masked

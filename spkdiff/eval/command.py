@@ -9,13 +9,16 @@ from spkdiff.config import SAMPLER_METHODS
 
 GENERATIVE = ("fid", "kid", "pr", "cfd", "ckid", "cpr")
 RECONSTRUCTION = ("mse", "ssim", "rfid")  # rfid: FID of the reconstructions (the stage-1 ceiling)
+PRIOR = ("nll",)  # the prior's held-out bound on -log2 p(tokens) per token (Eq 14), on the test images' tokens
+KNOWN = GENERATIVE + RECONSTRUCTION + PRIOR
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="run directory or pretrained:NAME")
     parser.add_argument("--metrics", default="mse,ssim",
                         help="comma list: fid,kid,pr,cfd,ckid,cpr of generated images; mse,ssim,rfid of "
-                             "reconstructed test images (rfid: their FID against the test split)")
+                             "reconstructed test images (rfid: their FID against the test split); nll: the "
+                             "prior's bound on -log2 p per token of the test images' tokens")
     parser.add_argument("--fid-protocols", default="std",
                         help="comma list of FID preprocessing protocols (std, pytorch-fid): the first is the primary "
                              "(fid, kid, pr); the others add fid_<protocol> (and recon_fid_<protocol>)")
@@ -52,11 +55,11 @@ def run(args: argparse.Namespace) -> int:
     from spkdiff.validate import check_finite
 
     metrics = [m.strip().lower() for m in args.metrics.split(",") if m.strip()]
-    unknown = sorted(set(metrics) - set(GENERATIVE) - set(RECONSTRUCTION))
+    unknown = sorted(set(metrics) - set(KNOWN))
     if unknown:
-        raise SpkdiffError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(GENERATIVE + RECONSTRUCTION)}")
+        raise SpkdiffError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(KNOWN)}")
     if not metrics:
-        raise SpkdiffError(f"--metrics names no metric; choose from {', '.join(GENERATIVE + RECONSTRUCTION)}")
+        raise SpkdiffError(f"--metrics names no metric; choose from {', '.join(KNOWN)}")
     if args.n < 2:
         raise SpkdiffError("--n must be at least 2")
     from spkdiff.eval.inception import get_protocol
@@ -67,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     primary, also = protocols[0], protocols[1:]
     wanted_rec = [m for m in metrics if m in RECONSTRUCTION]
     wanted_gen = [m for m in metrics if m in GENERATIVE]
+    wanted_nll = "nll" in metrics
     # Under torchrun (torch backend): rank 0 loads the models, the reconstruction and sampling batches are
     # shared out over the ranks and gathered; then rank 0 alone computes the metrics.
     with distributed.session(args.dist_timeout) as dist:
@@ -75,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
                                "as one process")
         run_dir = dist.run_on_main(lambda: resolve_run(args.run))
         config = dist.run_on_main(lambda: read_run_config(run_dir))
-        if wanted_rec:
+        if wanted_rec or wanted_nll:
             vq = dist.run_on_main(lambda: load_stage(run_dir, "vqsvae"))
             check_image_shape(config["dataset"], vq.cfg.image_shape, f"{args.run} was trained on")
             with dist.main_first():
@@ -104,6 +108,13 @@ def run(args: argparse.Namespace) -> int:
         k = min(16, test.shape[0])
         save_grid(torch.cat([test[:k], recon[:k]]), out_dir / "reconstructions.png", nrow=k)
         row["n_reconstructed"] = int(test.shape[0])
+
+    if wanted_nll:
+        from spkdiff.train.sdid import elbo_bits_per_token
+
+        sdid = load_stage(run_dir, "sdid")
+        row["prior_nll_bits_per_token"] = elbo_bits_per_token(sdid, tokens, args.batch_size, args.seed)
+        row["n_token_grids"] = int(tokens.shape[0])
 
     if wanted_gen:
         check_finite(images, "the generated images (a model with NaN/Inf weights?)")
