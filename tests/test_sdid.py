@@ -212,3 +212,21 @@ def test_train_and_sample_cli(tiny_run: Path, tmp_path: Path, capsys: pytest.Cap
     assert main(["sample", "--run", str(tiny_run), "--n", "6", "--steps", "4", "--seed", "3", "--out", str(out2)]) == 0
     assert np.array_equal(tokens, np.load(out2.with_suffix(".tokens.npy")))
     assert out.read_bytes() == out2.read_bytes()
+
+
+def test_token_statistics_divergences_by_hand():
+    """bench/prior/token_statistics.py: JS in bits is 0 for equal histograms and 1 for disjoint ones; a grid of
+    one repeated code is far from varied grids in layout and in pairs."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "prior" / "token_statistics.py"
+    spec = importlib.util.spec_from_file_location("token_statistics", path)
+    stats = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stats)
+    assert float(stats.js_bits(torch.tensor([1.0, 3.0]), torch.tensor([2.0, 6.0]))) == pytest.approx(0.0, abs=1e-7)
+    assert float(stats.js_bits(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 5.0]))) == pytest.approx(1.0)
+    g = torch.Generator().manual_seed(0)
+    varied, also_varied = torch.randint(0, K, (2, 400, 7, 7), generator=g)
+    collapsed = torch.zeros(400, 7, 7, dtype=torch.long)
+    assert stats.layout_divergence(varied, also_varied, K) < 0.1 < stats.layout_divergence(varied, collapsed, K)
+    assert stats.pair_divergence(varied, also_varied, K) < 0.2 < stats.pair_divergence(varied, collapsed, K)
