@@ -30,10 +30,10 @@ def main(name: str, data_root: str) -> None:
     run = resolve_run(f"pretrained:{name}")
     test, _ = load_tensor(read_run_config(run)["dataset"], data_root, "test", limit=16)
     recon, _ = reconstruct(load_stage(run, "vqsvae"), test)
-    grids = {out / f"{name}_samples_fast12.png": save_grid(images, out / f"{name}_samples_fast12.png", nrow=6),
-             out / f"{name}_reconstructions.png": save_grid(torch.cat([test, recon]),
-                                                            out / f"{name}_reconstructions.png", nrow=16)}
-    for path in grids:
+    samples, reconstructions = out / f"{name}_samples_fast12.png", out / f"{name}_reconstructions.png"
+    save_grid(images, samples, nrow=6)
+    save_grid(torch.cat([test, recon]), reconstructions, nrow=16)
+    for path in (samples, reconstructions):
         image = Image.open(path)
         image.resize((image.width * UPSCALE, image.height * UPSCALE), Image.NEAREST).save(path)
         print(path)

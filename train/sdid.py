@@ -178,11 +178,17 @@ def training_mask(tokens: torch.Tensor, num_codes: int, diffusion_steps: int,
     keep probabilities prod_{s<=t} (1 - gamma_s) = (T_d - t)/T_d, so P(masked at t) = t/T_d.
     Returns (t (B,), masked (B, H, W) bool, h_t with [MASK] = num_codes).
     """
-    b = tokens.shape[0]
-    t = torch.randint(1, diffusion_steps + 1, (b,), generator=generator)
-    rate = (t.float() / diffusion_steps).view(b, 1, 1)
+    t = torch.randint(1, diffusion_steps + 1, (tokens.shape[0],), generator=generator)
+    return (t, *mask_at(tokens, t, num_codes, diffusion_steps, generator))
+
+
+def mask_at(tokens: torch.Tensor, t: torch.Tensor, num_codes: int, diffusion_steps: int,
+            generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """q(h_t | h_0) at given times t (B,): each token masked independently w.p. t/T_d (Eq 10-12).
+    Returns (masked (B, H, W) bool, h_t with [MASK] = num_codes)."""
+    rate = (t.float() / diffusion_steps).view(-1, 1, 1)
     masked = torch.rand(tokens.shape, generator=generator) < rate
-    return t, masked, tokens.masked_fill(masked, num_codes)
+    return masked, tokens.masked_fill(masked, num_codes)
 
 
 def loss_weight(t: torch.Tensor, diffusion_steps: int, kind: str = "reweighted") -> torch.Tensor:
@@ -231,8 +237,8 @@ def elbo_bits_per_token(model: SDID, tokens: torch.Tensor, batch_size: int = 256
         h0 = tokens[start:start + batch_size].long()
         b = h0.shape[0]
         t = 1 + (torch.arange(start, start + b) % c.diffusion_steps)
-        masked = torch.rand(h0.shape, generator=generator) < (t.float() / c.diffusion_steps).view(b, 1, 1)
-        logits = model(h0.masked_fill(masked, c.num_codes), t)
+        masked, h_t = mask_at(h0, t, c.num_codes, c.diffusion_steps, generator)
+        logits = model(h_t, t)
         # the sum over the B grids of weight(t) * sum_masked CE / (ln 2 * N), weight = T_d / t
         total += float(diffusion_loss(logits, h0, masked, t, c.diffusion_steps, "elbo")) * b
         count += b

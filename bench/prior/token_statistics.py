@@ -71,15 +71,14 @@ def main() -> None:
     from spkdiff.backends import sample_images
     from spkdiff.config import read_run_config, resolve_run
     from spkdiff.data import load_tensor
-    from spkdiff.train.loop import load_stage
-    from spkdiff.train.sampling import reconstruct
+    from spkdiff.train.loop import encode_dataset, load_stage
 
     run_dir = resolve_run(args.run)
     config = read_run_config(run_dir)
     vq = load_stage(run_dir, "vqsvae")
     codes = vq.cfg.codebook_size
     test, _ = load_tensor(config["dataset"], args.data_root, "test", limit=2 * args.n)
-    _, tokens = reconstruct(vq, test)
+    tokens = encode_dataset(vq, test)
     real, other = tokens[: args.n].long(), tokens[args.n:].long()
     rows = [{"temperature": "real", "layout": layout_divergence(real, other, codes),
              "pairs": pair_divergence(real, other, codes)}]

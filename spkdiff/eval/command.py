@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from spkdiff.eval.evaluate import append_results_row, evaluate_images
     from spkdiff.imageio import save_grid
     from spkdiff.train import distributed
-    from spkdiff.train.loop import load_stage
+    from spkdiff.train.loop import encode_dataset, load_stage
     from spkdiff.train.sampling import codebook_usage, reconstruct
     from spkdiff.validate import check_finite
 
@@ -84,7 +84,10 @@ def run(args: argparse.Namespace) -> int:
             check_image_shape(config["dataset"], vq.cfg.image_shape, f"{args.run} was trained on")
             with dist.main_first():
                 test, _ = load_tensor(config["dataset"], args.data_root, "test", limit=args.n)
-            recon, tokens = reconstruct(vq, test, args.batch_size, dist=dist)
+            if wanted_rec:
+                recon, tokens = reconstruct(vq, test, args.batch_size, dist=dist)
+            else:  # nll alone needs the tokens, not the decoded images
+                tokens = encode_dataset(vq, test, args.batch_size, dist=dist)
         if wanted_gen:
             images, _, info = sample_images(args.backend, run=args.run, bundle=args.bundle, n=args.n,
                                             steps=args.steps, method=args.method, temperature=args.temperature,
