@@ -2,32 +2,83 @@
 
     python -m spkdiff.train.ship RUN_DIR NAME
 writes spkdiff/pretrained/NAME/{vqsvae,sdid}.safetensors, config.json and, if present, the run's
-metrics.json and results.md (the numbers it reached and the commands that produced them).
+metrics.json, results.md and commands.md (the numbers it reached and the commands that produced them).
+
+Nothing machine-local is shipped: absolute paths in the config become repo-relative or ``runs/NAME``
+(:func:`portable_config`), and the run directory's parent in the copied texts becomes ``runs/``.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
+import json
+import os
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 from spkdiff.checkpoint import load_checkpoint, save_checkpoint
 from spkdiff.config import read_json, write_json_atomic
+from spkdiff.errors import SpkdiffError
+from spkdiff.files import atomic_write
+
+TEXTS = ("metrics.json", "results.md", "commands.md")
+
+
+def repo_root() -> Path | None:
+    """The repository checkout holding the package (the folder with pyproject.toml), or None if installed."""
+    root = Path(str(resources.files("spkdiff"))).parent
+    return root if (root / "pyproject.toml").is_file() else None
+
+
+def portable_config(config: Any, root: Path | None) -> Any:
+    """A copy of ``config`` (nested dicts and lists) whose machine-local path strings are made portable.
+
+    A string that is an absolute path or starts with ``~`` (expanded) becomes relative to ``root`` (the
+    repository checkout) if it lies inside it, else ``runs/<its last component>``, the project's name for a run
+    directory.  Relative paths, other strings and non-string values are kept as they are.
+    """
+    if isinstance(config, dict):
+        return {key: portable_config(value, root) for key, value in config.items()}
+    if isinstance(config, list | tuple):
+        return [portable_config(value, root) for value in config]
+    if not isinstance(config, str) or not config.startswith(("/", "~")):
+        return config
+    path = PurePosixPath(os.path.normpath(os.path.expanduser(config)))
+    if not path.is_absolute():  # "~user" of an unknown user stays unexpanded
+        return f"runs/{path.name}"
+    if root is not None and path.is_relative_to(root):
+        return path.relative_to(root).as_posix()
+    return f"runs/{path.name}"
+
+
+def portable_text(text: str, run_dir: Path) -> str:
+    """``text`` with the run directory's parent folder (e.g. ``/root/spkdiff-runs/``) written ``runs/``."""
+    for parent in dict.fromkeys((run_dir.absolute().parent, run_dir.resolve().parent)):
+        if parent.parent != parent:  # never rewrite the bare "/"
+            text = text.replace(f"{parent}/", "runs/")
+    return text
 
 
 def ship(run_dir: Path, name: str, dest_root: Path | None = None) -> Path:
     dest = (dest_root or Path(str(resources.files("spkdiff")))) / "pretrained" / name
     dest.mkdir(parents=True, exist_ok=True)
-    config = read_json(run_dir / "config.json", "run config")  # the run's record; the checkpoints carry it too
+    # the run's record, without machine-local paths; the checkpoints carry the same config
+    config = portable_config(read_json(run_dir / "config.json", "run config"), repo_root())
     for stage in ("vqsvae", "sdid"):
         ckpt = load_checkpoint(run_dir / f"{stage}.safetensors", stage=stage)
         save_checkpoint(dest / f"{stage}.safetensors", model=ckpt.model, config=config, stage=stage,
                         position=ckpt.position)
     write_json_atomic(dest / "config.json", config)
-    for extra in ("metrics.json", "results.md", "commands.md"):
+    for extra in TEXTS:
         if (run_dir / extra).exists():
-            shutil.copy(run_dir / extra, dest / extra)
+            text = portable_text((run_dir / extra).read_text(encoding="utf-8"), run_dir)
+            if extra.endswith(".json"):
+                try:
+                    json.loads(text)
+                except json.JSONDecodeError as err:
+                    raise SpkdiffError(f"{run_dir / extra} is not valid JSON once made portable ({err.msg})") from None
+            atomic_write(dest / extra, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
     return dest
 
 
