@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+from dataclasses import dataclass
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -29,20 +32,122 @@ def preset_name(name: str, dataset: str) -> str:
 
 
 def load_preset(name: str) -> dict[str, Any]:
-    """Return the preset ``name`` (one of :data:`PRESETS`) or a YAML file path as a dict."""
-    from spkdiff.validate import check_preset, load_yaml
+    """Return the preset ``name`` (one of :data:`PRESETS`) or a YAML file path as a dict, checked.
+
+    A preset may derive from another: ``base: NAME_OR_PATH`` names a package preset (one of :data:`PRESETS`)
+    or a ``.yaml`` file. A relative path resolves against the folder of the file that names it (for a
+    package preset, against the package's configs). The base is resolved first (recursively; a cycle is
+    refused), then the file's own keys are merged over it with :func:`merge`: mappings merge key by key,
+    any other value (lists included) replaces the base's.
+
+    Removing a key of the base takes ``unset: [DOTTED.KEY, ...]`` (e.g. ``unset: [sdid.model.neuron]``),
+    applied to the base before the file's own keys are merged, so ``unset`` plus the same key in the file
+    replaces a base mapping instead of merging into it. YAML ``null`` is *not* a deletion: it is a value
+    (``limit: null`` and ``max_steps: null`` are valid train settings), kept as written. Each unset key
+    must exist in the base (a typo is an error). ``base`` and ``unset`` do not appear in the result;
+    validation (:func:`spkdiff.validate.check_preset`) applies to the resolved dict only.
+    """
+    from spkdiff.validate import check_preset
 
     path = Path(name)
-    if path.suffix in (".yaml", ".yml") and path.exists():
-        try:
-            text = path.read_text()
-        except (OSError, UnicodeDecodeError) as err:
-            raise SpkdiffError(f"cannot read preset {path}: {getattr(err, 'strerror', None) or err}") from None
+    if path.suffix in _YAML_SUFFIXES and path.exists():
+        source = _file_source(path, name)
     else:
         if name not in PRESETS:
             raise SpkdiffError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)} or a .yaml file")
-        text = resources.files("spkdiff.configs").joinpath(f"{name}.yaml").read_text()
-    return check_preset(load_yaml(text, f"preset {name}"), name)
+        source = _package_source(name)
+    return check_preset(_resolve(source, ()), name)
+
+
+_YAML_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where a preset's text comes from: ``label`` for messages, ``key`` for cycle detection, ``folder`` for
+    the relative paths it names."""
+
+    label: str
+    key: str
+    file: Traversable
+    folder: Traversable
+
+
+def _file_source(path: Path, label: str) -> _Source:
+    return _Source(label, str(path.resolve()), path, path.parent)
+
+
+def _package_source(name: str, label: str | None = None) -> _Source:
+    folder = resources.files("spkdiff.configs")
+    file = folder.joinpath(name if name.endswith(_YAML_SUFFIXES) else f"{name}.yaml")
+    key = str(file.resolve()) if isinstance(file, Path) else f"spkdiff.configs/{file.name}"
+    return _Source(label or name, key, file, folder)
+
+
+def _base_source(ref: Any, naming: _Source) -> _Source:
+    """The preset that ``base: REF`` in NAMING's file names."""
+    if not isinstance(ref, str) or not ref:
+        raise SpkdiffError(f"preset {naming.label}: base must be a preset name or a .yaml path, got {ref!r:.40}")
+    if not ref.endswith(_YAML_SUFFIXES):
+        if ref not in PRESETS:
+            raise SpkdiffError(f"preset {naming.label}: unknown base {ref!r}: choose one of {', '.join(PRESETS)} "
+                               "or a .yaml file")
+        return _package_source(ref)
+    if Path(ref).is_absolute():
+        source = _file_source(Path(ref), ref)
+    elif isinstance(naming.folder, Path):
+        path = naming.folder / ref
+        source = _file_source(path, os.path.normpath(path))
+    else:  # a package preset inside an archive: a relative base is another file of the package's configs
+        source = _package_source(ref, f"spkdiff.configs/{ref}")
+    if not source.file.is_file():
+        raise SpkdiffError(f"preset {naming.label}: base {ref!r} not found ({source.label})")
+    return source
+
+
+def _read(source: _Source) -> str:
+    try:
+        return source.file.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpkdiffError(f"cannot read preset {source.label}: {getattr(err, 'strerror', None) or err}") from None
+
+
+def _resolve(source: _Source, chain: tuple[_Source, ...]) -> Any:
+    """SOURCE's preset with its ``base`` chain merged in (unchecked but for the keys ``base`` and ``unset``)."""
+    from spkdiff.validate import check_mapping, load_yaml
+
+    if source.key in {s.key for s in chain}:
+        links = " -> ".join(s.label for s in (*chain, source))
+        raise SpkdiffError(f"preset {chain[0].label}: base cycle {links}")
+    data = load_yaml(_read(source), f"preset {source.label}")
+    if not isinstance(data, dict) or not ("base" in data or "unset" in data):
+        return data  # not a mapping: check_preset (or the preset naming it as base) says so
+    own = dict(data)
+    ref, unset = own.pop("base", None), own.pop("unset", None)
+    if "base" not in data:
+        raise SpkdiffError(f"preset {source.label}: unset needs a base to remove keys from")
+    base_source = _base_source(ref, source)
+    base = check_mapping(_resolve(base_source, (*chain, source)), {}, f"preset {base_source.label}")
+    return merge(_unset(base, unset, source.label), own)
+
+
+def _unset(base: dict[str, Any], keys: Any, where: str) -> dict[str, Any]:
+    """BASE without the dotted KEYS (``sdid.model.neuron``), each of which it must have."""
+    if keys is None:
+        return base
+    if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+        raise SpkdiffError(f"preset {where}: unset must be a list of dotted keys such as sdid.model.neuron, "
+                           f"got {keys!r:.60}")
+    out = copy.deepcopy(base)
+    for dotted in keys:
+        *parents, last = dotted.split(".")
+        node: Any = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or last not in node:
+            raise SpkdiffError(f"preset {where}: unset {dotted!r}: its base has no such key")
+        del node[last]
+    return out
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

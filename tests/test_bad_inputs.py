@@ -311,6 +311,9 @@ CASES: dict[str, Callable[[Ctx], list[str]]] = {
     "preset-is-a-list": preset_case("- 1\n- 2\n"),
     "preset-hidden-text": preset_case("vqsvae:\n  model: {hidden: wide}\n  " + TINY_TRAIN + SDID_OK),
     "preset-lr-negative": preset_case("vqsvae:\n  " + TINY_MODEL + "  train: {lr: -1}\n" + SDID_OK),
+    "preset-base-cycle": preset_case("base: p.yaml\n"),
+    "preset-unknown-base": preset_case("base: huge\n"),
+    "preset-unset-absent-key": preset_case("base: tiny\nunset: [sdid.model.dilations]\n"),
     # manifests and Loihi integers of a bundle
     "manifest-without-stages": lambda c: sim_bundle(edit_manifest(c, set_path("stages", delete=True))),
     "manifest-without-host": lambda c: sim_bundle(edit_manifest(c, set_path("host", delete=True))),
