@@ -121,7 +121,8 @@ def test_resume_after_kill_and_signals_is_exact(tiny_run: Path, shared_data_root
         got, want = _tensors(run / f"{stage}.safetensors"), _tensors(tiny_run / f"{stage}.safetensors")
         assert got.keys() == want.keys()
         differ = [k for k in want if not torch.equal(got[k], want[k])]
-        assert not differ, f"{stage}: {len(differ)} of {len(want)} tensors differ, e.g. {differ[:3]}"
+        assert not differ, (f"{stage}: {len(differ)} of {len(want)} tensors differ, e.g. {differ[:3]} (SIGKILL "
+                             f"{delay:.3f} s after the first log line, checkpoint then at step {killed_at})")
         steps = _log_steps(run / f"{stage}_log.csv")
         assert steps == sorted(set(steps)) and steps[-1] == _log_steps(tiny_run / f"{stage}_log.csv")[-1]
 
