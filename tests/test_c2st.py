@@ -30,7 +30,6 @@ def strokes(n: int, seed: int) -> torch.Tensor:
 
 
 def test_two_sample_test_sees_a_blur_and_not_a_resample(c2st):
-    torch.set_num_threads(1)
     real, same_kind = strokes(600, 0), strokes(600, 1)
     kernel = torch.tensor([0.25, 0.5, 0.25])
     blurred = torch.nn.functional.conv2d(same_kind, (kernel[:, None] * kernel[None]).view(1, 1, 3, 3), padding=1)
