@@ -48,7 +48,7 @@ from spkdiff.train.adversarial import (
 from spkdiff.train.distributed import SINGLE, DistContext, param_digest, tensor_digest
 from spkdiff.train.sdid import SDID, SDIDConfig, diffusion_loss, distillation_loss, training_mask
 from spkdiff.train.snn import LIFParams
-from spkdiff.train.vqsvae import PIXEL_MAX, PIXEL_MIN, VQSVAE, VQSVAEConfig
+from spkdiff.train.vqsvae import PIXEL_MAX, PIXEL_MIN, VQSVAE, VQSVAEConfig, widen_generator
 
 
 @dataclass
@@ -482,8 +482,8 @@ def train_vqsvae(run_dir: Path, config: dict[str, Any], data_root: str | None, r
         # Only a fresh run reads init_from: --resume continues from its own checkpoint, whatever became of the source.
         if settings.init_from is not None:
             source, model_cfg = settings.init_from, config["vqsvae"]["model"]
-            load_model_weights(model, dist.run_on_main(lambda: initial_weights(source, "vqsvae", model_cfg)),
-                               Path(source))
+            weights = dist.run_on_main(lambda: initial_weights(source, "vqsvae", model_cfg))
+            load_model_weights(model, widen_generator(model, weights), Path(source))
         elif settings.codebook_init == "data":
             idx = torch.randperm(data.shape[0], generator=gen)[: max(settings.batch_size, 256)]
             with torch.no_grad():
@@ -511,8 +511,10 @@ def _source_checkpoint(source: str, stage: str) -> Checkpoint:
 
 
 # Model settings a fine-tune may change: the weights are shared over the SNN time steps, so the SDID can be
-# fine-tuned to fewer (or more) time steps per denoiser call, which scales its SOPs per call.
-FINE_TUNABLE: dict[str, frozenset[str]] = {"vqsvae": frozenset(), "sdid": frozenset({"time_steps"})}
+# fine-tuned to fewer (or more) time steps per denoiser call, which scales its SOPs per call; a generator can be
+# widened (widen_generator: the wider one starts as the narrower one's exact function).
+FINE_TUNABLE: dict[str, frozenset[str]] = {"vqsvae": frozenset({"decoder_hidden"}),
+                                           "sdid": frozenset({"time_steps"})}
 
 
 def initial_weights(source: str, stage: str, model_cfg: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -47,6 +47,10 @@ class VQSVAEConfig:
     recon_loss: str = "mse"  # "mse" (Eq 9 as written) or "saturated_l1" (see reconstruction_loss)
     neuron: dict = field(default_factory=dict)  # LIF constants (LIFParams.from_dict): tau, v_threshold, ...
     latent_stride: int = 4  # image side / token-grid side (LATENT_STRIDES): 4 gives 7x7 tokens on 28x28, 2 gives 14x14
+    # Channels of the two decoder layers, None for the encoder's in reverse (hidden[1], hidden[0]). A wider
+    # generator costs few synaptic operations (the SDID dominates) and can start from a trained narrower one
+    # (widen_generator), keeping its tokens, so every prior trained on them still serves it.
+    decoder_hidden: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.latent_stride not in LATENT_STRIDES:
@@ -55,18 +59,28 @@ class VQSVAEConfig:
         if self.image_size % self.latent_stride:
             raise SpkdiffError(f"image_size {self.image_size} is not a multiple of the latent_stride "
                                f"{self.latent_stride} (the VQ-SVAE halves the image that often)")
+        if self.decoder_hidden is not None and (
+                len(self.decoder_hidden) != 2
+                or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in self.decoder_hidden)):
+            raise SpkdiffError(f"decoder_hidden must be two positive channel counts, got {list(self.decoder_hidden)}")
 
     @classmethod
     def from_dict(cls, d: dict) -> VQSVAEConfig:
         d = dict(d)
-        if "hidden" in d:
-            d["hidden"] = tuple(d["hidden"])
+        for key in ("hidden", "decoder_hidden"):
+            if isinstance(d.get(key), list):
+                d[key] = tuple(d[key])
         return cls(**d)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of the images the model takes and makes."""
         return (self.in_channels, self.image_size, self.image_size)
+
+    @property
+    def decoder_channels(self) -> tuple[int, int]:
+        """Output channels of decoder layers 0 and 1."""
+        return self.decoder_hidden or (self.hidden[1], self.hidden[0])
 
     @property
     def latent_grid(self) -> int:
@@ -120,12 +134,13 @@ class VQSVAE(nn.Module):
         self.codebook = nn.Parameter(torch.empty(cfg.codebook_size, cfg.latent_channels).uniform_(
             -1 / cfg.codebook_size, 1 / cfg.codebook_size))
         self.asg = SpikingConv(nn.Conv2d(cfg.latent_channels, cfg.latent_channels, 1), lif)
+        d0, d1 = cfg.decoder_channels
         self.decoder = nn.ModuleList([
-            SpikingConv(nn.ConvTranspose2d(cfg.latent_channels, c2, 3, 2, 1, output_padding=1) if halve_twice
-                        else nn.ConvTranspose2d(cfg.latent_channels, c2, 3, 1, 1), lif),
-            SpikingConv(nn.ConvTranspose2d(c2, c1, 3, 2, 1, output_padding=1), lif),
+            SpikingConv(nn.ConvTranspose2d(cfg.latent_channels, d0, 3, 2, 1, output_padding=1) if halve_twice
+                        else nn.ConvTranspose2d(cfg.latent_channels, d0, 3, 1, 1), lif),
+            SpikingConv(nn.ConvTranspose2d(d0, d1, 3, 2, 1, output_padding=1), lif),
         ])
-        self.readout = nn.ConvTranspose2d(c1, cfg.in_channels, 3, 1, 1)
+        self.readout = nn.ConvTranspose2d(d1, cfg.in_channels, 3, 1, 1)
         self.tokenizer_frozen = False
 
     def freeze_tokenizer_(self) -> None:
@@ -247,3 +262,30 @@ class VQSVAE(nn.Module):
         idx = torch.randperm(flat.shape[0], generator=generator)[: self.cfg.codebook_size]
         with torch.no_grad():
             self.codebook.copy_(flat[idx])
+
+
+def widen_generator(model: VQSVAE, source: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights for ``model`` from a trained VQ-VAE ``source`` with a narrower (or equal) decoder, such that
+    ``model`` computes exactly what the source did (Net2Net-style growth with silent new units).
+
+    Each source tensor fills the leading slice of ours; the added decoder channels keep ``model``'s own fresh
+    initialisation (random synapses in, so they spike and learn; BatchNorm at its defaults), except that every
+    synapse *from* an added channel into a layer the source had (the next decoder layer's old channels, the
+    read-out) starts at zero. The tokenizer (encoder, k, codebook) and the ASG are copied unchanged, so every
+    image keeps its tokens."""
+    own = model.state_dict()
+    weights: dict[str, torch.Tensor] = {}
+    for key, tensor in own.items():
+        theirs = source.get(key)
+        if theirs is None or theirs.dim() != tensor.dim() or any(a > b for a, b in zip(theirs.shape, tensor.shape)):
+            shape = None if theirs is None else tuple(theirs.shape)
+            raise SpkdiffError(f"cannot widen the generator: source tensor {key} has shape {shape}, "
+                               f"ours {tuple(tensor.shape)} (only decoder channels may grow)")
+        grown = tensor.detach().clone()
+        grown[tuple(slice(0, n) for n in theirs.shape)] = theirs
+        weights[key] = grown
+    # Transposed-conv weights are (in, out, kh, kw): zero (added in) x (old out) in each reader of a grown layer.
+    for reader in ("decoder.1.synapse.0.weight", "readout.weight"):
+        old_in, old_out = source[reader].shape[:2]
+        weights[reader][old_in:, :old_out] = 0
+    return weights

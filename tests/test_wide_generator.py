@@ -1,0 +1,91 @@
+"""A wider generator grown from a trained one (``decoder_hidden``, spkdiff.train.vqsvae.widen_generator)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import TINY_PRESET, activated_copy, assert_nir_stages_match_torch
+
+from spkdiff.cli import main
+from spkdiff.data import load_tensor
+from spkdiff.errors import SpkdiffError
+from spkdiff.train.loop import load_stage
+from spkdiff.train.vqsvae import VQSVAE, VQSVAEConfig, widen_generator
+
+TINY_DECODER = (16, 8)  # configs/tiny.yaml: hidden [8, 16], so its decoder has 16 and 8 channels
+WIDE_DECODER = [24, 12]
+
+
+def _wide_preset(folder: Path, source: Path, decoder_hidden: list[int], **train: object) -> Path:
+    preset = yaml.safe_load(TINY_PRESET.read_text())
+    preset["vqsvae"]["model"]["decoder_hidden"] = decoder_hidden
+    preset["vqsvae"]["train"].update(init_from=str(source), train_parts="generator", **train)
+    path = folder / f"wide_{'_'.join(map(str, decoder_hidden))}.yaml"
+    path.write_text(yaml.safe_dump(preset))
+    return path
+
+
+def _train(out: Path, preset: Path, data: Path) -> int:
+    return main(["train", "--stage", "vqsvae", "--preset", str(preset), "--dataset", "mnist", "--out", str(out),
+                 "--data-root", str(data), "--seed", "0"])
+
+
+def test_the_grown_generator_computes_what_the_narrow_one_did(tiny_run: Path, tmp_path: Path) -> None:
+    active = activated_copy(tiny_run, tmp_path / "active")  # every layer fires, so silent channels would show
+    narrow = load_stage(active, "vqsvae")
+    torch.manual_seed(1)
+    wide = VQSVAE(VQSVAEConfig.from_dict(narrow.cfg.to_dict() | {"decoder_hidden": WIDE_DECODER}))
+    wide.load_state_dict(widen_generator(wide, narrow.state_dict()))
+    assert wide.decoder[0].synapse[0].weight.shape[1] == WIDE_DECODER[0]
+    images = torch.rand(8, 1, 28, 28) - 0.5
+    for mode in (False, True):  # running statistics, and a training batch's own
+        narrow.train(mode), wide.train(mode)
+        with torch.no_grad():
+            tokens, z_q = narrow.quantize(narrow.features(narrow.encode_spikes(images)))
+            wide_tokens, wide_z_q = wide.quantize(wide.features(wide.encode_spikes(images)))
+            assert torch.equal(tokens, wide_tokens)
+            assert torch.equal(narrow.generator_potential(z_q), wide.generator_potential(wide_z_q))
+    # The added channels are not dead weight: in training they fire and reach the read-out's gradient.
+    wide.train()
+    spikes: list[torch.Tensor] = []
+    wide(images, spikes=spikes)["loss"].backward()
+    added = spikes[2][:, :, TINY_DECODER[1]:]
+    assert added.mean() > 0.01
+    assert wide.readout.weight.grad[TINY_DECODER[1]:].abs().sum() > 0
+
+
+def test_a_grown_generator_fine_tunes_keeps_its_tokens_and_exports_spike_for_spike(
+        tiny_run: Path, shared_data_root: Path, tmp_path: Path) -> None:
+    source = activated_copy(tiny_run, tmp_path / "source")  # a tiny run barely spikes: the added channels would not
+    run = tmp_path / "wide"
+    assert _train(run, _wide_preset(tmp_path, source, WIDE_DECODER), shared_data_root) == 0
+    before, after = load_stage(source, "vqsvae"), load_stage(run, "vqsvae")
+    assert after.cfg.decoder_channels == tuple(WIDE_DECODER)
+    images = load_tensor("mnist", shared_data_root, "test", limit=8)[0] - 0.5
+    assert torch.equal(before.encode_tokens(images), after.encode_tokens(images))
+    # The read-out's synapses from the added channels started at zero; training moved them.
+    assert after.readout.weight[TINY_DECODER[1]:].abs().sum() > 0
+    shutil.copy(source / "sdid.safetensors", run / "sdid.safetensors")  # the tokens are the same: so is the prior
+    active = activated_copy(run, tmp_path / "active")
+    manifest, _ = assert_nir_stages_match_torch(active, images[:4], tmp_path / "nir")
+    layers = {layer["name"]: layer for layer in manifest["stages"]["generator"]["layers"]}
+    assert layers["dec0_lif"]["fine_shape"] == [WIDE_DECODER[0], 14, 14]
+    assert layers["dec1_lif"]["fine_shape"] == [WIDE_DECODER[1], 28, 28]
+
+
+def test_a_generator_cannot_shrink(tiny_run: Path, shared_data_root: Path, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert _train(tmp_path / "narrow", _wide_preset(tmp_path, tiny_run, [8, 8]), shared_data_root) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot widen the generator" in err[0] and "decoder.0" in err[0]
+
+
+@pytest.mark.parametrize("bad", [[16], [16, 0], [16, 8, 4], [16, 2.5]])
+def test_bad_decoder_hidden_is_one_line(bad: list) -> None:
+    with pytest.raises(SpkdiffError, match="decoder_hidden must be two positive channel counts") as err:
+        VQSVAEConfig.from_dict({"decoder_hidden": bad})
+    assert "\n" not in str(err.value)
