@@ -34,6 +34,11 @@ Decision rule for the number of denoiser calls, fixed before any sample was scor
 (seventeenth session): on the shipped run at its own temperature, sample at 12, 24 and 49 steps (``--steps
 12,24,49``, seeds 5); the fewest steps whose mean held-out accuracy is within one seed standard deviation (the
 larger of the two rows') of the lowest mean wins, since every call costs energy on the chip.
+Decision rule for decoders, revised (seventeenth session, after three Fashion-MNIST decoders tied at 0.975-0.977
+with seed spreads of 0.006-0.016: at that level the statistic alone has no power), for decoders first scored after
+it: decoders whose mean held-out accuracy is within one seed standard deviation (the larger of the two rows') of
+the lowest are tied, and among tied decoders the lowest reconstruction MSE on the test split wins (``spkdiff eval
+--metrics mse,ssim --n 10000``, the rule of the fourteenth session).
 """
 
 from __future__ import annotations
