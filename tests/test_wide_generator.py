@@ -20,10 +20,10 @@ TINY_DECODER = (16, 8)  # configs/tiny.yaml: hidden [8, 16], so its decoder has 
 WIDE_DECODER = [24, 12]
 
 
-def _wide_preset(folder: Path, source: Path, decoder_hidden: list[int], **train: object) -> Path:
+def _wide_preset(folder: Path, source: Path, decoder_hidden: list[int]) -> Path:
     preset = yaml.safe_load(TINY_PRESET.read_text())
     preset["vqsvae"]["model"]["decoder_hidden"] = decoder_hidden
-    preset["vqsvae"]["train"].update(init_from=str(source), train_parts="generator", **train)
+    preset["vqsvae"]["train"].update(init_from=str(source), train_parts="generator")
     path = folder / f"wide_{'_'.join(map(str, decoder_hidden))}.yaml"
     path.write_text(yaml.safe_dump(preset))
     return path

@@ -268,24 +268,26 @@ def widen_generator(model: VQSVAE, source: dict[str, torch.Tensor]) -> dict[str,
     """Weights for ``model`` from a trained VQ-VAE ``source`` with a narrower (or equal) decoder, such that
     ``model`` computes exactly what the source did (Net2Net-style growth with silent new units).
 
-    Each source tensor fills the leading slice of ours; the added decoder channels keep ``model``'s own fresh
-    initialisation (random synapses in, so they spike and learn; BatchNorm at its defaults), except that every
-    synapse *from* an added channel into a layer the source had (the next decoder layer's old channels, the
-    read-out) starts at zero. The tokenizer (encoder, k, codebook) and the ASG are copied unchanged, so every
-    image keeps its tokens."""
-    own = model.state_dict()
-    weights: dict[str, torch.Tensor] = {}
-    for key, tensor in own.items():
+    Each source tensor that is smaller than ours fills the leading slice of it; the added decoder channels keep
+    ``model``'s own fresh initialisation (random synapses in, so they spike and learn; BatchNorm at its defaults),
+    except that every synapse *from* an added channel into a layer the source had (the next decoder layer's old
+    channels, the read-out) starts at zero. Every other tensor is the source's own, so the tokenizer (encoder, k,
+    codebook) and the ASG are unchanged (every image keeps its tokens), and a missing key or another dtype is left
+    for :func:`spkdiff.checkpoint.load_model_weights` to refuse."""
+    weights = dict(source)
+    for key, tensor in model.state_dict().items():
         theirs = source.get(key)
-        if theirs is None or theirs.dim() != tensor.dim() or any(a > b for a, b in zip(theirs.shape, tensor.shape)):
-            shape = None if theirs is None else tuple(theirs.shape)
-            raise SpkdiffError(f"cannot widen the generator: source tensor {key} has shape {shape}, "
+        if theirs is None or theirs.shape == tensor.shape:
+            continue
+        if theirs.dim() != tensor.dim() or any(a > b for a, b in zip(theirs.shape, tensor.shape)):
+            raise SpkdiffError(f"cannot widen the generator: source tensor {key} has shape {tuple(theirs.shape)}, "
                                f"ours {tuple(tensor.shape)} (only decoder channels may grow)")
-        grown = tensor.detach().clone()
+        grown = tensor.detach().to(theirs.dtype, copy=True)
         grown[tuple(slice(0, n) for n in theirs.shape)] = theirs
         weights[key] = grown
     # Transposed-conv weights are (in, out, kh, kw): zero (added in) x (old out) in each reader of a grown layer.
     for reader in ("decoder.1.synapse.0.weight", "readout.weight"):
-        old_in, old_out = source[reader].shape[:2]
-        weights[reader][old_in:, :old_out] = 0
+        if weights.get(reader) is not source.get(reader):
+            old_in, old_out = source[reader].shape[:2]
+            weights[reader][old_in:, :old_out] = 0
     return weights

@@ -152,8 +152,9 @@ def main() -> None:
             row["seconds"] = time.perf_counter() - start
             f.write(json.dumps(row) + "\n")
             f.flush()
-            label = " ".join(str(v) if k != "steps" else f"{v} steps" for k, v in key.items()
-                             if k != "steps" or len(step_counts) > 1)
+            label = " ".join(str(v) for k, v in key.items() if k != "steps")
+            if len(step_counts) > 1 and "steps" in key:
+                label += f" {key['steps']} steps"
             print(f"| {label} | {row['accuracy']:.4f} ± {row['accuracy_std']:.4f} | {row['log_loss']:.4f} |",
                   flush=True)
 
