@@ -197,7 +197,7 @@ _VQSVAE_MODEL: dict[str, Field] = {
     "codebook_size": (int, 2, 65536), "time_steps": (int, 1, 1024), "beta": (float, 0, 1e3),
     "tau_syn": (float, 1, 1e6), "readout_decay": (float, 0, 1), "k_init": (float, -1e3, 1e3),
     "psp_variant": (str, None, None), "recon_loss": (str, None, None), "hidden": (list, None, None),
-    "neuron": (dict, None, None),
+    "decoder_hidden": ((list, type(None)), None, None), "neuron": (dict, None, None),
 }
 _SDID_MODEL: dict[str, Field] = {
     "num_codes": (int, 2, 65536), "grid": (int, 1, 256), "channels": _SIZE, "blocks": (int, 0, 64),
@@ -218,12 +218,14 @@ def check_stage(data: Any, stage: str, where: str) -> dict:
     section = check_mapping(data, {"model": (dict, None, None), "train": (dict, None, None),
                                    "sample": (dict, None, None)}, where, required=("model", "train"))
     model = check_mapping(section["model"], _VQSVAE_MODEL if stage == "vqsvae" else _SDID_MODEL, f"{where}.model")
-    if stage == "vqsvae" and "hidden" in model:
-        hidden = model["hidden"]
-        if len(hidden) != 2:
-            raise SpkdiffError(f"{where}.model.hidden must list 2 channel counts, got {len(hidden)}")
-        for i, h in enumerate(hidden):
-            check_value(h, _SIZE, f"{where}.model.hidden[{i}]")
+    for key in ("hidden", "decoder_hidden") if stage == "vqsvae" else ():
+        channels = model.get(key)
+        if channels is None:
+            continue
+        if len(channels) != 2:
+            raise SpkdiffError(f"{where}.model.{key} must list 2 channel counts, got {len(channels)}")
+        for i, c in enumerate(channels):
+            check_value(c, _SIZE, f"{where}.model.{key}[{i}]")
     check_mapping(section["train"], _TRAIN, f"{where}.train")
     if "sample" in section:
         check_mapping(section["sample"], _SAMPLE, f"{where}.sample")

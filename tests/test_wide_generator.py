@@ -11,6 +11,7 @@ import yaml
 from conftest import TINY_PRESET, activated_copy, assert_nir_stages_match_torch
 
 from spkdiff.cli import main
+from spkdiff.config import load_preset
 from spkdiff.data import load_tensor
 from spkdiff.errors import SpkdiffError
 from spkdiff.train.loop import load_stage
@@ -88,4 +89,17 @@ def test_a_generator_cannot_shrink(tiny_run: Path, shared_data_root: Path, tmp_p
 def test_bad_decoder_hidden_is_one_line(bad: list) -> None:
     with pytest.raises(SpkdiffError, match="decoder_hidden must be two positive channel counts") as err:
         VQSVAEConfig.from_dict({"decoder_hidden": bad})
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("bad,match", [
+    ([128, 100_000], r"vqsvae.model.decoder_hidden\[1\] = 100000 is outside"),
+    ([128], "vqsvae.model.decoder_hidden must list 2 channel counts, got 1"),
+    ("wide", "vqsvae.model.decoder_hidden"),
+])
+def test_a_preset_with_bad_decoder_hidden_is_one_line(bad: object, match: str, tmp_path: Path) -> None:
+    preset = tmp_path / "bad.yaml"
+    preset.write_text(yaml.safe_dump({"base": "fast_adversarial", "vqsvae": {"model": {"decoder_hidden": bad}}}))
+    with pytest.raises(SpkdiffError, match=match) as err:
+        load_preset(str(preset))
     assert "\n" not in str(err.value)
