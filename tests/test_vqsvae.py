@@ -158,12 +158,15 @@ def test_resume_equals_uninterrupted(tmp_path: Path, shared_data_root: Path):
     assert main([*common, "--out", str(full)]) == 0
     # Interrupt after 5 steps (mid-epoch: 6 steps per epoch), then resume to the end.
     assert main([*common, "--out", str(part), "--max-steps", "5"]) == 0
-    assert load_checkpoint(part / "vqsvae.safetensors").position["step"] == 5
+    interrupted = load_checkpoint(part / "vqsvae.safetensors").position
+    assert interrupted["step"] == 5
     shutil.copy(part / "config.json", part / "config.json.bak")
     assert main([*common, "--out", str(part), "--resume"]) == 0
     a = load_checkpoint(full / "vqsvae.safetensors")
     b = load_checkpoint(part / "vqsvae.safetensors")
     assert a.position["step"] == b.position["step"] == 12
+    # the cost carries over: the resumed run adds its own seconds to the interrupted run's
+    assert 0 < interrupted["cpu_s"] < b.position["cpu_s"] and 0 < interrupted["wall_s"] < b.position["wall_s"]
     for k in a.model:
         torch.testing.assert_close(a.model[k], b.model[k], rtol=0, atol=1e-6, msg=k)
 

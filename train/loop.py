@@ -10,7 +10,9 @@ Run directory layout (``--out RUN_DIR``)::
 
 Resume = uninterrupted: the epoch's shuffle comes from ``seed + epoch``, the stage's own
 torch.Generator state is checkpointed, and the loop position (epoch, step in epoch, global step)
-is restored, so a resumed run replays the same batches with the same random draws.
+is restored, so a resumed run replays the same batches with the same random draws.  The position also holds
+the stage's cost, ``cpu_s`` and ``wall_s``: CPU and wall seconds of the process that writes the checkpoint
+(rank 0), summed over resumed runs; a run started with ``--init-from`` counts from zero.
 
 Under torchrun every function takes a :class:`~spkdiff.train.distributed.DistContext` (``dist``): rank r
 trains on its slice of each global batch and rank 0 alone reads and writes files (see that module).
@@ -339,10 +341,16 @@ def run_training(
               f"{dist.world_size} x {per} per rank, the single-process batch, so lr {settings.lr:g} is not scaled; "
               f"BatchNorm statistics {bn}", file=sys.stderr)
     saved = step if ckpt is not None else -1
+    # The stage's cost so far, summed over resumed runs: this process's CPU time (all its threads) and wall time.
+    # Wall time on a shared CPU overstates the cost; the CPU time is what a training budget counts.
+    spent_before = {k: float(ckpt.position.get(k, 0.0)) if ckpt is not None else 0.0 for k in ("cpu_s", "wall_s")}
+    cpu_start, wall_start = time.process_time(), time.perf_counter()
 
     def checkpoint(collective: bool = True) -> None:
         nonlocal saved
-        position = {"epoch": epoch, "in_epoch": in_epoch, "step": step, "total": total}
+        position = {"epoch": epoch, "in_epoch": in_epoch, "step": step, "total": total,
+                    "cpu_s": round(spent_before["cpu_s"] + time.process_time() - cpu_start, 3),
+                    "wall_s": round(spent_before["wall_s"] + time.perf_counter() - wall_start, 3)}
         if dist.enabled:
             position["world_size"] = dist.world_size
             if collective:  # every rank's parameter digest: the replicas must be bit-identical
@@ -425,6 +433,10 @@ def run_training(
             if bar is not None and logger is not None:
                 bar.close()
                 logger.close()
+                cpu_s = spent_before["cpu_s"] + time.process_time() - cpu_start
+                wall_s = spent_before["wall_s"] + time.perf_counter() - wall_start
+                print(f"{stage}: step {step} of {total}; {cpu_s / 60:.1f} CPU-minutes, {wall_s / 60:.1f} minutes "
+                      f"of wall time (this process, over all resumed runs)", file=sys.stderr)
         signals.restore()
     return shipped(model)
 
