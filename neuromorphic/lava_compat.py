@@ -12,7 +12,11 @@ lava-nc 0.10.0 declares Python < 3.11 and has two import-time breakages there:
    worker class ``SystemProcess`` derive from the *fork* context's ``Process``, so Lava's actors are always
    forked (Lava needs that) whatever the global default is.
 
-The fixes are source patches applied by a :data:`sys.meta_path` finder while those two modules are loaded;
+A third patch is for speed: ``lava.proc.conv.utils.conv`` computes integer convolutions with
+:func:`spkdiff.neuromorphic.lava_conv.conv_exact` (bit-identical, one matrix product instead of a
+``convolve2d`` per channel pair).
+
+The fixes are source patches applied by a :data:`sys.meta_path` finder while those modules are loaded;
 patched modules are compiled in memory (their bytecode cache is neither read nor written).  If a patch
 target is absent (a Lava release that fixed it), the module loads unchanged.
 
@@ -45,6 +49,14 @@ PATCHES: dict[str, list[tuple[str, str]]] = {
             "        mp.set_start_method('fork')\n",
         ),
         ("class SystemProcess(mp.Process):", "class SystemProcess(mp.get_context('fork').Process):"),
+    ],
+    # speed, not compatibility: the fixed_pt Conv model's convolution as one exact matrix product (lava_conv)
+    "lava.proc.conv.utils": [
+        (
+            "        output = conv_scipy(\n            input_,",
+            "        from spkdiff.neuromorphic.lava_conv import conv_exact\n"
+            "        output = conv_exact(\n            conv_scipy, input_,",
+        ),
     ],
 }
 
