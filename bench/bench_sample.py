@@ -12,7 +12,7 @@ import argparse
 import json
 
 import torch
-from bench_train import ReferenceSDID, median_rate
+from bench_train import ReferenceSDID, interleaved_rates
 
 from spkdiff.config import load_preset
 from spkdiff.generation import SamplerSettings
@@ -33,21 +33,21 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     if args.run:
+        from spkdiff.config import resolve_run
         from spkdiff.train.loop import load_stage
 
-        vq, sdid = load_stage(args.run, "vqsvae"), load_stage(args.run, "sdid")
+        run = resolve_run(args.run)  # a path or pretrained:NAME
+        vq, sdid = load_stage(run, "vqsvae"), load_stage(run, "sdid")
     else:
         preset = load_preset(args.preset)
         vq = VQSVAE(VQSVAEConfig.from_dict(preset["vqsvae"]["model"])).eval()
         sdid = SDID(SDIDConfig.from_dict(preset["sdid"]["model"])).eval()
-    results = {}
+    configs: dict[str, tuple] = {}
     for name, method, steps in [("paper schedule (49 calls)", "paper", None),
                                 (f"paper 1/t rule, {args.steps} calls (fast preset)", "paper", args.steps),
                                 (f"confidence sampler ({args.steps} calls)", "confidence", args.steps)]:
-        results[name] = median_rate(
-            lambda m=method, s=steps: generate_images(vq, sdid, args.n, SamplerSettings(m, s, 1.0), batch_size=args.n),
-            args.n,
-            args.repeats)
+        configs[name] = (lambda m=method, s=steps: generate_images(vq, sdid, args.n, SamplerSettings(m, s, 1.0),
+                                                                   batch_size=args.n), args.n)
 
     ref = ReferenceSDID().eval()
     sampler = MaskSampler(128, 49, None, "paper")
@@ -57,7 +57,8 @@ def main() -> None:
     def reference():
         sampler.sample(ref, n_ref, (7, 7), torch.Generator().manual_seed(0))
 
-    results["reference analog SDID, paper schedule (denoiser only)"] = median_rate(reference, n_ref, 1)
+    configs["reference analog SDID, paper schedule (denoiser only)"] = (reference, n_ref)
+    results = interleaved_rates(configs, args.repeats)  # images/s, medians of rounds taken in turn
     print(f"{'sampler':55s} {'images/s':>10s}")
     for name, rate in results.items():
         print(f"{name:55s} {rate:10.2f}")

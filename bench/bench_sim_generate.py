@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
+    from spkdiff.config import resolve_run
     from spkdiff.generation import SamplerSettings
     from spkdiff.simulator.generate import generate
     from spkdiff.simulator.report import build_report
@@ -58,7 +59,8 @@ def main() -> None:
                              "per_stage": {s: e["per_image"] for s, e in rep["stages"].items()},
                              "warnings": g.warnings[:5]}
         s = gens["sim"].settings
-        vq, sdid = load_stage(args.run, "vqsvae"), load_stage(args.run, "sdid")
+        run = resolve_run(args.run)  # a path or pretrained:NAME
+        vq, sdid = load_stage(run, "vqsvae"), load_stage(run, "sdid")
         t0, c0 = time.perf_counter(), time.process_time()
         settings = SamplerSettings(s["method"], s["steps"], s["temperature"])
         images, tokens, _ = generate_images(vq, sdid, args.n, settings, seed=args.seed, batch_size=args.batch_size)
