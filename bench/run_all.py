@@ -20,31 +20,31 @@ HERE = Path(__file__).resolve().parent
 
 
 def main() -> int:
+    from spkdiff.cli import export_main
+
     argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     with tempfile.TemporaryDirectory(prefix="spkdiff-bench-") as tmp:
         bundle = Path(tmp) / "bundle"
+        if export_main(["--run", "pretrained:mnist", "--target", "lava", "--out", str(bundle)]) != 0:
+            print("failed: spkdiff-export (the benchmarks that read the bundle cannot run)", file=sys.stderr)
+            return 1
         runs = [
-            ["-c", "import sys; from spkdiff.cli import export_main; sys.exit(export_main(sys.argv[1:]))",
-             "--run", "pretrained:mnist", "--target", "lava", "--out", str(bundle)],
-            [str(HERE / "bench_lava_conv.py")],
-            [str(HERE / "bench_diagonal_synapse.py")],
-            [str(HERE / "bench_simulator.py")],
-            [str(HERE / "bench_sim_generate.py"), "--run", "pretrained:mnist", "--bundle", str(bundle)],
-            [str(HERE / "bench_lava_sampling.py"), str(bundle)],
-            [str(HERE / "bench_sample.py")],
-            [str(HERE / "bench_train.py")],
-            [str(HERE / "bench_allocator.py")],
+            ["bench_lava_conv.py"],
+            ["bench_diagonal_synapse.py"],
+            ["bench_simulator.py"],
+            ["bench_sim_generate.py", "--run", "pretrained:mnist", "--bundle", str(bundle)],
+            ["bench_lava_sampling.py", str(bundle)],
+            ["bench_sample.py"],
+            ["bench_train.py"],
+            ["bench_allocator.py"],
         ]
         failed = []
-        for args in runs:
-            name = "spkdiff-export" if args[0] == "-c" else Path(args[0]).name
-            print(f"\n== {name}", flush=True)
+        for script, *args in runs:
+            print(f"\n== {script}", flush=True)
             t = time.perf_counter()
-            if subprocess.run([sys.executable, *args], cwd=HERE.parent).returncode != 0:
-                failed.append(name)
-                if args[0] == "-c":  # no bundle: the benchmarks that read it cannot run
-                    break
-            print(f"== {name}: {time.perf_counter() - t:.0f} s", flush=True)
+            if subprocess.run([sys.executable, str(HERE / script), *args], cwd=HERE.parent).returncode != 0:
+                failed.append(script)
+            print(f"== {script}: {time.perf_counter() - t:.0f} s", flush=True)
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

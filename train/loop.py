@@ -346,11 +346,13 @@ def run_training(
     spent_before = {k: float(ckpt.position.get(k, 0.0)) if ckpt is not None else 0.0 for k in ("cpu_s", "wall_s")}
     cpu_start, wall_start = time.process_time(), time.perf_counter()
 
+    def spent() -> dict[str, float]:
+        return {"cpu_s": round(spent_before["cpu_s"] + time.process_time() - cpu_start, 3),
+                "wall_s": round(spent_before["wall_s"] + time.perf_counter() - wall_start, 3)}
+
     def checkpoint(collective: bool = True) -> None:
         nonlocal saved
-        position = {"epoch": epoch, "in_epoch": in_epoch, "step": step, "total": total,
-                    "cpu_s": round(spent_before["cpu_s"] + time.process_time() - cpu_start, 3),
-                    "wall_s": round(spent_before["wall_s"] + time.perf_counter() - wall_start, 3)}
+        position = {"epoch": epoch, "in_epoch": in_epoch, "step": step, "total": total, **spent()}
         if dist.enabled:
             position["world_size"] = dist.world_size
             if collective:  # every rank's parameter digest: the replicas must be bit-identical
@@ -433,10 +435,10 @@ def run_training(
             if bar is not None and logger is not None:
                 bar.close()
                 logger.close()
-                cpu_s = spent_before["cpu_s"] + time.process_time() - cpu_start
-                wall_s = spent_before["wall_s"] + time.perf_counter() - wall_start
-                print(f"{stage}: step {step} of {total}; {cpu_s / 60:.1f} CPU-minutes, {wall_s / 60:.1f} minutes "
-                      f"of wall time (this process, over all resumed runs)", file=sys.stderr)
+                cost = spent()
+                print(f"{stage}: step {step} of {total}; {cost['cpu_s'] / 60:.1f} CPU-minutes, "
+                      f"{cost['wall_s'] / 60:.1f} minutes of wall time (this process, over all resumed runs)",
+                      file=sys.stderr)
         signals.restore()
     return shipped(model)
 
