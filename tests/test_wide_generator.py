@@ -59,6 +59,33 @@ def test_the_grown_generator_computes_what_the_narrow_one_did(tiny_run: Path, tm
     assert wide.readout.weight.grad[TINY_DECODER[1]:].abs().sum() > 0
 
 
+
+def test_a_grown_generator_grows_again_exactly(tiny_run: Path, tmp_path: Path) -> None:
+    """Growth from an already grown (and then trained) generator keeps its function: the twentieth session's
+    256 / 128 decoder came from the 128 / 64 one. Only the source's own shapes may decide what is zeroed."""
+    narrow = load_stage(activated_copy(tiny_run, tmp_path / "active"), "vqsvae")
+    config = narrow.cfg.to_dict()
+    torch.manual_seed(1)
+    wide = VQSVAE(VQSVAEConfig.from_dict(config | {"decoder_hidden": WIDE_DECODER}))
+    wide.load_state_dict(widen_generator(wide, narrow.state_dict()))
+    with torch.no_grad():  # stands in for training: the first growth's added channels now reach the old ones
+        # transposed-conv weights are (in, out, kh, kw): the rows of the first growth's added input channels
+        for reader, old_in in ((wide.decoder[1].synapse[0].weight, TINY_DECODER[0]),
+                               (wide.readout.weight, TINY_DECODER[1])):
+            reader[old_in:] += 0.1 * torch.randn_like(reader[old_in:])
+    wider = VQSVAE(VQSVAEConfig.from_dict(config | {"decoder_hidden": [2 * c for c in WIDE_DECODER]}))
+    wider.load_state_dict(widen_generator(wider, wide.state_dict()))
+    images = torch.rand(8, 1, 28, 28) - 0.5
+    for mode in (False, True):  # running statistics, and a training batch's own
+        wide.train(mode), wider.train(mode)
+        with torch.no_grad():
+            _, z_q = wide.quantize(wide.features(wide.encode_spikes(images)))
+            _, wider_z_q = wider.quantize(wider.features(wider.encode_spikes(images)))
+            assert torch.equal(wide.generator_potential(z_q), wider.generator_potential(wider_z_q))
+    spikes: list[torch.Tensor] = []
+    wider(images, spikes=spikes)
+    assert spikes[2][:, :, WIDE_DECODER[1]:].mean() > 0.01  # the second growth's channels fire: they must be silent
+
 def test_a_grown_generator_fine_tunes_keeps_its_tokens_and_exports_spike_for_spike(
         tiny_run: Path, shared_data_root: Path, tmp_path: Path) -> None:
     source = activated_copy(tiny_run, tmp_path / "source")  # a tiny run barely spikes: the added channels would not
