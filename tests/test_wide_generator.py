@@ -35,6 +35,17 @@ def _train(out: Path, preset: Path, data: Path) -> int:
                  "--data-root", str(data), "--seed", "0"])
 
 
+def _assert_same_function(source: VQSVAE, grown: VQSVAE, images: torch.Tensor) -> None:
+    """``grown`` tokenizes ``images`` as ``source`` does and its generator computes the same potentials."""
+    for mode in (False, True):  # running statistics, and a training batch's own
+        source.train(mode), grown.train(mode)
+        with torch.no_grad():
+            tokens, z_q = source.quantize(source.features(source.encode_spikes(images)))
+            grown_tokens, grown_z_q = grown.quantize(grown.features(grown.encode_spikes(images)))
+            assert torch.equal(tokens, grown_tokens)
+            assert torch.equal(source.generator_potential(z_q), grown.generator_potential(grown_z_q))
+
+
 def test_the_grown_generator_computes_what_the_narrow_one_did(tiny_run: Path, tmp_path: Path) -> None:
     active = activated_copy(tiny_run, tmp_path / "active")  # every layer fires, so silent channels would show
     narrow = load_stage(active, "vqsvae")
@@ -43,13 +54,7 @@ def test_the_grown_generator_computes_what_the_narrow_one_did(tiny_run: Path, tm
     wide.load_state_dict(widen_generator(wide, narrow.state_dict()))
     assert wide.decoder[0].synapse[0].weight.shape[1] == WIDE_DECODER[0]
     images = torch.rand(8, 1, 28, 28) - 0.5
-    for mode in (False, True):  # running statistics, and a training batch's own
-        narrow.train(mode), wide.train(mode)
-        with torch.no_grad():
-            tokens, z_q = narrow.quantize(narrow.features(narrow.encode_spikes(images)))
-            wide_tokens, wide_z_q = wide.quantize(wide.features(wide.encode_spikes(images)))
-            assert torch.equal(tokens, wide_tokens)
-            assert torch.equal(narrow.generator_potential(z_q), wide.generator_potential(wide_z_q))
+    _assert_same_function(narrow, wide, images)
     # The added channels are not dead weight: in training they fire and reach the read-out's gradient.
     wide.train()
     spikes: list[torch.Tensor] = []
@@ -57,7 +62,6 @@ def test_the_grown_generator_computes_what_the_narrow_one_did(tiny_run: Path, tm
     added = spikes[2][:, :, TINY_DECODER[1]:]
     assert added.mean() > 0.01
     assert wide.readout.weight.grad[TINY_DECODER[1]:].abs().sum() > 0
-
 
 
 def test_a_grown_generator_grows_again_exactly(tiny_run: Path, tmp_path: Path) -> None:
@@ -76,15 +80,11 @@ def test_a_grown_generator_grows_again_exactly(tiny_run: Path, tmp_path: Path) -
     wider = VQSVAE(VQSVAEConfig.from_dict(config | {"decoder_hidden": [2 * c for c in WIDE_DECODER]}))
     wider.load_state_dict(widen_generator(wider, wide.state_dict()))
     images = torch.rand(8, 1, 28, 28) - 0.5
-    for mode in (False, True):  # running statistics, and a training batch's own
-        wide.train(mode), wider.train(mode)
-        with torch.no_grad():
-            _, z_q = wide.quantize(wide.features(wide.encode_spikes(images)))
-            _, wider_z_q = wider.quantize(wider.features(wider.encode_spikes(images)))
-            assert torch.equal(wide.generator_potential(z_q), wider.generator_potential(wider_z_q))
+    _assert_same_function(wide, wider, images)
     spikes: list[torch.Tensor] = []
     wider(images, spikes=spikes)
     assert spikes[2][:, :, WIDE_DECODER[1]:].mean() > 0.01  # the second growth's channels fire: they must be silent
+
 
 def test_a_grown_generator_fine_tunes_keeps_its_tokens_and_exports_spike_for_spike(
         tiny_run: Path, shared_data_root: Path, tmp_path: Path) -> None:
