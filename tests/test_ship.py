@@ -12,6 +12,8 @@ import torch
 from safetensors import safe_open
 
 from spkdiff.checkpoint import load_checkpoint
+from spkdiff.errors import SpkdiffError
+from spkdiff.eval.evaluate import results_markdown
 from spkdiff.train.ship import portable_config, portable_text, repo_root, ship
 
 ROOT = Path("/home/me/checkout")
@@ -79,7 +81,6 @@ def test_ship_writes_no_absolute_path_and_the_same_weights(tiny_run: Path, tmp_p
     config["vqsvae"]["train"]["init_from"] = "~/spkdiff-runs/stage1"
     (run / "config.json").write_text(json.dumps(config))
     texts = {"metrics.json": json.dumps({"run": str(run), "rows": [{"fid": 27.9, "samples": f"{run}/eval/a.png"}]}),
-             "results.md": f"# tiny\n\nFID 27.9 ({run}/eval/samples.png)\n",
              "commands.md": f"spkdiff train --out {run} --init-from {run.parent}/source\n"}
     for name, text in texts.items():
         (run / name).write_text(text)
@@ -110,3 +111,39 @@ def test_ship_writes_no_absolute_path_and_the_same_weights(tiny_run: Path, tmp_p
     metrics = json.loads((dest / "metrics.json").read_text())
     assert metrics == {"run": "runs/tiny", "rows": [{"fid": 27.9, "samples": "runs/tiny/eval/a.png"}]}
     assert (dest / "commands.md").read_text() == "spkdiff train --out runs/tiny --init-from runs/source\n"
+    # results.md is rendered from the shipped rows, so it cannot disagree with metrics.json
+    assert (dest / "results.md").read_text() == results_markdown(metrics["rows"])
+    assert "runs/tiny/eval/a.png" in (dest / "results.md").read_text()
+
+
+def test_a_text_the_run_lacks_is_removed_not_left_from_the_previous_model(tiny_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "runs" / "tiny"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("tb", "*.npy"))
+    for name in ("metrics.json", "results.md", "commands.md"):
+        (run / name).unlink(missing_ok=True)
+    (run / "metrics.json").write_text(json.dumps({"rows": [{"fid": 80.0}]}))
+    dest = ship(run, "tiny", dest_root=tmp_path / "package")
+    assert sorted(p.name for p in dest.iterdir() if p.suffix != ".safetensors") == \
+        ["config.json", "metrics.json", "results.md"]
+
+    (run / "metrics.json").write_text(json.dumps({"rows": [{"fid": 60.0}]}))  # a new model with its own rows
+    (run / "commands.md").write_text("spkdiff train\n")
+    ship(run, "tiny", dest_root=tmp_path / "package")
+    assert "| 60 |" in (dest / "results.md").read_text() and "80" not in (dest / "results.md").read_text()
+    (run / "commands.md").unlink()  # and one without commands: the previous model's commands go
+    (run / "metrics.json").unlink()
+    ship(run, "tiny", dest_root=tmp_path / "package")
+    assert not (dest / "commands.md").exists() and not (dest / "metrics.json").exists()
+    assert not (dest / "results.md").exists()
+
+
+def test_a_bad_metrics_file_replaces_nothing(tiny_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "runs" / "tiny"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("tb", "*.npy"))
+    (run / "metrics.json").write_text(json.dumps({"rows": [{"fid": 60.0}]}))
+    dest = ship(run, "tiny", dest_root=tmp_path / "package")
+    before = {p.name: p.read_bytes() for p in dest.iterdir()}
+    (run / "metrics.json").write_text("{not json")
+    with pytest.raises(SpkdiffError, match="metrics.json is not a metrics file"):
+        ship(run, "tiny", dest_root=tmp_path / "package")
+    assert {p.name: p.read_bytes() for p in dest.iterdir()} == before

@@ -2,7 +2,9 @@
 
     python -m spkdiff.train.ship RUN_DIR NAME
 writes spkdiff/pretrained/NAME/{vqsvae,sdid}.safetensors, config.json and, if present, the run's
-metrics.json, results.md and commands.md (the numbers it reached and the commands that produced them).
+metrics.json and commands.md (the numbers it reached and the commands that produced them), with results.md
+rendered from that metrics.json.  The folder describes one model: a text the run lacks is removed, never left
+over from the model shipped before.
 
 Nothing machine-local is shipped: absolute paths in the config become repo-relative or ``runs/NAME``
 (:func:`portable_config`), and the run directory's parent in the copied texts becomes ``runs/``.
@@ -20,9 +22,10 @@ from typing import Any
 from spkdiff.checkpoint import load_checkpoint, save_checkpoint
 from spkdiff.config import read_json, write_json_atomic
 from spkdiff.errors import SpkdiffError
+from spkdiff.eval.evaluate import results_markdown
 from spkdiff.files import atomic_write
 
-TEXTS = ("metrics.json", "results.md", "commands.md")
+TEXTS = ("metrics.json", "commands.md")
 
 
 def repo_root() -> Path | None:
@@ -62,22 +65,32 @@ def portable_text(text: str, run_dir: Path) -> str:
 
 def ship(run_dir: Path, name: str, dest_root: Path | None = None) -> Path:
     dest = (dest_root or Path(str(resources.files("spkdiff")))) / "pretrained" / name
-    dest.mkdir(parents=True, exist_ok=True)
-    # the run's record, without machine-local paths; the checkpoints carry the same config
+    # every input is read and checked before anything in dest is replaced
     config = portable_config(read_json(run_dir / "config.json", "run config"), repo_root())
-    for stage in ("vqsvae", "sdid"):
-        ckpt = load_checkpoint(run_dir / f"{stage}.safetensors", stage=stage)
+    checkpoints = {stage: load_checkpoint(run_dir / f"{stage}.safetensors", stage=stage)
+                   for stage in ("vqsvae", "sdid")}
+    texts: dict[str, str | None] = {}
+    for extra in TEXTS:
+        source = run_dir / extra
+        texts[extra] = portable_text(source.read_text(encoding="utf-8"), run_dir) if source.exists() else None
+    texts["results.md"] = None
+    if texts["metrics.json"] is not None:
+        try:
+            rows = json.loads(texts["metrics.json"])["rows"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise SpkdiffError(f"{run_dir / 'metrics.json'} is not a metrics file with rows once made portable "
+                               f"({type(err).__name__})") from None
+        texts["results.md"] = results_markdown(rows)
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for stage, ckpt in checkpoints.items():  # the checkpoints carry the same portable config
         save_checkpoint(dest / f"{stage}.safetensors", model=ckpt.model, config=config, stage=stage,
                         position=ckpt.position)
     write_json_atomic(dest / "config.json", config)
-    for extra in TEXTS:
-        if (run_dir / extra).exists():
-            text = portable_text((run_dir / extra).read_text(encoding="utf-8"), run_dir)
-            if extra.endswith(".json"):
-                try:
-                    json.loads(text)
-                except json.JSONDecodeError as err:
-                    raise SpkdiffError(f"{run_dir / extra} is not valid JSON once made portable ({err.msg})") from None
+    for extra, text in texts.items():
+        if text is None:  # a record of the model shipped before would describe the wrong weights
+            (dest / extra).unlink(missing_ok=True)
+        else:
             atomic_write(dest / extra, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
     return dest
 
