@@ -62,6 +62,15 @@ def _rows(name: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_results_table_is_the_shipped_rows(name: str):
+    """results.md is the Markdown view of the same model's metrics.json, not a record left from another model."""
+    from spkdiff.eval.evaluate import results_markdown
+
+    folder = resolve_run(f"pretrained:{name}")
+    assert (folder / "results.md").read_text() == results_markdown(_rows(name))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_metrics_are_the_models_own(name: str, shared_data_root: Path):
     """The shipped metrics.json's reconstruction MSE is what the shipped weights give (first 1000 test images,
     within 15 % of the full-split value), and its headline sample FID (torch, largest N, at the shipped sampler's
