@@ -195,6 +195,35 @@ def test_sim_fixed_uses_bundle_integers(bundle_dir: Path) -> None:
     assert not torch.equal(generate(b, 4, fixed=True, seed=1, batch_size=4).tokens, gen.tokens)
 
 
+def test_a_call_over_the_memory_budget_runs_in_chunks_with_the_same_results(
+        bundle_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch whose simulator calls exceed the memory budget runs them one image at a time: the images, tokens
+    and every per-layer count are those of one call over the whole batch."""
+    from spkdiff.generation import ReconstructionConstants
+    from spkdiff.simulator import generate as sim_generate
+    from spkdiff.simulator.counters import ARRAY_KEYS
+
+    b = load_bundle(bundle_dir)
+    assert all(sim_generate.images_per_call(sim_generate.stage_simulator(b, st, True), b.time_steps(st)) >= 4
+               for st in ("encoder", "sdid", "generator"))  # the tiny graphs fit whole batches by default
+    shape = ReconstructionConstants.from_bundle(b).image_shape
+    images = torch.rand(4, *shape, generator=torch.Generator().manual_seed(0))
+    whole_gen = sim_generate.generate(b, 4, fixed=True, seed=3, batch_size=4)
+    whole_rec = sim_generate.reconstruct(b, images, fixed=True, batch_size=4)
+    monkeypatch.setattr(sim_generate, "MEMORY_BUDGET_BYTES", 1)  # every call over budget: one image per chunk
+    assert sim_generate.images_per_call(sim_generate.stage_simulator(b, "generator", True), 8) == 1
+    chunked_gen = sim_generate.generate(b, 4, fixed=True, seed=3, batch_size=4)
+    chunked_rec = sim_generate.reconstruct(b, images, fixed=True, batch_size=4)
+    for whole, chunked in ((whole_gen, chunked_gen), (whole_rec, chunked_rec)):
+        assert torch.equal(whole.images, chunked.images) and torch.equal(whole.tokens, chunked.tokens)
+        assert whole.counters.keys() == chunked.counters.keys()
+        for stage, counts in whole.counters.items():
+            other = chunked.counters[stage]
+            assert (counts.steps, counts.batch) == (other.steps, other.batch)
+            for name, layer in counts.layers.items():
+                assert all(np.array_equal(getattr(layer, k), getattr(other.layers[name], k)) for k in ARRAY_KEYS)
+
+
 def test_sim_report_cli(bundle_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
     assert main(["sim", "--bundle", str(bundle_dir), "--n", "3", "--batch-size", "2", "--report", str(out)]) == 0
