@@ -13,7 +13,6 @@ Nothing machine-local is shipped: absolute paths in the config become repo-relat
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from importlib import resources
 from pathlib import Path, PurePosixPath
@@ -21,8 +20,7 @@ from typing import Any
 
 from spkdiff.checkpoint import load_checkpoint, save_checkpoint
 from spkdiff.config import read_json, write_json_atomic
-from spkdiff.errors import SpkdiffError
-from spkdiff.eval.evaluate import results_markdown
+from spkdiff.eval.evaluate import metrics_rows, results_markdown
 from spkdiff.files import atomic_write
 
 TEXTS = ("metrics.json", "commands.md")
@@ -74,13 +72,8 @@ def ship(run_dir: Path, name: str, dest_root: Path | None = None) -> Path:
         source = run_dir / extra
         texts[extra] = portable_text(source.read_text(encoding="utf-8"), run_dir) if source.exists() else None
     texts["results.md"] = None
-    if texts["metrics.json"] is not None:
-        try:
-            rows = json.loads(texts["metrics.json"])["rows"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise SpkdiffError(f"{run_dir / 'metrics.json'} is not a metrics file with rows once made portable "
-                               f"({type(err).__name__})") from None
-        texts["results.md"] = results_markdown(rows)
+    if texts["metrics.json"] is not None:  # checked once made portable: that is the text shipped
+        texts["results.md"] = results_markdown(metrics_rows(texts["metrics.json"], run_dir / "metrics.json"))
 
     dest.mkdir(parents=True, exist_ok=True)
     for stage, ckpt in checkpoints.items():  # the checkpoints carry the same portable config

@@ -144,6 +144,14 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def metrics_rows(text: str, where: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a metrics.json's ``text`` (``{"rows": [...]}``); ``where`` names the file in the error."""
+    try:
+        return list(json.loads(text)["rows"])
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise SpkdiffError(f"{where} is not a metrics file written by spkdiff ({type(err).__name__})") from None
+
+
 def append_results_row(run_dir: str | os.PathLike, row: dict[str, Any]) -> list[dict[str, Any]]:
     """Append ``row`` (plus a UTC ``time`` if absent) to RUN_DIR/metrics.json and rewrite RUN_DIR/results.md.
 
@@ -155,13 +163,7 @@ def append_results_row(run_dir: str | os.PathLike, row: dict[str, Any]) -> list[
     json_path = run_dir / "metrics.json"
     # Several evaluations of one run may finish together: the read-modify-write of the table is one at a time.
     with lock_folder(run_dir / ".metrics.lock", f"{json_path}", wait=True):
-        rows: list[dict[str, Any]] = []
-        if json_path.is_file():
-            try:
-                rows = list(json.loads(json_path.read_text())["rows"])
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise SpkdiffError(f"{json_path} is not a metrics file written by spkdiff ({type(err).__name__})") \
-                    from None
+        rows = metrics_rows(json_path.read_text(), json_path) if json_path.is_file() else []
         stamped = {"time": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), **row}
         rows.append(stamped)
         _write_atomic(json_path, json.dumps({"rows": rows}, indent=2) + "\n")
