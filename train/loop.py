@@ -551,7 +551,7 @@ def initial_weights(source: str, stage: str, model_cfg: dict[str, Any]) -> dict[
     return ckpt.model
 
 
-def _is_tokenizer(key: str) -> bool:
+def is_tokenizer(key: str) -> bool:
     """The stage-1 tensors that decide an image's tokens (encoder, k, codebook): not the generator's."""
     return key.startswith("encoder.") or key in ("k", "codebook")
 
@@ -565,7 +565,7 @@ def check_same_tokens(source: str, run_dir: Path) -> None:
         raise SpkdiffError(f"init_from {source}: no vqsvae.safetensors beside it, so its tokens cannot be checked")
     theirs = load_checkpoint(theirs_path, stage="vqsvae").model
     ours = load_checkpoint(run_dir / "vqsvae.safetensors", stage="vqsvae").model
-    differ = [k for k in ours if _is_tokenizer(k) and (k not in theirs or not torch.equal(ours[k], theirs[k]))]
+    differ = [k for k in ours if is_tokenizer(k) and (k not in theirs or not torch.equal(ours[k], theirs[k]))]
     if differ:
         raise SpkdiffError(f"init_from {source}: its SDID predicts other tokens (stage-1 {differ[0]} differs from "
                            f"{run_dir}'s)")
