@@ -72,6 +72,13 @@ def test_the_average_is_the_mean_generator_on_the_same_tokens(two_fine_tunes, ti
     plain_mean = (runs[0]["decoder.1.synapse.1.running_mean"] + runs[1]["decoder.1.synapse.1.running_mean"]) / 2
     assert not torch.allclose(norm.running_mean, plain_mean)
 
+    # --batch-norm average: the runs' statistics averaged like the weights, no data read.
+    average_main([str(first), str(second), "--out", str(tmp_path / "plain"), "--batch-norm", "average",
+                  "--data-root", str(tmp_path / "no-data")])
+    plain = load_checkpoint(tmp_path / "plain" / "vqsvae.safetensors").model
+    torch.testing.assert_close(plain["decoder.1.synapse.1.running_mean"], plain_mean)
+    torch.testing.assert_close(plain["readout.weight"], averaged["readout.weight"])
+
 
 def test_runs_with_different_tokens_are_refused(tiny_run: Path, shared_data_root: Path, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture) -> None:

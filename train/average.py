@@ -9,10 +9,12 @@ circles its equilibrium from cycle to cycle, and the average sits nearer its cen
 
     theta_SWA = (1 / n) * sum_i theta_i            over the generator's parameters (ASG, decoder, read-out)
 
-BatchNorm statistics are not averaged: the averaged weights produce other activations, so the generator's
-running mean and variance are measured afresh, as a cumulative average over ``--bn-images`` training images
-(SWA's ``bn_update``), with the tokenizer in eval mode. The tokenizer (encoder, k, codebook) must be the same
-tensors in every run, so every image keeps its tokens and the runs' prior serves the average unchanged.
+BatchNorm statistics: ``--batch-norm measure`` (the default, SWA's ``bn_update``) measures the generator's running
+mean and variance afresh for the averaged weights, as a cumulative average over ``--bn-images`` training images
+with the tokenizer in eval mode; ``--batch-norm average`` averages the runs' statistics like the weights.
+
+The tokenizer (encoder, k, codebook) must be the same tensors in every run, so every image keeps its tokens and
+the runs' prior serves the average unchanged.
 
 NEW_RUN gets the averaged ``vqsvae.safetensors`` (weights only: it is a model, not a training state), the last
 run's ``sdid.safetensors`` if it has one, and a config.json whose ``vqsvae.train`` records what was averaged.
@@ -73,8 +75,14 @@ def recompute_generator_batch_norm(model: VQSVAE, images: torch.Tensor, batch_si
     model.eval()
 
 
-def average_runs(runs: list[Path], out: Path, data_root: str | None, bn_images: int) -> Path:
+BATCH_NORM_MODES = ("measure", "average")
+
+
+def average_runs(runs: list[Path], out: Path, data_root: str | None, bn_images: int,
+                 batch_norm: str = "measure") -> Path:
     """Write OUT with the runs' averaged generator (see the module docstring); returns its checkpoint path."""
+    if batch_norm not in BATCH_NORM_MODES:
+        raise SpkdiffError(f"unknown --batch-norm {batch_norm!r}: choose one of {', '.join(BATCH_NORM_MODES)}")
     if bn_images < 1:
         raise SpkdiffError(f"--bn-images must be >= 1, got {bn_images}")
     checkpoints = [load_checkpoint(Path(r).expanduser() / "vqsvae.safetensors", stage="vqsvae") for r in runs]
@@ -82,12 +90,14 @@ def average_runs(runs: list[Path], out: Path, data_root: str | None, bn_images: 
     last = checkpoints[-1]
     model = stage_from_checkpoint(last, "vqsvae")
     model.load_state_dict(weights)
-    images, _ = load_tensor(last.config["dataset"], data_root, "train", limit=bn_images)
-    recompute_generator_batch_norm(model, (images - 0.5).contiguous())
+    if batch_norm == "measure":
+        images, _ = load_tensor(last.config["dataset"], data_root, "train", limit=bn_images)
+        recompute_generator_batch_norm(model, (images - 0.5).contiguous())
     config: dict[str, Any] = dict(last.config)
     config["vqsvae"] = dict(config["vqsvae"])
     config["vqsvae"]["train"] = dict(config["vqsvae"]["train"]) | {
-        "averaged_from": [str(Path(r).expanduser()) for r in runs], "bn_images": bn_images}
+        "averaged_from": [str(Path(r).expanduser()) for r in runs], "batch_norm": batch_norm,
+        **({"bn_images": bn_images} if batch_norm == "measure" else {})}
     out.mkdir(parents=True, exist_ok=True)
     path = out / "vqsvae.safetensors"
     save_checkpoint(path, model=model.state_dict(), config=config, stage="vqsvae")
@@ -106,9 +116,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-root", default=None, help="dataset root (default: $SPKDIFF_DATA or ./data)")
     parser.add_argument("--bn-images", type=int, default=5000,
                         help="training images over which the generator's BatchNorm statistics are measured")
+    parser.add_argument("--batch-norm", choices=BATCH_NORM_MODES, default="measure",
+                        help="measure the averaged generator's BatchNorm statistics afresh, or average the runs'")
     args = parser.parse_args(argv)
     try:
-        path = average_runs(args.runs, args.out, args.data_root, args.bn_images)
+        path = average_runs(args.runs, args.out, args.data_root, args.bn_images, args.batch_norm)
     except SpkdiffError as err:
         sys.exit(f"spkdiff average: {err}")
     print(f"wrote {path} (the average of {len(args.runs)} generators)")
