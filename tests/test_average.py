@@ -53,7 +53,7 @@ def test_the_average_is_the_mean_generator_on_the_same_tokens(two_fine_tunes, ti
     assert (out / "sdid.safetensors").read_bytes() == (second / "sdid.safetensors").read_bytes()
     config = json.loads((out / "config.json").read_text())
     assert config["vqsvae"]["train"]["averaged_from"] == [str(first), str(second)]
-    assert "sdid" in config
+    assert config["sdid"] == json.loads((second / "config.json").read_text())["sdid"]  # its prior and sampler
 
     # The generator's BatchNorm statistics are measured on the averaged weights, not averaged: they are the
     # input statistics of one batch of the first BN_IMAGES training images, the generator's norms in train mode.
@@ -80,8 +80,7 @@ def test_the_average_is_the_mean_generator_on_the_same_tokens(two_fine_tunes, ti
     torch.testing.assert_close(plain["readout.weight"], averaged["readout.weight"])
 
 
-def test_runs_with_different_tokens_are_refused(tiny_run: Path, shared_data_root: Path, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture) -> None:
+def test_runs_with_different_tokens_are_refused(tiny_run: Path, shared_data_root: Path, tmp_path: Path) -> None:
     other = tmp_path / "other"
     assert main(["train", "--stage", "vqsvae", "--preset", "tiny", "--dataset", "mnist", "--out", str(other),
                  "--data-root", str(shared_data_root), "--seed", "3"]) == 0

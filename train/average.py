@@ -17,7 +17,8 @@ The tokenizer (encoder, k, codebook) must be the same tensors in every run, so e
 the runs' prior serves the average unchanged.
 
 NEW_RUN gets the averaged ``vqsvae.safetensors`` (weights only: it is a model, not a training state), the last
-run's ``sdid.safetensors`` if it has one, and a config.json whose ``vqsvae.train`` records what was averaged.
+run's ``sdid.safetensors`` and the ``sdid`` section of its config.json (the prior and the sampler it runs with) if
+it has a prior, and a config.json whose ``vqsvae.train`` records what was averaged.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import torch
 from torch import nn
 
 from spkdiff.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from spkdiff.config import write_json_atomic
+from spkdiff.config import read_json, write_json_atomic
 from spkdiff.data import load_tensor
 from spkdiff.errors import SpkdiffError
 from spkdiff.train.loop import is_tokenizer, stage_from_checkpoint
@@ -64,14 +65,15 @@ def recompute_generator_batch_norm(model: VQSVAE, images: torch.Tensor, batch_si
     model.eval()
     generator_norms = [m for part in (model.asg, model.decoder) for m in part.modules()
                        if isinstance(m, nn.BatchNorm2d)]
+    momenta = [norm.momentum for norm in generator_norms]
     for norm in generator_norms:
         norm.reset_running_stats()
         norm.momentum = None  # cumulative moving average: every batch weighs the same
         norm.train()
     for start in range(0, images.shape[0], batch_size):
         model(images[start:start + batch_size])
-    for norm in generator_norms:
-        norm.momentum = 0.1
+    for norm, momentum in zip(generator_norms, momenta, strict=True):
+        norm.momentum = momentum
     model.eval()
 
 
@@ -85,9 +87,16 @@ def average_runs(runs: list[Path], out: Path, data_root: str | None, bn_images: 
         raise SpkdiffError(f"unknown --batch-norm {batch_norm!r}: choose one of {', '.join(BATCH_NORM_MODES)}")
     if bn_images < 1:
         raise SpkdiffError(f"--bn-images must be >= 1, got {bn_images}")
-    checkpoints = [load_checkpoint(Path(r).expanduser() / "vqsvae.safetensors", stage="vqsvae") for r in runs]
+    runs = [Path(r).expanduser() for r in runs]
+    checkpoints = [load_checkpoint(r / "vqsvae.safetensors", stage="vqsvae") for r in runs]
     weights = averaged_weights(checkpoints)
     last = checkpoints[-1]
+    prior = runs[-1] / "sdid.safetensors"
+    sampling = None  # the prior's section of the last run's config.json: the sampler that run ships with
+    if prior.is_file():
+        sampling = read_json(runs[-1] / "config.json", "run config").get("sdid")
+        if sampling is None:
+            raise SpkdiffError(f"{runs[-1]}: it has a prior but its config.json has no sdid section")
     model = stage_from_checkpoint(last, "vqsvae")
     model.load_state_dict(weights)
     if batch_norm == "measure":
@@ -96,15 +105,14 @@ def average_runs(runs: list[Path], out: Path, data_root: str | None, bn_images: 
     config: dict[str, Any] = dict(last.config)
     config["vqsvae"] = dict(config["vqsvae"])
     config["vqsvae"]["train"] = dict(config["vqsvae"]["train"]) | {
-        "averaged_from": [str(Path(r).expanduser()) for r in runs], "batch_norm": batch_norm,
+        "averaged_from": [str(r) for r in runs], "batch_norm": batch_norm,
         **({"bn_images": bn_images} if batch_norm == "measure" else {})}
     out.mkdir(parents=True, exist_ok=True)
     path = out / "vqsvae.safetensors"
     save_checkpoint(path, model=model.state_dict(), config=config, stage="vqsvae")
-    prior = Path(runs[-1]).expanduser() / "sdid.safetensors"
-    if prior.is_file():
+    if sampling is not None:
         shutil.copy2(prior, out / "sdid.safetensors")
-        config |= {"sdid": load_checkpoint(prior, stage="sdid").config["sdid"]}
+        config["sdid"] = sampling
     write_json_atomic(out / "config.json", config)
     return path
 
