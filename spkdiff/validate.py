@@ -197,7 +197,8 @@ _VQSVAE_MODEL: dict[str, Field] = {
     "codebook_size": (int, 2, 65536), "time_steps": (int, 1, 1024), "beta": (float, 0, 1e3),
     "tau_syn": (float, 1, 1e6), "readout_decay": (float, 0, 1), "k_init": (float, -1e3, 1e3),
     "psp_variant": (str, None, None), "recon_loss": (str, None, None), "hidden": (list, None, None),
-    "decoder_hidden": ((list, type(None)), None, None), "neuron": (dict, None, None),
+    "decoder_hidden": ((list, type(None)), None, None),
+    "decoder_context": (int, 0, 8), "neuron": (dict, None, None),
 }
 _SDID_MODEL: dict[str, Field] = {
     "num_codes": (int, 2, 65536), "grid": (int, 1, 256), "channels": _SIZE, "blocks": (int, 0, 64),

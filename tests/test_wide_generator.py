@@ -1,4 +1,4 @@
-"""A wider generator grown from a trained one (``decoder_hidden``, spkdiff.train.vqsvae.widen_generator)."""
+"""A wider generator grown from a trained one (``decoder_hidden``, spkdiff.train.vqsvae.grow_generator)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from spkdiff.config import load_preset
 from spkdiff.data import load_tensor
 from spkdiff.errors import SpkdiffError
 from spkdiff.train.loop import load_stage
-from spkdiff.train.vqsvae import VQSVAE, VQSVAEConfig, widen_generator
+from spkdiff.train.vqsvae import VQSVAE, VQSVAEConfig, grow_generator
 
 TINY_DECODER = (16, 8)  # configs/tiny.yaml: hidden [8, 16], so its decoder has 16 and 8 channels
 WIDE_DECODER = [24, 12]
@@ -51,7 +51,7 @@ def test_the_grown_generator_computes_what_the_narrow_one_did(tiny_run: Path, tm
     narrow = load_stage(active, "vqsvae")
     torch.manual_seed(1)
     wide = VQSVAE(VQSVAEConfig.from_dict(narrow.cfg.to_dict() | {"decoder_hidden": WIDE_DECODER}))
-    wide.load_state_dict(widen_generator(wide, narrow.state_dict()))
+    wide.load_state_dict(grow_generator(wide, narrow.state_dict())[0])
     assert wide.decoder[0].synapse[0].weight.shape[1] == WIDE_DECODER[0]
     images = torch.rand(8, 1, 28, 28) - 0.5
     _assert_same_function(narrow, wide, images)
@@ -71,14 +71,14 @@ def test_a_grown_generator_grows_again_exactly(tiny_run: Path, tmp_path: Path) -
     config = narrow.cfg.to_dict()
     torch.manual_seed(1)
     wide = VQSVAE(VQSVAEConfig.from_dict(config | {"decoder_hidden": WIDE_DECODER}))
-    wide.load_state_dict(widen_generator(wide, narrow.state_dict()))
+    wide.load_state_dict(grow_generator(wide, narrow.state_dict())[0])
     with torch.no_grad():  # stands in for training: the first growth's added channels now reach the old ones
         # transposed-conv weights are (in, out, kh, kw): the rows of the first growth's added input channels
         for reader, old_in in ((wide.decoder[1].synapse[0].weight, TINY_DECODER[0]),
                                (wide.readout.weight, TINY_DECODER[1])):
             reader[old_in:] += 0.1 * torch.randn_like(reader[old_in:])
     wider = VQSVAE(VQSVAEConfig.from_dict(config | {"decoder_hidden": [2 * c for c in WIDE_DECODER]}))
-    wider.load_state_dict(widen_generator(wider, wide.state_dict()))
+    wider.load_state_dict(grow_generator(wider, wide.state_dict())[0])
     images = torch.rand(8, 1, 28, 28) - 0.5
     _assert_same_function(wide, wider, images)
     spikes: list[torch.Tensor] = []
@@ -109,7 +109,7 @@ def test_a_generator_cannot_shrink(tiny_run: Path, shared_data_root: Path, tmp_p
                                    capsys: pytest.CaptureFixture[str]) -> None:
     assert _train(tmp_path / "narrow", _wide_preset(tmp_path, tiny_run, [8, 8]), shared_data_root) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "cannot widen the generator" in err[0] and "decoder.0" in err[0]
+    assert len(err) == 1 and "cannot grow the generator" in err[0] and "decoder.0" in err[0]
 
 
 @pytest.mark.parametrize("bad", [[16], [16, 0], [16, 8, 4], [16, 2.5]])

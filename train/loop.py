@@ -50,7 +50,7 @@ from spkdiff.train.adversarial import (
 from spkdiff.train.distributed import SINGLE, DistContext, param_digest, tensor_digest
 from spkdiff.train.sdid import SDID, SDIDConfig, diffusion_loss, distillation_loss, training_mask
 from spkdiff.train.snn import LIFParams
-from spkdiff.train.vqsvae import PIXEL_MAX, PIXEL_MIN, VQSVAE, VQSVAEConfig, widen_generator
+from spkdiff.train.vqsvae import PIXEL_MAX, PIXEL_MIN, VQSVAE, VQSVAEConfig, grow_generator
 
 
 @dataclass
@@ -475,6 +475,9 @@ def _vqsvae_step(data_variance: float, settings: TrainSettings, discriminator: n
     return step
 
 
+CONTEXT_RELAY_IMAGES = 512  # training images whose spike rates set a new context layer's BatchNorm
+
+
 def train_vqsvae(run_dir: Path, config: dict[str, Any], data_root: str | None, resume: bool,
                  dist: DistContext = SINGLE) -> VQSVAE:
     settings = TrainSettings.from_dict(config["vqsvae"]["train"])
@@ -497,7 +500,11 @@ def train_vqsvae(run_dir: Path, config: dict[str, Any], data_root: str | None, r
         if settings.init_from is not None:
             source, model_cfg = settings.init_from, config["vqsvae"]["model"]
             weights = dist.run_on_main(lambda: initial_weights(source, "vqsvae", model_cfg))
-            load_model_weights(model, widen_generator(model, weights), Path(source))
+            grown, new_context = grow_generator(model, weights)
+            load_model_weights(model, grown, Path(source))
+            if new_context:
+                idx = torch.randperm(data.shape[0], generator=gen)[: CONTEXT_RELAY_IMAGES]
+                model.relay_context_(new_context, data[idx])
         elif settings.codebook_init == "data":
             idx = torch.randperm(data.shape[0], generator=gen)[: max(settings.batch_size, 256)]
             with torch.no_grad():
@@ -526,8 +533,8 @@ def _source_checkpoint(source: str, stage: str) -> Checkpoint:
 
 # Model settings a fine-tune may change: the weights are shared over the SNN time steps, so the SDID can be
 # fine-tuned to fewer (or more) time steps per denoiser call, which scales its SOPs per call; a generator can be
-# widened (widen_generator: the wider one starts as the narrower one's exact function).
-FINE_TUNABLE: dict[str, frozenset[str]] = {"vqsvae": frozenset({"decoder_hidden"}),
+# widened or deepened (grow_generator: the grown one starts as the source's exact function).
+FINE_TUNABLE: dict[str, frozenset[str]] = {"vqsvae": frozenset({"decoder_hidden", "decoder_context"}),
                                            "sdid": frozenset({"time_steps"})}
 
 

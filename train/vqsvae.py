@@ -28,6 +28,7 @@ from spkdiff.generation import embed_tokens
 from spkdiff.host import codebook_lookup, encoder_features, leaky_sum, psp_sequence
 from spkdiff.train.snn import LIFParams, SpikingConv, dense_macs, fan_out, sop_fraction
 
+MAX_CONTEXT_LAYERS = 8
 LATENT_STRIDES = (4, 2)  # image side / token-grid side: the paper's two halvings, or one (a 4x finer grid)
 
 
@@ -49,8 +50,12 @@ class VQSVAEConfig:
     latent_stride: int = 4  # image side / token-grid side (LATENT_STRIDES): 4 gives 7x7 tokens on 28x28, 2 gives 14x14
     # Channels of the two decoder layers, None for the encoder's in reverse (hidden[1], hidden[0]). A wider
     # generator costs few synaptic operations (the SDID dominates) and can start from a trained narrower one
-    # (widen_generator), keeping its tokens, so every prior trained on them still serves it.
+    # (grow_generator), keeping its tokens, so every prior trained on them still serves it.
     decoder_hidden: tuple[int, int] | None = None
+    # Spiking 3x3 Conv2d layers at half the image side between the two upsampling layers, decoder_channels[0]
+    # wide. Two 3x3 transposed convs let each pixel see about 2x2 tokens; every context layer adds a token of
+    # context on each side. A trained generator grows them as exact relays of its spikes (grow_generator).
+    decoder_context: int = 0
 
     def __post_init__(self) -> None:
         if self.latent_stride not in LATENT_STRIDES:
@@ -63,6 +68,10 @@ class VQSVAEConfig:
                 len(self.decoder_hidden) != 2
                 or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in self.decoder_hidden)):
             raise SpkdiffError(f"decoder_hidden must be two positive channel counts, got {list(self.decoder_hidden)}")
+        if (not isinstance(self.decoder_context, int) or isinstance(self.decoder_context, bool)
+                or not 0 <= self.decoder_context <= MAX_CONTEXT_LAYERS):
+            raise SpkdiffError(f"decoder_context must be a layer count from 0 to {MAX_CONTEXT_LAYERS}, "
+                               f"got {self.decoder_context!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> VQSVAEConfig:
@@ -138,6 +147,7 @@ class VQSVAE(nn.Module):
         self.decoder = nn.ModuleList([
             SpikingConv(nn.ConvTranspose2d(cfg.latent_channels, d0, 3, 2, 1, output_padding=1) if halve_twice
                         else nn.ConvTranspose2d(cfg.latent_channels, d0, 3, 1, 1), lif),
+            *(SpikingConv(nn.Conv2d(d0, d0, 3, 1, 1), lif) for _ in range(cfg.decoder_context)),
             SpikingConv(nn.ConvTranspose2d(d0, d1, 3, 2, 1, output_padding=1), lif),
         ])
         self.readout = nn.ConvTranspose2d(d1, cfg.in_channels, 3, 1, 1)
@@ -208,18 +218,21 @@ class VQSVAE(nn.Module):
         """The generator stage (ASG + decoder) on embeddings z^Q: the read-out's v_T."""
         return self.readout_potential(self.asg_spikes(z_q))
 
+    def _generator_synapses(self) -> list[tuple[nn.Module, tuple[int, int]]]:
+        """Each generator synapse layer (ASG, decoder, read-out) with the (H, W) of the spikes it reads."""
+        grid, half, full = self.cfg.latent_grid, self.cfg.image_size // 2, self.cfg.image_size
+        # decoder[0] reads the token grid; the context layers and the last decoder layer read half the image side.
+        sides = [grid, grid] + [half] * (len(self.decoder) - 1) + [full]
+        layers = [self.asg.synapse[0], *(layer.synapse[0] for layer in self.decoder), self.readout]
+        return [(layer, (side, side)) for layer, side in zip(layers, sides, strict=True)]
+
     def generator_fan_outs(self) -> list[torch.Tensor]:
         """Synapses per spike (H, W) of the ASG's and each decoder layer's spikes, in :meth:`forward`'s order."""
-        grid, half = self.cfg.latent_grid, self.cfg.image_size // 2  # the last decoder layer doubles to the image
-        return [fan_out(self.decoder[0].synapse[0], (grid, grid)), fan_out(self.decoder[1].synapse[0], (half, half)),
-                fan_out(self.readout, (self.cfg.image_size,) * 2)]
+        return [fan_out(layer, hw) for layer, hw in self._generator_synapses()[1:]]
 
     def generator_dense_macs(self) -> float:
         """MACs of one pass of the generator (ASG, decoder, read-out) as an ANN."""
-        grid, half = self.cfg.latent_grid, self.cfg.image_size // 2
-        return (dense_macs(self.asg.synapse[0], (grid, grid)) + dense_macs(self.decoder[0].synapse[0], (grid, grid))
-                + dense_macs(self.decoder[1].synapse[0], (half, half))
-                + dense_macs(self.readout, (self.cfg.image_size,) * 2))
+        return sum(dense_macs(layer, hw) for layer, hw in self._generator_synapses())
 
     def generator_sop_fraction(self, spikes: list[torch.Tensor]) -> torch.Tensor:
         """R of the generator per image, batch mean, from the spikes :meth:`forward` collects."""
@@ -228,6 +241,47 @@ class VQSVAE(nn.Module):
     @torch.no_grad()
     def encode_tokens(self, x: torch.Tensor) -> torch.Tensor:
         return self.quantize(self.features(self.encode_spikes(x)))[0]
+
+    @torch.no_grad()
+    def relay_context_(self, layers: list[int], images: torch.Tensor) -> None:
+        """Make the decoder's context layers ``layers`` pass their input spike trains on unchanged, measured on
+        ``images`` (in [-0.5, 0.5]), so a grown generator starts as its source's exact function.
+
+        Each gets the identity kernel (centre tap 1, bias 0), and its BatchNorm the per-channel mean p and
+        variance v of its input spikes on ``images`` with the generator on batch statistics (as in training):
+        running mean p, running variance v, gamma = g sqrt(v + eps), beta = g p. BN(conv(s)) is then g s at
+        inference for any input, and in training on batches that fire like ``images``. With
+        g = 1.5 tau (V_th - V_reset), a LIF crosses its threshold in the step a spike arrives even from rest,
+        and without input it only leaks towards V_reset (Eq 1-3): its spikes are its input's."""
+        was_training = self.training
+        saved = {name: buffer.clone() for name, buffer in self.named_buffers()}
+        self.eval()
+        z_q = self.embed(self.encode_tokens(images))
+        self.train()  # the generator on batch statistics; the running ones are put back below
+        s = self.asg_spikes(z_q)
+        measured = {}
+        for i, layer in enumerate(self.decoder):
+            if i in layers:
+                conv, bn = layer.synapse
+                if conv.in_channels != conv.out_channels or conv.kernel_size != (3, 3):
+                    raise SpkdiffError(f"decoder layer {i} is not a context layer (3x3, as many channels out as in)")
+                lif = layer.neuron.params
+                gain = 1.5 * lif.tau * (lif.v_threshold - lif.v_reset)
+                p = s.mean((0, 1, 3, 4))
+                v = s.var((0, 1, 3, 4), unbiased=False)  # what BatchNorm normalises by in training
+                conv.weight.zero_()
+                conv.weight[:, :, 1, 1] = torch.eye(conv.out_channels)
+                conv.bias.zero_()
+                bn.weight.copy_(gain * (v + bn.eps).sqrt())
+                bn.bias.copy_(gain * p)
+                measured[i] = (p, v)
+            s = layer(s, self.steps)
+        for name, buffer in self.named_buffers():
+            buffer.copy_(saved[name])
+        for i, (p, v) in measured.items():
+            self.decoder[i].synapse[1].running_mean.copy_(p)
+            self.decoder[i].synapse[1].running_var.copy_(v)
+        self.train(was_training)
 
     # --- training -----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, data_variance: float = 1.0, spikes: list[torch.Tensor] | None = None
@@ -264,30 +318,51 @@ class VQSVAE(nn.Module):
             self.codebook.copy_(flat[idx])
 
 
-def widen_generator(model: VQSVAE, source: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Weights for ``model`` from a trained VQ-VAE ``source`` with a narrower (or equal) decoder, such that
-    ``model`` computes exactly what the source did (Net2Net-style growth with silent new units).
+def grow_generator(model: VQSVAE, source: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[int]]:
+    """Weights for ``model`` from a trained VQ-VAE ``source`` whose generator is narrower (``decoder_hidden``) or
+    shallower (``decoder_context``) or equal, such that ``model`` computes exactly what the source did, and the
+    indices of the decoder layers that are new context layers (:meth:`VQSVAE.relay_context_` makes them exact
+    relays; until then they hold ``model``'s fresh initialisation).
 
-    Each source tensor that is smaller than ours fills the leading slice of it; the added decoder channels keep
-    ``model``'s own fresh initialisation (random synapses in, so they spike and learn; BatchNorm at its defaults),
-    except that every synapse *from* an added channel into a layer the source had (the next decoder layer's old
-    channels, the read-out) starts at zero. Every other tensor is the source's own, so the tokenizer (encoder, k,
-    codebook) and the ASG are unchanged (every image keeps its tokens), and a missing key or another dtype is left
-    for :func:`spkdiff.checkpoint.load_model_weights` to refuse."""
-    weights = dict(source)
-    for key, tensor in model.state_dict().items():
-        theirs = source.get(key)
+    Net2Net-style growth: each source tensor that is smaller than ours fills the leading slice of it; the added
+    channels keep ``model``'s own fresh initialisation (random synapses in, so they spike and learn; BatchNorm at
+    its defaults), except that every synapse *from* an added channel into a channel the source had starts at
+    zero. The source's last decoder layer stays the last one (new context layers go in before it). Every other
+    tensor is the source's own, so the tokenizer (encoder, k, codebook) and the ASG are unchanged (every image
+    keeps its tokens); a missing key or another dtype is left for :func:`spkdiff.checkpoint.load_model_weights`
+    to refuse."""
+    ours = model.state_dict()
+    source_layers = 1 + max((int(k.split(".")[1]) for k in source if k.startswith("decoder.")), default=-1)
+    if source_layers < 2:
+        raise SpkdiffError("cannot grow the generator: the source has no decoder (it is not a VQ-SVAE checkpoint)")
+    if source_layers > len(model.decoder):
+        raise SpkdiffError(f"cannot grow the generator: the source has {source_layers - 2} context layers, this "
+                           f"model {len(model.decoder) - 2} (layers are only ever added)")
+    last_theirs, last_ours = f"decoder.{source_layers - 1}.", f"decoder.{len(model.decoder) - 1}."
+    renamed = {last_ours + k.removeprefix(last_theirs) if k.startswith(last_theirs) else k: v
+               for k, v in source.items()}
+    new_layers = list(range(source_layers - 1, len(model.decoder) - 1))
+    fresh = {k: v.detach().clone() for k, v in ours.items()
+             if any(k.startswith(f"decoder.{i}.") for i in new_layers)}
+    weights = dict(renamed) | fresh
+    for key, tensor in ours.items():
+        theirs = renamed.get(key)
         if theirs is None or theirs.shape == tensor.shape:
             continue
         if theirs.dim() != tensor.dim() or any(a > b for a, b in zip(theirs.shape, tensor.shape)):
-            raise SpkdiffError(f"cannot widen the generator: source tensor {key} has shape {tuple(theirs.shape)}, "
+            raise SpkdiffError(f"cannot grow the generator: source tensor {key} has shape {tuple(theirs.shape)}, "
                                f"ours {tuple(tensor.shape)} (only decoder channels may grow)")
         grown = tensor.detach().to(theirs.dtype, copy=True)
         grown[tuple(slice(0, n) for n in theirs.shape)] = theirs
         weights[key] = grown
-    # Transposed-conv weights are (in, out, kh, kw): zero (added in) x (old out) in each reader of a grown layer.
-    for reader in ("decoder.1.synapse.0.weight", "readout.weight"):
-        if weights.get(reader) is not source.get(reader):
-            old_in, old_out = source[reader].shape[:2]
-            weights[reader][old_in:, :old_out] = 0
-    return weights
+    # Zero (added in) x (old out) in each grown reader; Conv2d weights are (out, in, kh, kw), transposed (in, out, ...).
+    readers = {f"decoder.{i}.synapse.0.weight": layer.synapse[0] for i, layer in enumerate(model.decoder)}
+    for key, conv in (readers | {"readout.weight": model.readout}).items():
+        if key in renamed and weights[key] is not renamed[key]:
+            if isinstance(conv, nn.ConvTranspose2d):
+                old_in, old_out = renamed[key].shape[:2]
+                weights[key][old_in:, :old_out] = 0
+            else:
+                old_out, old_in = renamed[key].shape[:2]
+                weights[key][:old_out, old_in:] = 0
+    return weights, new_layers
