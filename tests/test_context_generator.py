@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TINY_PRESET, activated_copy, assert_nir_stages_match_torch
-from test_wide_generator import TINY_DECODER, _assert_same_function, _train
+from conftest import activated_copy, assert_nir_stages_match_torch
+from test_wide_generator import TINY_DECODER, _assert_same_function, _grown_preset, _train
 
 from spkdiff.config import load_preset
 from spkdiff.data import load_tensor
@@ -22,15 +22,6 @@ from spkdiff.train.vqsvae import VQSVAE, VQSVAEConfig, grow_generator
 def _deep(source: VQSVAE, layers: int) -> VQSVAE:
     torch.manual_seed(1)
     return VQSVAE(VQSVAEConfig.from_dict(source.cfg.to_dict() | {"decoder_context": layers}))
-
-
-def _context_preset(folder: Path, source: Path, layers: int) -> Path:
-    preset = yaml.safe_load(TINY_PRESET.read_text())
-    preset["vqsvae"]["model"]["decoder_context"] = layers
-    preset["vqsvae"]["train"].update(init_from=str(source), train_parts="generator")
-    path = folder / f"context_{layers}.yaml"
-    path.write_text(yaml.safe_dump(preset))
-    return path
 
 
 def test_grown_context_layers_relay_the_spikes_exactly(tiny_run: Path, tmp_path: Path) -> None:
@@ -71,7 +62,7 @@ def test_a_context_fine_tune_keeps_its_tokens_and_exports_spike_for_spike(
 
     source = activated_copy(tiny_run, tmp_path / "source")
     run = tmp_path / "deep"
-    assert _train(run, _context_preset(tmp_path, source, 1), shared_data_root) == 0
+    assert _train(run, _grown_preset(tmp_path, source, decoder_context=1), shared_data_root) == 0
     before, after = load_stage(source, "vqsvae"), load_stage(run, "vqsvae")
     assert len(after.decoder) == 3
     images = load_tensor("mnist", shared_data_root, "test", limit=8)[0] - 0.5

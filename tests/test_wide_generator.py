@@ -21,11 +21,12 @@ TINY_DECODER = (16, 8)  # configs/tiny.yaml: hidden [8, 16], so its decoder has 
 WIDE_DECODER = [24, 12]
 
 
-def _wide_preset(folder: Path, source: Path, decoder_hidden: list[int]) -> Path:
+def _grown_preset(folder: Path, source: Path, **model: object) -> Path:
+    """The tiny preset with the ``model`` settings, fine-tuning SOURCE's generator."""
     preset = yaml.safe_load(TINY_PRESET.read_text())
-    preset["vqsvae"]["model"]["decoder_hidden"] = decoder_hidden
+    preset["vqsvae"]["model"].update(model)
     preset["vqsvae"]["train"].update(init_from=str(source), train_parts="generator")
-    path = folder / f"wide_{'_'.join(map(str, decoder_hidden))}.yaml"
+    path = folder / f"grown_{len(list(folder.glob('grown_*')))}.yaml"
     path.write_text(yaml.safe_dump(preset))
     return path
 
@@ -90,7 +91,7 @@ def test_a_grown_generator_fine_tunes_keeps_its_tokens_and_exports_spike_for_spi
         tiny_run: Path, shared_data_root: Path, tmp_path: Path) -> None:
     source = activated_copy(tiny_run, tmp_path / "source")  # a tiny run barely spikes: the added channels would not
     run = tmp_path / "wide"
-    assert _train(run, _wide_preset(tmp_path, source, WIDE_DECODER), shared_data_root) == 0
+    assert _train(run, _grown_preset(tmp_path, source, decoder_hidden=WIDE_DECODER), shared_data_root) == 0
     before, after = load_stage(source, "vqsvae"), load_stage(run, "vqsvae")
     assert after.cfg.decoder_channels == tuple(WIDE_DECODER)
     images = load_tensor("mnist", shared_data_root, "test", limit=8)[0] - 0.5
@@ -107,7 +108,7 @@ def test_a_grown_generator_fine_tunes_keeps_its_tokens_and_exports_spike_for_spi
 
 def test_a_generator_cannot_shrink(tiny_run: Path, shared_data_root: Path, tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
-    assert _train(tmp_path / "narrow", _wide_preset(tmp_path, tiny_run, [8, 8]), shared_data_root) == 2
+    assert _train(tmp_path / "narrow", _grown_preset(tmp_path, tiny_run, decoder_hidden=[8, 8]), shared_data_root) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot grow the generator" in err[0] and "decoder.0" in err[0]
 
