@@ -192,13 +192,14 @@ def check_mapping(data: Any, fields: Mapping[str, Field], where: str, required: 
 
 
 _SIZE = (int, 1, 4096)  # channel counts: 4096 channels on the 7x7 grid is far beyond any model here
+MAX_CONTEXT_LAYERS = 8  # the generator's 3x3 context layers (VQSVAEConfig.decoder_context)
 _VQSVAE_MODEL: dict[str, Field] = {
     "in_channels": (int, 1, 4), "image_size": (int, 4, 256), "latent_channels": _SIZE,
     "codebook_size": (int, 2, 65536), "time_steps": (int, 1, 1024), "beta": (float, 0, 1e3),
     "tau_syn": (float, 1, 1e6), "readout_decay": (float, 0, 1), "k_init": (float, -1e3, 1e3),
     "psp_variant": (str, None, None), "recon_loss": (str, None, None), "hidden": (list, None, None),
     "decoder_hidden": ((list, type(None)), None, None),
-    "decoder_context": (int, 0, 8), "neuron": (dict, None, None),
+    "decoder_context": (int, 0, MAX_CONTEXT_LAYERS), "neuron": (dict, None, None),
 }
 _SDID_MODEL: dict[str, Field] = {
     "num_codes": (int, 2, 65536), "grid": (int, 1, 256), "channels": _SIZE, "blocks": (int, 0, 64),

@@ -27,8 +27,8 @@ from spkdiff.errors import SpkdiffError
 from spkdiff.generation import embed_tokens
 from spkdiff.host import codebook_lookup, encoder_features, leaky_sum, psp_sequence
 from spkdiff.train.snn import LIFParams, SpikingConv, dense_macs, fan_out, sop_fraction
+from spkdiff.validate import MAX_CONTEXT_LAYERS
 
-MAX_CONTEXT_LAYERS = 8
 LATENT_STRIDES = (4, 2)  # image side / token-grid side: the paper's two halvings, or one (a 4x finer grid)
 
 
