@@ -11,11 +11,12 @@ import yaml
 if TYPE_CHECKING:
     import torch
 
-    from spkdiff.train.vqsvae import VQSVAEConfig
+    from spkdiff.train.vqsvae import VQSVAE, VQSVAEConfig
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TINY_PRESET = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 BN_GAIN, BN_SHIFT = 8.0, 1.0  # measured: every LIF layer of a tiny run then fires 15-50 % of the time
+TINY_DECODER = (16, 8)  # configs/tiny.yaml: hidden [8, 16], so its decoder has 16 and 8 channels
 
 
 def tiny_preset(folder: Path, stage: str, **train: object) -> Path:
@@ -93,6 +94,37 @@ def run_on_tokens_of(source: Path, out: Path) -> Path:
     for name in ("vqsvae.safetensors", "config.json"):
         shutil.copy(source / name, out / name)
     return out
+
+
+def grown_generator_preset(folder: Path, source: Path, **model: object) -> Path:
+    """The tiny preset with the ``model`` settings, fine-tuning SOURCE's generator; written into FOLDER."""
+    preset = yaml.safe_load(TINY_PRESET.read_text())
+    preset["vqsvae"]["model"].update(model)
+    preset["vqsvae"]["train"].update(init_from=str(source), train_parts="generator")
+    path = folder / f"grown_{len(list(folder.glob('grown_*')))}.yaml"
+    path.write_text(yaml.safe_dump(preset))
+    return path
+
+
+def assert_same_generator_function(source: VQSVAE, grown: VQSVAE, images: torch.Tensor) -> None:
+    """``grown`` tokenizes ``images`` as ``source`` does and its generator computes the same potentials."""
+    import torch
+
+    for mode in (False, True):  # running statistics, and a training batch's own
+        source.train(mode), grown.train(mode)
+        with torch.no_grad():
+            tokens, z_q = source.quantize(source.features(source.encode_spikes(images)))
+            grown_tokens, grown_z_q = grown.quantize(grown.features(grown.encode_spikes(images)))
+            assert torch.equal(tokens, grown_tokens)
+            assert torch.equal(source.generator_potential(z_q), grown.generator_potential(grown_z_q))
+
+
+def train_vqsvae(out: Path, preset: Path, data: Path) -> int:
+    """``spkdiff train --stage vqsvae`` on MNIST into OUT with PRESET; returns the exit status."""
+    from spkdiff.cli import main
+
+    return main(["train", "--stage", "vqsvae", "--preset", str(preset), "--dataset", "mnist", "--out", str(out),
+                 "--data-root", str(data), "--seed", "0"])
 
 
 def train_sdid(out: Path, preset: Path, data: Path, *extra: str) -> int:

@@ -8,8 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import activated_copy, assert_nir_stages_match_torch
-from test_wide_generator import TINY_DECODER, _assert_same_function, _grown_preset, _train
+from conftest import (
+    TINY_DECODER,
+    activated_copy,
+    assert_nir_stages_match_torch,
+    assert_same_generator_function,
+    grown_generator_preset,
+    train_vqsvae,
+)
 
 from spkdiff.config import load_preset
 from spkdiff.data import load_tensor
@@ -32,7 +38,7 @@ def test_grown_context_layers_relay_the_spikes_exactly(tiny_run: Path, tmp_path:
     deep.load_state_dict(weights)
     images = torch.rand(16, 1, 28, 28) - 0.5
     deep.relay_context_(new_layers, images)
-    _assert_same_function(source, deep, images)  # in eval mode and on this training batch's own statistics
+    assert_same_generator_function(source, deep, images)  # in eval mode and on this training batch's own statistics
     spikes: list[torch.Tensor] = []
     deep.train()
     deep(images, spikes=spikes)["loss"].backward()
@@ -62,7 +68,7 @@ def test_a_context_fine_tune_keeps_its_tokens_and_exports_spike_for_spike(
 
     source = activated_copy(tiny_run, tmp_path / "source")
     run = tmp_path / "deep"
-    assert _train(run, _grown_preset(tmp_path, source, decoder_context=1), shared_data_root) == 0
+    assert train_vqsvae(run, grown_generator_preset(tmp_path, source, decoder_context=1), shared_data_root) == 0
     before, after = load_stage(source, "vqsvae"), load_stage(run, "vqsvae")
     assert len(after.decoder) == 3
     images = load_tensor("mnist", shared_data_root, "test", limit=8)[0] - 0.5

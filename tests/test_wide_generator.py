@@ -8,43 +8,22 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TINY_PRESET, activated_copy, assert_nir_stages_match_torch
+from conftest import (
+    TINY_DECODER,
+    activated_copy,
+    assert_nir_stages_match_torch,
+    assert_same_generator_function,
+    grown_generator_preset,
+    train_vqsvae,
+)
 
-from spkdiff.cli import main
 from spkdiff.config import load_preset
 from spkdiff.data import load_tensor
 from spkdiff.errors import SpkdiffError
 from spkdiff.train.loop import load_stage
 from spkdiff.train.vqsvae import VQSVAE, VQSVAEConfig, grow_generator
 
-TINY_DECODER = (16, 8)  # configs/tiny.yaml: hidden [8, 16], so its decoder has 16 and 8 channels
 WIDE_DECODER = [24, 12]
-
-
-def _grown_preset(folder: Path, source: Path, **model: object) -> Path:
-    """The tiny preset with the ``model`` settings, fine-tuning SOURCE's generator."""
-    preset = yaml.safe_load(TINY_PRESET.read_text())
-    preset["vqsvae"]["model"].update(model)
-    preset["vqsvae"]["train"].update(init_from=str(source), train_parts="generator")
-    path = folder / f"grown_{len(list(folder.glob('grown_*')))}.yaml"
-    path.write_text(yaml.safe_dump(preset))
-    return path
-
-
-def _train(out: Path, preset: Path, data: Path) -> int:
-    return main(["train", "--stage", "vqsvae", "--preset", str(preset), "--dataset", "mnist", "--out", str(out),
-                 "--data-root", str(data), "--seed", "0"])
-
-
-def _assert_same_function(source: VQSVAE, grown: VQSVAE, images: torch.Tensor) -> None:
-    """``grown`` tokenizes ``images`` as ``source`` does and its generator computes the same potentials."""
-    for mode in (False, True):  # running statistics, and a training batch's own
-        source.train(mode), grown.train(mode)
-        with torch.no_grad():
-            tokens, z_q = source.quantize(source.features(source.encode_spikes(images)))
-            grown_tokens, grown_z_q = grown.quantize(grown.features(grown.encode_spikes(images)))
-            assert torch.equal(tokens, grown_tokens)
-            assert torch.equal(source.generator_potential(z_q), grown.generator_potential(grown_z_q))
 
 
 def test_the_grown_generator_computes_what_the_narrow_one_did(tiny_run: Path, tmp_path: Path) -> None:
@@ -55,7 +34,7 @@ def test_the_grown_generator_computes_what_the_narrow_one_did(tiny_run: Path, tm
     wide.load_state_dict(grow_generator(wide, narrow.state_dict())[0])
     assert wide.decoder[0].synapse[0].weight.shape[1] == WIDE_DECODER[0]
     images = torch.rand(8, 1, 28, 28) - 0.5
-    _assert_same_function(narrow, wide, images)
+    assert_same_generator_function(narrow, wide, images)
     # The added channels are not dead weight: in training they fire and reach the read-out's gradient.
     wide.train()
     spikes: list[torch.Tensor] = []
@@ -81,7 +60,7 @@ def test_a_grown_generator_grows_again_exactly(tiny_run: Path, tmp_path: Path) -
     wider = VQSVAE(VQSVAEConfig.from_dict(config | {"decoder_hidden": [2 * c for c in WIDE_DECODER]}))
     wider.load_state_dict(grow_generator(wider, wide.state_dict())[0])
     images = torch.rand(8, 1, 28, 28) - 0.5
-    _assert_same_function(wide, wider, images)
+    assert_same_generator_function(wide, wider, images)
     spikes: list[torch.Tensor] = []
     wider(images, spikes=spikes)
     assert spikes[2][:, :, WIDE_DECODER[1]:].mean() > 0.01  # the second growth's channels fire: they must be silent
@@ -91,7 +70,8 @@ def test_a_grown_generator_fine_tunes_keeps_its_tokens_and_exports_spike_for_spi
         tiny_run: Path, shared_data_root: Path, tmp_path: Path) -> None:
     source = activated_copy(tiny_run, tmp_path / "source")  # a tiny run barely spikes: the added channels would not
     run = tmp_path / "wide"
-    assert _train(run, _grown_preset(tmp_path, source, decoder_hidden=WIDE_DECODER), shared_data_root) == 0
+    preset = grown_generator_preset(tmp_path, source, decoder_hidden=WIDE_DECODER)
+    assert train_vqsvae(run, preset, shared_data_root) == 0
     before, after = load_stage(source, "vqsvae"), load_stage(run, "vqsvae")
     assert after.cfg.decoder_channels == tuple(WIDE_DECODER)
     images = load_tensor("mnist", shared_data_root, "test", limit=8)[0] - 0.5
@@ -108,7 +88,8 @@ def test_a_grown_generator_fine_tunes_keeps_its_tokens_and_exports_spike_for_spi
 
 def test_a_generator_cannot_shrink(tiny_run: Path, shared_data_root: Path, tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
-    assert _train(tmp_path / "narrow", _grown_preset(tmp_path, tiny_run, decoder_hidden=[8, 8]), shared_data_root) == 2
+    preset = grown_generator_preset(tmp_path, tiny_run, decoder_hidden=[8, 8])
+    assert train_vqsvae(tmp_path / "narrow", preset, shared_data_root) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot grow the generator" in err[0] and "decoder.0" in err[0]
 
