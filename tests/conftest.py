@@ -15,8 +15,16 @@ if TYPE_CHECKING:
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TINY_PRESET = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+TORCH_THREADS = 2  # the tiny fine-tunes are chaotic: one thread drove a generator layer from >5 % to 1.5 % firing
 BN_GAIN, BN_SHIFT = 8.0, 1.0  # measured: every LIF layer of a tiny run then fires 15-50 % of the time
 TINY_DECODER = (16, 8)  # configs/tiny.yaml: hidden [8, 16], so its decoder has 16 and 8 channels
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Pin torch's thread count, so a test sees the same numbers whatever OMP_NUM_THREADS says."""
+    import torch
+
+    torch.set_num_threads(TORCH_THREADS)
 
 
 def tiny_preset(folder: Path, stage: str, **train: object) -> Path:
