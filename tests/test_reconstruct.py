@@ -58,9 +58,9 @@ def sim_fixed(active, images):
 
 def test_torch_sim_and_sim_fixed_tokens(active, images, sim_fixed) -> None:
     """Float simulator = torch, token for token and image for image (the same spikes, the same Eq 4-8 code);
-    Loihi fixed point: 6 of the 98 tokens differ (0.9 % over 64 test images): the encoder's integer potentials
-    cross the threshold a step earlier or later than the float ones near it, and a changed spike moves z^E
-    across the boundary between two codes."""
+    Loihi fixed point: a few of the 98 tokens may differ (0.9 % over 64 test images once): the encoder's integer
+    potentials cross the threshold a step earlier or later than the float ones near it, and a changed spike moves
+    z^E across the boundary between two codes."""
     from spkdiff.backends import reconstruct_images
     from spkdiff.simulator.generate import reconstruct
 
@@ -71,8 +71,9 @@ def test_torch_sim_and_sim_fixed_tokens(active, images, sim_fixed) -> None:
     assert torch.equal(sim.tokens, t_tok) and torch.equal(sim.images, t_img)
     fixed = sim_fixed[0]
     # quantisation moves a spike by a step now and then, and z^E onto a neighbouring code: a minority of tokens
-    # (0 would mean no quantisation error at all; 6-11 of 98 seen, depending on the tiny run)
-    assert 0 < int((fixed.tokens != t_tok).sum()) <= t_tok.numel() // 4
+    # (0-11 of 98 seen, depending on the tiny run); the integer generator shows the quantisation in every image
+    assert int((fixed.tokens != t_tok).sum()) <= t_tok.numel() // 4
+    assert not torch.equal(fixed.images, t_img)
     assert fixed.counters["encoder"].totals()["spikes"] > 100 and fixed.counters["generator"].totals()["spikes"] > 0
 
 
