@@ -127,20 +127,20 @@ def assert_same_generator_function(source: VQSVAE, grown: VQSVAE, images: torch.
             assert torch.equal(source.generator_potential(z_q), grown.generator_potential(grown_z_q))
 
 
-def train_vqsvae(out: Path, preset: Path, data: Path) -> int:
-    """``spkdiff train --stage vqsvae`` on MNIST into OUT with PRESET; returns the exit status."""
+def train_stage(stage: str, out: Path, preset: Path, data: Path, *extra: str) -> int:
+    """``spkdiff train --stage STAGE`` on MNIST into OUT with PRESET, seed 0; returns the exit status."""
     from spkdiff.cli import main
 
-    return main(["train", "--stage", "vqsvae", "--preset", str(preset), "--dataset", "mnist", "--out", str(out),
-                 "--data-root", str(data), "--seed", "0"])
+    return main(["train", "--stage", stage, "--preset", str(preset), "--dataset", "mnist", "--out", str(out),
+                 "--data-root", str(data), "--seed", "0", *extra])
+
+
+def train_vqsvae(out: Path, preset: Path, data: Path, *extra: str) -> int:
+    return train_stage("vqsvae", out, preset, data, *extra)
 
 
 def train_sdid(out: Path, preset: Path, data: Path, *extra: str) -> int:
-    """``spkdiff train --stage sdid`` on MNIST into OUT with PRESET; returns the exit status."""
-    from spkdiff.cli import main
-
-    return main(["train", "--stage", "sdid", "--preset", str(preset), "--dataset", "mnist", "--out", str(out),
-                 "--data-root", str(data), "--seed", "0", *extra])
+    return train_stage("sdid", out, preset, data, *extra)
 
 
 @pytest.fixture(scope="session")
