@@ -12,6 +12,7 @@ printed and appended to --out.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -27,17 +28,24 @@ from spkdiff.train.sampling import reconstruct
 METRICS = ("fid", "kid", "pr")
 
 
-def score(run: str, n: int, data_root: str) -> dict:
+@functools.cache
+def real_floor(dataset: str, n: int, data_root: str | None) -> dict:
+    """The same N real training images' scores: computed once per dataset, however many runs are scored."""
+    images, _ = load_tensor(dataset, data_root, "train", limit=n)
+    floor = evaluate_images(images, dataset, data_root, metrics=METRICS, progress=False)
+    return {f"real_{key}": floor[key] for key in ("fid", "kid", "precision", "recall")}
+
+
+def score(run: str, n: int, data_root: str | None) -> dict:
     run_dir = resolve_run(run)
     dataset = read_json(run_dir / "config.json", "run config")["dataset"]
     images, _ = load_tensor(dataset, data_root, "train", limit=n)
     with torch.no_grad():
-        recon, _ = reconstruct(load_stage(run_dir, "vqsvae"), images)
+        recon, _ = reconstruct(load_stage(run_dir, "vqsvae"), images)  # already in [0, 1]
     row = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "run": run,
            "what": f"reconstructions of the first {n} training images"}
-    row.update(evaluate_images(recon.clamp(0, 1), dataset, data_root, metrics=METRICS, progress=False))
-    floor = evaluate_images(images, dataset, data_root, metrics=METRICS, progress=False)
-    row.update({f"real_{key}": floor[key] for key in ("fid", "kid", "precision", "recall")})
+    row.update(evaluate_images(recon, dataset, data_root, metrics=METRICS, progress=False))
+    row.update(real_floor(dataset, n, data_root))
     return row
 
 
