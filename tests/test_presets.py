@@ -54,6 +54,10 @@ DERIVED = {
     "bench/prior/preset_grid14_patch2.yaml": ("fast_grid14", {
         "sdid.model.channels": 128, "sdid.model.time_steps": 2, "sdid.model.patch": 2,
         "sdid.train.sop_weight": MISSING}),
+    "bench/quality/preset_codebook_restart.yaml": ("fast", {
+        "vqsvae.train.codebook_restart_every": 100, "vqsvae.train.codebook_restart_until": 0.9}),
+    "bench/quality/preset_codebook_restart_k512.yaml": ("preset_codebook_restart.yaml", {
+        "vqsvae.model.codebook_size": 512}),
     "bench/quality/preset_generator_l1_only.yaml": ("fast_adversarial", {
         "vqsvae.train.adversarial_weight": 0.0, "vqsvae.train.adversarial_start": MISSING,
         "sdid.sample.temperature": 0.8}),
@@ -68,7 +72,8 @@ def test_derived_preset_is_its_base_plus_its_documented_differences(name: str, m
     assert yaml.safe_load(file.read_text())["base"] == base  # the file says what it varies
     resolved = load_preset(name)
     assert not {"base", "unset"} & resolved.keys()
-    assert _diff(load_preset(base), resolved) == differences
+    base_file = file.parent / base if base.endswith(".yaml") else base  # relative to the file naming it
+    assert _diff(load_preset(str(base_file)), resolved) == differences
     assert "dilations" not in resolved["sdid"]["model"]
 
 

@@ -50,7 +50,14 @@ from spkdiff.train.adversarial import (
 from spkdiff.train.distributed import SINGLE, DistContext, param_digest, tensor_digest
 from spkdiff.train.sdid import SDID, SDIDConfig, diffusion_loss, distillation_loss, training_mask
 from spkdiff.train.snn import LIFParams
-from spkdiff.train.vqsvae import PIXEL_MAX, PIXEL_MIN, VQSVAE, VQSVAEConfig, grow_generator
+from spkdiff.train.vqsvae import (
+    PIXEL_MAX,
+    PIXEL_MIN,
+    VQSVAE,
+    VQSVAEConfig,
+    grow_generator,
+    restart_unused_codes_,
+)
 
 
 @dataclass
@@ -77,6 +84,8 @@ class TrainSettings:
     distill_from: str | None = None  # stage 2: a trained prior on the same tokens to distil from (the teacher)
     distill_weight: float = 0.0  # stage 2: weight of the KL to the teacher (spkdiff.train.sdid.distillation_loss)
     ema_decay: float = 0.0  # > 0: the checkpoint's weights are this exponential moving average (WeightAverage)
+    codebook_restart_every: int = 0  # stage 1: every N steps, move the batch's unused codes onto its features; 0 = off
+    codebook_restart_until: float = 0.9  # stage 1: no restarts after this fraction of the steps (codes settle)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -85,6 +94,12 @@ class TrainSettings:
                 raise SpkdiffError(f"{name} must be >= 0 (a loss weight), got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise SpkdiffError(f"ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
+        if self.codebook_restart_every < 0:
+            raise SpkdiffError(f"codebook_restart_every must be >= 0 (steps; 0 = off), "
+                               f"got {self.codebook_restart_every}")
+        if not 0.0 <= self.codebook_restart_until <= 1.0:
+            raise SpkdiffError(f"codebook_restart_until must be a fraction of the run in [0, 1], "
+                               f"got {self.codebook_restart_until}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainSettings:
@@ -269,13 +284,17 @@ def run_training(
     dist: DistContext = SINGLE,
     setup: Callable[[nn.Module], None] | None = None,
     companion: nn.Module | None = None,
+    after_step: Callable[[nn.Module, torch.optim.Optimizer, dict[str, Any], torch.Generator, int, int], None]
+    | None = None,
 ) -> nn.Module:
     """The shared loop: shuffle per epoch, AdamW, schedule, atomic checkpoints, logs, progress.
 
     ``step_fn(model, batch, generator, step)`` gets the DDP-wrapped model under torchrun (its attributes still
     reach the model). ``setup`` adjusts the fresh model before the optimizer sees it (e.g. freezes parts), on a
     new run and on resume alike. ``companion``: training-only modules (a discriminator) optimised beside the
-    model and checkpointed apart from it (``train/``), so they never reach an export.
+    model and checkpointed apart from it (``train/``), so they never reach an export. ``after_step(model,
+    optimizer, step_fn's output, generator, step, total)`` runs right after each update, as part of the step
+    (an interruption never separates them), e.g. to restart unused codes.
     """
     stage_cfg = config[stage]
     settings = TrainSettings.from_dict(stage_cfg["train"])
@@ -391,13 +410,16 @@ def run_training(
                 batch = order[in_epoch * settings.batch_size:(in_epoch + 1) * settings.batch_size]
                 idx = dist.shard(batch)  # this rank's slice of the global batch (all of it in one process)
                 before_step = _snapshot(model, gen)
-                out = step_fn(net, data[idx], dist.step_generator(gen, config["seed"], step), step)
+                step_gen = dist.step_generator(gen, config["seed"], step)
+                out = step_fn(net, data[idx], step_gen, step)
                 opt.zero_grad(set_to_none=True)
                 out["loss"].backward()
                 with signals.deferred():  # the update and the position change together or not at all
                     for group in opt.param_groups:
                         group["lr"] = lr_at(step, total, settings)
                     opt.step()
+                    if after_step is not None:
+                        after_step(model, opt, out, step_gen, step, total)
                     if average is not None:
                         average.update(model, step)
                     step += 1
@@ -470,9 +492,19 @@ def _vqsvae_step(data_variance: float, settings: TrainSettings, discriminator: n
             sops = getattr(model, "module", model).generator_sop_fraction(spikes)
             losses["loss"] = losses["loss"] + settings.sop_weight * sops
             stats["sop_fraction"] = sops.detach()
-        return losses | {"stats": stats}
+        return losses | {"stats": stats, "codebook_batch": (out["z_e"], out["tokens"])}
 
     return step
+
+
+def _restart_codes(settings: TrainSettings):
+    """The after-step hook of stage 1 with ``codebook_restart_every``: see restart_unused_codes_."""
+    def after_step(model: nn.Module, opt: torch.optim.Optimizer, out: dict[str, Any], gen: torch.Generator,
+                   step: int, total: int) -> None:
+        if (step + 1) % settings.codebook_restart_every == 0 and step < settings.codebook_restart_until * total:
+            restart_unused_codes_(model.codebook, *out["codebook_batch"], opt, gen)
+
+    return after_step
 
 
 CONTEXT_RELAY_IMAGES = 512  # training images whose spike rates set a new context layer's BatchNorm
@@ -490,6 +522,11 @@ def train_vqsvae(run_dir: Path, config: dict[str, Any], data_root: str | None, r
         raise SpkdiffError(f"unknown vqsvae train_parts {settings.train_parts!r}: choose all or generator")
     if settings.train_parts != "all" and settings.init_from is None:
         raise SpkdiffError(f"vqsvae train_parts {settings.train_parts!r} needs init_from (a trained stage 1)")
+    if settings.codebook_restart_every and settings.train_parts != "all":
+        raise SpkdiffError("codebook_restart_every needs train_parts all: the codebook is held otherwise")
+    if settings.codebook_restart_every and dist.enabled:
+        raise SpkdiffError("codebook_restart_every runs in one process, not under torchrun (the ranks' batches "
+                           "differ, so would their restarts)")
 
     def setup(model: nn.Module) -> None:
         if settings.train_parts == "generator":
@@ -515,7 +552,8 @@ def train_vqsvae(run_dir: Path, config: dict[str, Any], data_root: str | None, r
         torch.manual_seed(config["seed"] + 2)
         discriminator = PatchDiscriminator(images.shape[1], settings.discriminator_channels)
     return run_training("vqsvae", run_dir, config, images, _vqsvae_step(data_variance, settings, discriminator),
-                        resume, on_start, dist, setup=setup, companion=discriminator)
+                        resume, on_start, dist, setup=setup, companion=discriminator,
+                        after_step=_restart_codes(settings) if settings.codebook_restart_every else None)
 
 
 STAGE_NAMES = {"vqsvae": "VQ-SVAE", "sdid": "SDID"}

@@ -308,7 +308,8 @@ class VQSVAE(nn.Module):
         mmd = (F.mse_loss(psp_q, psp_e.detach(), reduction="none").flatten(1).mean(1).sum()
                + beta * F.mse_loss(psp_e, psp_q.detach(), reduction="none").flatten(1).mean(1).sum())
         loss = recon + vq + mmd
-        return {"loss": loss, "recon": recon, "vq": vq, "mmd": mmd, "x_hat": x_hat, "tokens": tokens}
+        return {"loss": loss, "recon": recon, "vq": vq, "mmd": mmd, "x_hat": x_hat, "tokens": tokens,
+                "z_e": z_e.detach()}
 
     def init_codebook_(self, z_e: torch.Tensor, generator: torch.Generator | None = None) -> None:
         """Initialise codes from encoder features (k-means++-free: random distinct samples)."""
@@ -316,6 +317,29 @@ class VQSVAE(nn.Module):
         idx = torch.randperm(flat.shape[0], generator=generator)[: self.cfg.codebook_size]
         with torch.no_grad():
             self.codebook.copy_(flat[idx])
+
+
+@torch.no_grad()
+def restart_unused_codes_(codebook: nn.Parameter, z_e: torch.Tensor, tokens: torch.Tensor,
+                          optimizer: torch.optim.Optimizer, generator: torch.Generator) -> int:
+    """Dead-code restart: every code that no token of the batch chose moves onto one of the batch's encoder
+    features (distinct positions drawn at random), and its optimizer moments start again from zero.
+
+    A code that the nearest-neighbour lookup (Eq 7) never picks gets no gradient from the codebook term of Eq 9,
+    so it stays dead; on the batch's own features it is picked at once. Returns how many codes moved.
+    """
+    counts = torch.bincount(tokens.flatten(), minlength=codebook.shape[0])
+    unused = (counts == 0).nonzero().flatten()
+    flat = z_e.permute(0, 2, 3, 1).reshape(-1, z_e.shape[1])
+    unused = unused[: flat.shape[0]]
+    if unused.numel() == 0:
+        return 0
+    codebook[unused] = flat[torch.randperm(flat.shape[0], generator=generator)[: unused.numel()]]
+    state = optimizer.state.get(codebook, {})
+    for moment in ("exp_avg", "exp_avg_sq"):
+        if moment in state:
+            state[moment][unused] = 0
+    return int(unused.numel())
 
 
 def grow_generator(model: VQSVAE, source: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[int]]:
