@@ -313,10 +313,14 @@ class VQSVAE(nn.Module):
 
     def init_codebook_(self, z_e: torch.Tensor, generator: torch.Generator | None = None) -> None:
         """Initialise codes from encoder features (k-means++-free: random distinct samples)."""
-        flat = z_e.permute(0, 2, 3, 1).reshape(-1, z_e.shape[1])
-        idx = torch.randperm(flat.shape[0], generator=generator)[: self.cfg.codebook_size]
         with torch.no_grad():
-            self.codebook.copy_(flat[idx])
+            self.codebook.copy_(random_features(z_e, self.cfg.codebook_size, generator))
+
+
+def random_features(z_e: torch.Tensor, n: int, generator: torch.Generator | None) -> torch.Tensor:
+    """At most N encoder feature vectors of z_e (B, C, H, W), from distinct random positions: (N, C)."""
+    flat = z_e.permute(0, 2, 3, 1).reshape(-1, z_e.shape[1])
+    return flat[torch.randperm(flat.shape[0], generator=generator)[:n]]
 
 
 @torch.no_grad()
@@ -330,11 +334,11 @@ def restart_unused_codes_(codebook: nn.Parameter, z_e: torch.Tensor, tokens: tor
     """
     counts = torch.bincount(tokens.flatten(), minlength=codebook.shape[0])
     unused = (counts == 0).nonzero().flatten()
-    flat = z_e.permute(0, 2, 3, 1).reshape(-1, z_e.shape[1])
-    unused = unused[: flat.shape[0]]
     if unused.numel() == 0:
         return 0
-    codebook[unused] = flat[torch.randperm(flat.shape[0], generator=generator)[: unused.numel()]]
+    features = random_features(z_e, unused.numel(), generator)
+    unused = unused[: features.shape[0]]  # a batch with fewer positions than unused codes restarts that many
+    codebook[unused] = features
     state = optimizer.state.get(codebook, {})
     for moment in ("exp_avg", "exp_avg_sq"):
         if moment in state:
