@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import pytest
@@ -18,6 +21,16 @@ TINY_PRESET = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 TORCH_THREADS = 2  # the tiny fine-tunes are chaotic: one thread drove a generator layer from >5 % to 1.5 % firing
 BN_GAIN, BN_SHIFT = 8.0, 1.0  # measured: every LIF layer of a tiny run then fires 15-50 % of the time
 TINY_DECODER = (16, 8)  # configs/tiny.yaml: hidden [8, 16], so its decoder has 16 and 8 channels
+
+
+def load_bench_script(relative: str) -> ModuleType:
+    """A script under bench/ (not a package) imported as a module, e.g. ``load_bench_script("quality/c2st.py")``."""
+    path = Path(__file__).resolve().parents[1] / "bench" / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # a dataclass in the script looks its module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def pytest_configure(config: pytest.Config) -> None:

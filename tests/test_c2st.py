@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import load_bench_script
 
 
 @pytest.fixture(scope="module")
 def c2st():
-    path = Path(__file__).resolve().parents[1] / "bench" / "quality" / "c2st.py"
-    spec = importlib.util.spec_from_file_location("c2st", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("quality/c2st.py")
 
 
 def strokes(n: int, seed: int) -> torch.Tensor:

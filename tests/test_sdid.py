@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import load_bench_script
 from torch import nn
 
 from spkdiff.cli import main
@@ -217,12 +218,7 @@ def test_train_and_sample_cli(tiny_run: Path, tmp_path: Path, capsys: pytest.Cap
 def test_token_statistics_divergences_by_hand():
     """bench/prior/token_statistics.py: JS in bits is 0 for equal histograms and 1 for disjoint ones; a grid of
     one repeated code is far from varied grids in layout and in pairs."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "prior" / "token_statistics.py"
-    spec = importlib.util.spec_from_file_location("token_statistics", path)
-    stats = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(stats)
+    stats = load_bench_script("prior/token_statistics.py")
     assert float(stats.js_bits(torch.tensor([1.0, 3.0]), torch.tensor([2.0, 6.0]))) == pytest.approx(0.0, abs=1e-7)
     assert float(stats.js_bits(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 5.0]))) == pytest.approx(1.0)
     g = torch.Generator().manual_seed(0)

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import shutil
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_bench_script
 
 from spkdiff.checkpoint import load_checkpoint, save_checkpoint
 
 
 def load_tool():
-    path = Path(__file__).resolve().parents[1] / "bench" / "quality" / "training_cost.py"
-    spec = importlib.util.spec_from_file_location("training_cost", path)
-    tool = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = tool  # its dataclass looks its module up there
-    spec.loader.exec_module(tool)
-    return tool
+    return load_bench_script("quality/training_cost.py")
 
 
 def test_training_cost_sums_the_checkpoints_cpu_seconds(tiny_run: Path, capsys: pytest.CaptureFixture[str]):
@@ -57,7 +50,6 @@ def test_training_cost_projects_an_incomplete_training(tiny_run: Path, tmp_path:
 def test_training_cost_bad_inputs_are_one_line_errors(tiny_run: Path, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]):
     tool = load_tool()
-    shutil.copy(tiny_run / "sdid.safetensors", tmp_path / "sdid.safetensors")
     cases = {
         str(tiny_run): "expected RUN_DIR:STAGE",
         f"{tiny_run}:prior": "expected RUN_DIR:STAGE",
