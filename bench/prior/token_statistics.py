@@ -2,15 +2,17 @@
 
     python bench/prior/token_statistics.py --run pretrained:fashion-mnist --temperatures 0.6,0.8,1.0 \
         --n 1000 --steps 12 --data-root ../shared/data
+    python bench/prior/token_statistics.py --run RUN --methods paper,coarse --steps 12,24,49 --temperatures 0.9 ...
 
-Samples N token grids per temperature (torch backend, the run's sampler) and compares them with the token grids
+Samples N token grids per sampler setting (method x denoiser calls x temperature; torch backend; by default the
+run's own method and calls) and compares them with the token grids
 of N held-out test images (the encoder's tokens, as the prior was trained on the train split's):
 - ``layout``: the mean over grid positions of the Jensen-Shannon divergence (bits) between the generated and the
   real histograms of the code at that position (where things are);
 - ``pairs``: the Jensen-Shannon divergence between the generated and the real histograms of neighbouring code
   pairs, horizontal and vertical, pooled over the grid (local coherence: which codes sit side by side).
 A cold sampler concentrates on frequent codes (``layout`` grows), a hot one breaks neighbourhoods (``pairs``
-grows); the temperature with the smallest sum matches the held-out grids best. The row ``real`` compares the
+grows); the setting with the smallest sum matches the held-out grids best. The row ``real`` compares the
 test images N..2N with the first N: the floor that finite N sets. Rows append to
 bench/prior/results_token_statistics.jsonl.
 """
@@ -18,6 +20,7 @@ bench/prior/results_token_statistics.jsonl.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -63,7 +66,8 @@ def main() -> None:
     parser.add_argument("--run", required=True)
     parser.add_argument("--temperatures", default="0.6,0.8,1.0")
     parser.add_argument("--n", type=int, default=1000)
-    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--steps", default=None, help="denoiser calls, comma-separated (default: the run's own)")
+    parser.add_argument("--methods", default=None, help="samplers, comma-separated (default: the run's own)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-root", default=None)
     args = parser.parse_args()
@@ -82,19 +86,23 @@ def main() -> None:
     real, other = tokens[: args.n].long(), tokens[args.n:].long()
     rows = [{"temperature": "real", "layout": layout_divergence(real, other, codes),
              "pairs": pair_divergence(real, other, codes)}]
-    for temperature in [float(t) for t in args.temperatures.split(",")]:
+    methods = args.methods.split(",") if args.methods else [None]
+    calls = [int(s) for s in args.steps.split(",")] if args.steps else [None]
+    for method, steps, temperature in itertools.product(methods, calls,
+                                                        [float(t) for t in args.temperatures.split(",")]):
         start = time.perf_counter()
-        _, fake, info = sample_images("torch", run=args.run, n=args.n, steps=args.steps, temperature=temperature,
-                                      seed=args.seed)
+        _, fake, info = sample_images("torch", run=args.run, n=args.n, steps=steps, method=method,
+                                      temperature=temperature, seed=args.seed)
         fake = fake.long()
         rows.append({"temperature": temperature, "layout": layout_divergence(real, fake, codes),
                      "pairs": pair_divergence(real, fake, codes), "steps": info["denoiser_calls"],
                      "method": info["method"], "seconds": time.perf_counter() - start})
     print(f"{args.run} ({config['dataset']}), N = {args.n} generated vs {args.n} held-out test grids")
-    print("| temperature | layout JS (bits) | pairs JS (bits) | sum |\n|---|---|---|---|")
+    print("| temperature | method | calls | layout JS (bits) | pairs JS (bits) | sum |\n|---|---|---|---|---|---|")
     for row in rows:
         row["sum"] = row["layout"] + row["pairs"]
-        print(f"| {row['temperature']} | {row['layout']:.4f} | {row['pairs']:.4f} | {row['sum']:.4f} |")
+        print(f"| {row['temperature']} | {row.get('method', '')} | {row.get('steps', '')} | {row['layout']:.4f} | "
+              f"{row['pairs']:.4f} | {row['sum']:.4f} |")
     with RESULTS.open("a") as f:
         for row in rows:
             f.write(json.dumps({"run": args.run, "dataset": config["dataset"], "n": args.n, **row}) + "\n")
