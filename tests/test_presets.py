@@ -54,9 +54,7 @@ DERIVED = {
     "bench/prior/preset_grid14_patch2.yaml": ("fast_grid14", {
         "sdid.model.channels": 128, "sdid.model.time_steps": 2, "sdid.model.patch": 2,
         "sdid.train.sop_weight": MISSING}),
-    "bench/prior/preset_grid14_patch2_wide.yaml": ("fast_grid14", {
-        "sdid.model.channels": 160, "sdid.model.time_steps": 2, "sdid.model.patch": 2,
-        "sdid.train.sop_weight": MISSING}),
+    "bench/prior/preset_grid14_patch2_wide.yaml": ("preset_grid14_patch2.yaml", {"sdid.model.channels": 160}),
     "bench/quality/preset_codebook_restart.yaml": ("fast", {
         "vqsvae.train.codebook_restart_every": 100, "vqsvae.train.codebook_restart_until": 0.9}),
     "bench/quality/preset_codebook_restart_k512.yaml": ("preset_codebook_restart.yaml", {

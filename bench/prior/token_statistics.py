@@ -5,8 +5,8 @@
     python bench/prior/token_statistics.py --run RUN --methods paper,coarse --steps 12,24,49 --temperatures 0.9 ...
 
 Samples N token grids per sampler setting (method x denoiser calls x temperature; torch backend; by default the
-run's own method and calls) and compares them with the token grids
-of N held-out test images (the encoder's tokens, as the prior was trained on the train split's):
+run's own method and calls) and compares them with the token grids of N held-out test images (the encoder's
+tokens, as the prior was trained on the train split's):
 - ``layout``: the mean over grid positions of the Jensen-Shannon divergence (bits) between the generated and the
   real histograms of the code at that position (where things are);
 - ``pairs``: the Jensen-Shannon divergence between the generated and the real histograms of neighbouring code
@@ -23,6 +23,7 @@ import argparse
 import itertools
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -61,13 +62,26 @@ def pair_divergence(real: torch.Tensor, fake: torch.Tensor, codes: int) -> float
     return float(js_bits(hist(real), hist(fake)))
 
 
+def comma_separated(kind: type) -> Callable[[str], list]:
+    """An argparse type: "a,b,c" -> [kind(a), kind(b), kind(c)], a one-line usage error otherwise."""
+    def parse(text: str) -> list:
+        try:
+            return [kind(item) for item in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__} values, got {text!r}") from None
+
+    return parse
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True)
-    parser.add_argument("--temperatures", default="0.6,0.8,1.0")
+    parser.add_argument("--temperatures", type=comma_separated(float), default=[0.6, 0.8, 1.0])
     parser.add_argument("--n", type=int, default=1000)
-    parser.add_argument("--steps", default=None, help="denoiser calls, comma-separated (default: the run's own)")
-    parser.add_argument("--methods", default=None, help="samplers, comma-separated (default: the run's own)")
+    parser.add_argument("--steps", type=comma_separated(int), default=[None],
+                        help="denoiser calls, comma-separated (default: the run's own)")
+    parser.add_argument("--methods", type=comma_separated(str), default=[None],
+                        help="samplers, comma-separated (default: the run's own)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-root", default=None)
     args = parser.parse_args()
@@ -86,10 +100,7 @@ def main() -> None:
     real, other = tokens[: args.n].long(), tokens[args.n:].long()
     rows = [{"temperature": "real", "layout": layout_divergence(real, other, codes),
              "pairs": pair_divergence(real, other, codes)}]
-    methods = args.methods.split(",") if args.methods else [None]
-    calls = [int(s) for s in args.steps.split(",")] if args.steps else [None]
-    for method, steps, temperature in itertools.product(methods, calls,
-                                                        [float(t) for t in args.temperatures.split(",")]):
+    for method, steps, temperature in itertools.product(args.methods, args.steps, args.temperatures):
         start = time.perf_counter()
         _, fake, info = sample_images("torch", run=args.run, n=args.n, steps=steps, method=method,
                                       temperature=temperature, seed=args.seed)
