@@ -55,6 +55,8 @@ DERIVED = {
         "sdid.model.channels": 128, "sdid.model.time_steps": 2, "sdid.model.patch": 2,
         "sdid.train.sop_weight": MISSING}),
     "bench/prior/preset_grid14_patch2_wide.yaml": ("preset_grid14_patch2.yaml", {"sdid.model.channels": 160}),
+    "bench/prior/preset_grid14_patch2_wide_more_epochs.yaml": ("preset_grid14_patch2_wide.yaml", {
+        "sdid.train.lr": 5e-4, "sdid.train.warmup_steps": 100}),
     "bench/quality/preset_codebook_restart.yaml": ("fast", {
         "vqsvae.train.codebook_restart_every": 100, "vqsvae.train.codebook_restart_until": 0.9}),
     "bench/quality/preset_codebook_restart_k512.yaml": ("preset_codebook_restart.yaml", {
