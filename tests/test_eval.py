@@ -422,6 +422,9 @@ def test_eval_command_prior_nll(tiny_run, shared_data_root, tmp_path):
     _, tokens = reconstruct(load_stage(run, "vqsvae"), test)
     expected = elbo_bits_per_token(load_stage(run, "sdid"), tokens, seed=0)
     assert first["prior_nll_bits_per_token"] == pytest.approx(expected, rel=1e-6) and expected > 0
+    by_time = first["prior_ce_bits_by_time"]  # bits per masked token at t = 1..T_d, None where none was masked
+    assert len(by_time) == load_stage(run, "sdid").cfg.diffusion_steps
+    assert all(b is None or b > 0 for b in by_time) and sum(b is not None for b in by_time) > len(by_time) // 2
 
 
 def test_pytorch_fid_protocol_is_bilinear_on_2x_minus_1():

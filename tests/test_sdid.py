@@ -21,7 +21,9 @@ from spkdiff.train.sdid import (
     SDIDConfig,
     diffusion_loss,
     elbo_bits_per_token,
+    held_out_cross_entropy,
     loss_weight,
+    mask_at,
     training_mask,
 )
 from spkdiff.train.snn import LIF, ConvBN, SpikingConv
@@ -177,6 +179,38 @@ def test_heldout_elbo_of_a_uniform_prior_is_log2_k_bits():
     assert bits == pytest.approx(math.log2(K), rel=0.03)
     assert elbo_bits_per_token(sdid, tokens, batch_size=333, seed=0) == pytest.approx(bits, rel=1e-6)  # seeded
     assert elbo_bits_per_token(sdid, tokens, batch_size=500, seed=1) != bits
+
+
+def test_heldout_cross_entropy_by_time_adds_up_to_the_elbo():
+    """The per-time scores are the bound's terms: weighting each t's masked-token bits by T_d / t and averaging
+    over grids gives Eq 14's estimate, batch by batch as diffusion_loss computes it with the "elbo" weight."""
+    sdid = _tiny_sdid()
+    tokens = torch.randint(0, K, (300, 7, 7), generator=torch.Generator().manual_seed(2))
+    scores = held_out_cross_entropy(sdid, tokens, batch_size=128, seed=3)
+    steps = sdid.cfg.diffusion_steps
+    assert scores.bits.shape == scores.masked.shape == scores.grids.shape == (steps,)
+    assert int(scores.grids.sum()) == 300 and scores.tokens_per_grid == 49
+
+    generator, total = torch.Generator().manual_seed(3), 0.0
+    with torch.no_grad():
+        for start in range(0, 300, 128):
+            h0 = tokens[start:start + 128]
+            t = 1 + (torch.arange(start, start + h0.shape[0]) % steps)
+            masked, h_t = mask_at(h0, t, K, steps, generator)
+            total += float(diffusion_loss(sdid(h_t, t), h0, masked, t, steps, "elbo")) * h0.shape[0]
+    assert scores.elbo_bits_per_token() == pytest.approx(total / 300, rel=1e-5)
+    assert elbo_bits_per_token(sdid, tokens, batch_size=128, seed=3) == scores.elbo_bits_per_token()
+
+
+def test_heldout_cross_entropy_of_a_uniform_prior_is_log2_k_at_every_time():
+    sdid = _tiny_sdid()
+    nn.init.zeros_(sdid.readout.weight)
+    nn.init.zeros_(sdid.readout.bias)
+    tokens = torch.randint(0, K, (200, 7, 7), generator=torch.Generator().manual_seed(0))
+    scores = held_out_cross_entropy(sdid, tokens, batch_size=100)
+    per_token, seen = scores.per_masked_token(), scores.masked > 0
+    assert seen.sum() >= 40 and per_token[~seen].isnan().all()  # a t with no masked position has no score
+    assert torch.allclose(per_token[seen], torch.full_like(per_token[seen], math.log2(K)), rtol=1e-5)
 
 
 def test_heldout_elbo_rewards_the_prior_that_predicts_the_tokens():

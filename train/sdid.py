@@ -218,31 +218,66 @@ def _weighted_masked_mean(per_position: torch.Tensor, masked: torch.Tensor, t: t
     return (loss_weight(t, diffusion_steps, kind) * per_sample).mean()
 
 
+@dataclass
+class HeldOutCrossEntropy:
+    """The prior's cross-entropy on held-out token grids, per diffusion time t = 1..T_d (index t - 1).
+
+    ``bits``: the sum over grids and masked positions of -log2 p(h_0 | h_t); ``masked``: how many positions were
+    masked; ``grids``: how many grids were scored at t; ``tokens_per_grid``: N = H W.
+    """
+
+    bits: torch.Tensor  # (T_d,)
+    masked: torch.Tensor  # (T_d,)
+    grids: torch.Tensor  # (T_d,)
+    tokens_per_grid: int
+
+    def per_masked_token(self) -> torch.Tensor:
+        """Bits per masked token at each t (T_d,): where the prior is unsure, by how much of the grid is hidden
+        (NaN at a t where no position happened to be masked)."""
+        return torch.where(self.masked > 0, self.bits / self.masked.clamp_min(1), math.nan)
+
+    def elbo_bits_per_token(self) -> float:
+        """Eq 14's bound on -log2 p(h_0) per token, the mean over grids of (T_d / t) sum_masked CE / N."""
+        steps = self.bits.shape[0]
+        weight = steps / torch.arange(1, steps + 1, dtype=torch.float64)
+        return float((weight * self.bits.double()).sum() / (self.tokens_per_grid * self.grids.sum()))
+
+
 @torch.no_grad()
+def held_out_cross_entropy(model: SDID, tokens: torch.Tensor, batch_size: int = 256,
+                           seed: int = 0) -> HeldOutCrossEntropy:
+    """Score the prior on held-out token grids (B, H, W), one masked copy per grid, by diffusion time.
+
+    The times are stratified, t_i = 1 + (i mod T_d), instead of drawn, so every t is seen equally often and the
+    estimate does not move with how t falls; the masks (Eq 10-12, P(masked) = t/T_d) come from a generator
+    seeded with ``seed``, so the numbers are reproducible.
+    """
+    c = model.cfg
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    bits = torch.zeros(c.diffusion_steps, dtype=torch.float64)
+    masked_count = torch.zeros(c.diffusion_steps, dtype=torch.float64)
+    grids = torch.zeros(c.diffusion_steps, dtype=torch.float64)
+    for start in range(0, tokens.shape[0], batch_size):
+        h0 = tokens[start:start + batch_size].long()
+        t = 1 + (torch.arange(start, start + h0.shape[0]) % c.diffusion_steps)
+        masked, h_t = mask_at(h0, t, c.num_codes, c.diffusion_steps, generator)
+        ce = F.cross_entropy(model(h_t, t), h0, reduction="none") / math.log(2)  # (B, H, W) bits
+        bits.index_add_(0, t - 1, (ce * masked).flatten(1).sum(1).double())
+        masked_count.index_add_(0, t - 1, masked.flatten(1).sum(1).double())
+        grids.index_add_(0, t - 1, torch.ones(h0.shape[0], dtype=torch.float64))
+    return HeldOutCrossEntropy(bits, masked_count, grids, tokens[0].numel())
+
+
 def elbo_bits_per_token(model: SDID, tokens: torch.Tensor, batch_size: int = 256, seed: int = 0) -> float:
     """Upper bound on -log2 p(h_0) per token of held-out token grids (B, H, W): Eq 14 with its ELBO weight,
 
         -log p(h_0) <= sum_{t=1}^{T_d} E_q(h_t|h_0) [ (1/t) sum_{masked} -log p(h_0 | h_t) ],
 
-    estimated with one masked copy per grid. The times are stratified, t_i = 1 + (i mod T_d), instead of
-    drawn, so every t is seen equally often and the estimate does not move with how t falls; the masks
-    (Eq 10-12, P(masked) = t/T_d) come from a generator seeded with ``seed``, so the number is reproducible.
+    estimated by :func:`held_out_cross_entropy` (one seeded masked copy per grid, stratified times).
     The prior's held-out likelihood: what selects its training length without looking at any sample metric.
     """
-    c = model.cfg
-    model.eval()
-    generator = torch.Generator().manual_seed(seed)
-    total, count = 0.0, 0
-    for start in range(0, tokens.shape[0], batch_size):
-        h0 = tokens[start:start + batch_size].long()
-        b = h0.shape[0]
-        t = 1 + (torch.arange(start, start + b) % c.diffusion_steps)
-        masked, h_t = mask_at(h0, t, c.num_codes, c.diffusion_steps, generator)
-        logits = model(h_t, t)
-        # the sum over the B grids of weight(t) * sum_masked CE / (ln 2 * N), weight = T_d / t
-        total += float(diffusion_loss(logits, h0, masked, t, c.diffusion_steps, "elbo")) * b
-        count += b
-    return total / count
+    return held_out_cross_entropy(model, tokens, batch_size, seed).elbo_bits_per_token()
 
 
 def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, masked: torch.Tensor, t: torch.Tensor,
