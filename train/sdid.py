@@ -223,12 +223,12 @@ class HeldOutCrossEntropy:
     """The prior's cross-entropy on held-out token grids, per diffusion time t = 1..T_d (index t - 1).
 
     ``bits``: the sum over grids and masked positions of -log2 p(h_0 | h_t); ``masked``: how many positions were
-    masked; ``grids``: how many grids were scored at t; ``tokens_per_grid``: N = H W.
+    masked; ``grids``: how many grids were scored (one time each); ``tokens_per_grid``: N = H W.
     """
 
     bits: torch.Tensor  # (T_d,)
     masked: torch.Tensor  # (T_d,)
-    grids: torch.Tensor  # (T_d,)
+    grids: int
     tokens_per_grid: int
 
     def per_masked_token(self) -> torch.Tensor:
@@ -239,8 +239,8 @@ class HeldOutCrossEntropy:
     def elbo_bits_per_token(self) -> float:
         """Eq 14's bound on -log2 p(h_0) per token, the mean over grids of (T_d / t) sum_masked CE / N."""
         steps = self.bits.shape[0]
-        weight = steps / torch.arange(1, steps + 1, dtype=torch.float64)
-        return float((weight * self.bits.double()).sum() / (self.tokens_per_grid * self.grids.sum()))
+        weight = loss_weight(torch.arange(1, steps + 1), steps, "elbo").double()
+        return float((weight * self.bits).sum() / (self.tokens_per_grid * self.grids))
 
 
 @torch.no_grad()
@@ -257,7 +257,6 @@ def held_out_cross_entropy(model: SDID, tokens: torch.Tensor, batch_size: int = 
     generator = torch.Generator().manual_seed(seed)
     bits = torch.zeros(c.diffusion_steps, dtype=torch.float64)
     masked_count = torch.zeros(c.diffusion_steps, dtype=torch.float64)
-    grids = torch.zeros(c.diffusion_steps, dtype=torch.float64)
     for start in range(0, tokens.shape[0], batch_size):
         h0 = tokens[start:start + batch_size].long()
         t = 1 + (torch.arange(start, start + h0.shape[0]) % c.diffusion_steps)
@@ -265,8 +264,7 @@ def held_out_cross_entropy(model: SDID, tokens: torch.Tensor, batch_size: int = 
         ce = F.cross_entropy(model(h_t, t), h0, reduction="none") / math.log(2)  # (B, H, W) bits
         bits.index_add_(0, t - 1, (ce * masked).flatten(1).sum(1).double())
         masked_count.index_add_(0, t - 1, masked.flatten(1).sum(1).double())
-        grids.index_add_(0, t - 1, torch.ones(h0.shape[0], dtype=torch.float64))
-    return HeldOutCrossEntropy(bits, masked_count, grids, tokens[0].numel())
+    return HeldOutCrossEntropy(bits, masked_count, tokens.shape[0], tokens[0].numel())
 
 
 def elbo_bits_per_token(model: SDID, tokens: torch.Tensor, batch_size: int = 256, seed: int = 0) -> float:
