@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from spkdiff import validate
+
 TARGET_MJ = 0.5  # issue 16: a shipped operating point at <= 0.5 mJ per image (5x below the reference's ANN)
 
 
@@ -149,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run", action="append", default=[], help="run directory or pretrained:NAME (repeatable)")
     ap.add_argument("--add-rows", action="append", default=[], metavar="FRONT_JSON",
                     help="also draw the rows of an earlier front.json (repeatable)")
-    ap.add_argument("--steps", default="4,6,8,12,16,24", help="sampler steps to sweep (comma-separated)")
+    ap.add_argument("--steps", type=validate.comma_separated(validate.steps), default=[4, 6, 8, 12, 16, 24],
+                    help="sampler steps to sweep (comma-separated)")
     ap.add_argument("--n", type=int, default=2000, help="images per point for FID (default 2000)")
     ap.add_argument("--sim-n", type=int, default=16,
                     help="images per point whose counts give the energy (unless FID is measured on sim-fixed)")
@@ -178,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.run and not args.add_rows:
         raise SystemExit("give --run RUN (to measure) or --add-rows FRONT_JSON (to redraw)")
-    steps = [int(s) for s in args.steps.split(",") if s]
+    steps = args.steps
     if args.fid_from and not args.no_fid:
         raise SystemExit("--fid-from takes FID from earlier fronts: use it with --no-fid")
     earlier: dict[tuple[str, int], dict[str, Any]] = {}

@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from spkdiff import validate
 from spkdiff.config import SAMPLER_METHODS
 
 
@@ -35,7 +36,7 @@ def main() -> None:
     ap.add_argument("--runs", nargs="+", required=True)
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--data-root", default=None)
-    ap.add_argument("--protocols", default="std")
+    ap.add_argument("--protocols", type=validate.comma_separated(str), default=["std"])
     ap.add_argument("--json", default=None, help="append one JSON line per run here")
     ap.add_argument("--sample-steps", type=int, default=None,
                     help="also sample N images (torch, this many steps, seed 0) and score them against the same "
@@ -77,7 +78,7 @@ def main() -> None:
                                                  method=args.sample_method, temperature=args.temperature, seed=0)
             row.update(sample_steps=args.sample_steps, sample_method=args.sample_method,
                        temperature=args.temperature)
-        for protocol in args.protocols.split(","):
+        for protocol in args.protocols:
             real = real_inception_features(dataset, args.data_root, split="test", n=args.n, protocol=protocol,
                                            progress=False)  # cached: computed once, shared by every run
             for name, images in scored.items():

@@ -64,6 +64,28 @@ def float_in(lo: float, hi: float | None = None, *, lo_open: bool = False) -> Ca
     return parse
 
 
+def comma_separated(item: Callable[[str], Any]) -> Callable[[str], list]:
+    """An argparse type: "a, b,c" -> [item("a"), item("b"), item("c")] (blanks dropped, at least one value).
+
+    ``item`` is a plain type (``str``, ``int``, ``float``) or one of this module's argument types.
+    """
+    name = getattr(item, "__name__", "value")
+
+    def parse(text: str) -> list:
+        parts = [part.strip() for part in text.split(",") if part.strip()]
+        if not parts:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {name} values, got {text!r}")
+        try:
+            return [item(part) for part in parts]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {name} values, got {text!r}") from None
+        except argparse.ArgumentTypeError as error:
+            raise argparse.ArgumentTypeError(f"{error} (in {text!r})") from None
+
+    parse.__name__ = f"comma-separated {name}"
+    return parse
+
+
 count = int_in(1)  # images, epochs, limits: at least one
 images = int_in(1, MAX_IMAGES)
 batch = int_in(1, MAX_BATCH)

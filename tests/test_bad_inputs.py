@@ -253,6 +253,8 @@ CASES: dict[str, Callable[[Ctx], list[str]]] = {
     "sim-bundle-n-float": lambda c: sim_bundle(c.bundle(), "--n", "1e9"),
     "eval-n-zero": lambda c: [*evaluate(c, c.run()), "--n", "0"],
     "eval-metrics-empty": lambda c: [*evaluate(c, c.run()), "--metrics", ""],
+    "eval-metrics-blank-items": lambda c: [*evaluate(c, c.run()), "--metrics", " , "],
+    "eval-fid-protocols-empty": lambda c: [*evaluate(c, c.run()), "--metrics", "fid", "--fid-protocols", ","],
     "eval-temperature-negative": lambda c: [*evaluate(c, c.run()), "--temperature", "-1"],
     # paths
     "train-out-symlink-loop": lambda c: train(c, c.loop()),
@@ -398,6 +400,21 @@ def test_bad_input(case: str, ctx: Ctx, capsys: pytest.CaptureFixture[str]) -> N
 
 def test_catalogue_size() -> None:
     assert len(CASES) >= 60
+
+
+def test_comma_separated_lists() -> None:
+    """The comma-list argument type shared by the CLI and the bench scripts: blanks dropped, items validated."""
+    import argparse
+
+    from spkdiff import validate
+
+    calls = validate.comma_separated(validate.steps)
+    assert calls("12, 24,49,") == [12, 24, 49]
+    assert validate.comma_separated(str)("std,pytorch-fid") == ["std", "pytorch-fid"]
+    assert validate.comma_separated(validate.temperature)("0.8") == [0.8]
+    for bad in ("", " , ", "12,x", "12,0", "1e9"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            calls(bad)
 
 
 # ----------------------------------------------------------------------------- disk full

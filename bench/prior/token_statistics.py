@@ -23,10 +23,11 @@ import argparse
 import itertools
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from spkdiff import validate
 
 RESULTS = Path(__file__).with_name("results_token_statistics.jsonl")
 
@@ -62,25 +63,14 @@ def pair_divergence(real: torch.Tensor, fake: torch.Tensor, codes: int) -> float
     return float(js_bits(hist(real), hist(fake)))
 
 
-def comma_separated(kind: type) -> Callable[[str], list]:
-    """An argparse type: "a,b,c" -> [kind(a), kind(b), kind(c)], a one-line usage error otherwise."""
-    def parse(text: str) -> list:
-        try:
-            return [kind(item) for item in text.split(",")]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__} values, got {text!r}") from None
-
-    return parse
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True)
-    parser.add_argument("--temperatures", type=comma_separated(float), default=[0.6, 0.8, 1.0])
+    parser.add_argument("--temperatures", type=validate.comma_separated(validate.temperature), default=[0.6, 0.8, 1.0])
     parser.add_argument("--n", type=int, default=1000)
-    parser.add_argument("--steps", type=comma_separated(int), default=[None],
+    parser.add_argument("--steps", type=validate.comma_separated(validate.steps), default=[None],
                         help="denoiser calls, comma-separated (default: the run's own)")
-    parser.add_argument("--methods", type=comma_separated(str), default=[None],
+    parser.add_argument("--methods", type=validate.comma_separated(str), default=[None],
                         help="samplers, comma-separated (default: the run's own)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-root", default=None)

@@ -52,6 +52,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from spkdiff import validate
+
 RESULTS = Path(__file__).with_name("results_c2st.jsonl")
 
 
@@ -106,8 +108,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", required=True)
     parser.add_argument("--what", choices=("reconstructions", "samples"), required=True)
-    parser.add_argument("--temperatures", default=None, help="samples: comma-separated (default: the run's own)")
-    parser.add_argument("--steps", default="12", help="samples: denoiser calls, comma-separated (default 12)")
+    parser.add_argument("--temperatures", type=validate.comma_separated(validate.temperature), default=[None],
+                        help="samples: comma-separated (default: the run's own)")
+    parser.add_argument("--steps", type=validate.comma_separated(validate.steps), default=[12],
+                        help="samples: denoiser calls, comma-separated (default 12)")
     parser.add_argument("--n-train", type=int, default=2000)
     parser.add_argument("--n-test", type=int, default=1000)
     parser.add_argument("--seeds", type=int, default=5)
@@ -121,7 +125,6 @@ def main() -> None:
     from spkdiff.train.sampling import reconstruct
 
     n = args.n_train + args.n_test
-    step_counts = [int(s) for s in args.steps.split(",")]
     configs = {run: read_run_config(resolve_run(run)) for run in args.runs}
     datasets = {config["dataset"] for config in configs.values()}
     if len(datasets) != 1:
@@ -135,9 +138,8 @@ def main() -> None:
             images, _ = reconstruct(load_stage(resolve_run(run), "vqsvae"), other)
             candidates.append(({"run": run}, images))
             continue
-        temperatures = [None] if args.temperatures is None else [float(t) for t in args.temperatures.split(",")]
-        for temperature in temperatures:
-            for steps in step_counts:
+        for temperature in args.temperatures:
+            for steps in args.steps:
                 images, _, info = sample_images("torch", run=run, n=n, steps=steps, temperature=temperature, seed=0)
                 candidates.append(({"run": run, "temperature": info["temperature"], "steps": info["denoiser_calls"]},
                                    images))
@@ -153,7 +155,7 @@ def main() -> None:
             f.write(json.dumps(row) + "\n")
             f.flush()
             label = " ".join(str(v) for k, v in key.items() if k != "steps")
-            if len(step_counts) > 1 and "steps" in key:
+            if len(args.steps) > 1 and "steps" in key:
                 label += f" {key['steps']} steps"
             print(f"| {label} | {row['accuracy']:.4f} ± {row['accuracy_std']:.4f} | {row['log_loss']:.4f} |",
                   flush=True)

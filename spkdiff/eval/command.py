@@ -15,11 +15,11 @@ KNOWN = GENERATIVE + RECONSTRUCTION + PRIOR
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="run directory or pretrained:NAME")
-    parser.add_argument("--metrics", default="mse,ssim",
+    parser.add_argument("--metrics", type=validate.comma_separated(str), default=["mse", "ssim"],
                         help="comma list: fid,kid,pr,cfd,ckid,cpr of generated images; mse,ssim,rfid of "
                              "reconstructed test images (rfid: their FID against the test split); nll: the "
                              "prior's bound on -log2 p per token of the test images' tokens")
-    parser.add_argument("--fid-protocols", default="std",
+    parser.add_argument("--fid-protocols", type=validate.comma_separated(str), default=["std"],
                         help="comma list of FID preprocessing protocols (std, pytorch-fid): the first is the primary "
                              "(fid, kid, pr); the others add fid_<protocol> (and recon_fid_<protocol>)")
     parser.add_argument("--n", type=validate.images, default=5000,
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from spkdiff.train.sampling import codebook_usage, reconstruct
     from spkdiff.validate import check_finite
 
-    metrics = [m.strip().lower() for m in args.metrics.split(",") if m.strip()]
+    metrics = [m.lower() for m in args.metrics]
     unknown = sorted(set(metrics) - set(KNOWN))
     if unknown:
         raise SpkdiffError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(KNOWN)}")
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         raise SpkdiffError("--n must be at least 2")
     from spkdiff.eval.inception import get_protocol
 
-    protocols = [p.strip() for p in args.fid_protocols.split(",") if p.strip()] or ["std"]
+    protocols = args.fid_protocols
     for p in protocols:
         get_protocol(p)
     primary, also = protocols[0], protocols[1:]
