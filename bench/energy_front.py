@@ -181,7 +181,6 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.run and not args.add_rows:
         raise SystemExit("give --run RUN (to measure) or --add-rows FRONT_JSON (to redraw)")
-    steps = args.steps
     if args.fid_from and not args.no_fid:
         raise SystemExit("--fid-from takes FID from earlier fronts: use it with --no-fid")
     earlier: dict[tuple[str, int], dict[str, Any]] = {}
@@ -202,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             bundle = Path(tmp) / f"b{i}"
             export(run, "lava", bundle)
             shipped[run] = int(load_bundle(bundle).sampler["steps"])
-            for s in steps:
+            for s in args.steps:
                 row = measure(run, bundle, s, args)
                 if (run, s) in earlier:
                     row |= {k: earlier[run, s][k] for k in ("fid", "fid_backend", "fid_n", "real_n")}

@@ -59,8 +59,6 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(set(metrics) - set(KNOWN))
     if unknown:
         raise SpkdiffError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(KNOWN)}")
-    if not metrics:
-        raise SpkdiffError(f"--metrics names no metric; choose from {', '.join(KNOWN)}")
     if args.n < 2:
         raise SpkdiffError("--n must be at least 2")
     from spkdiff.eval.inception import get_protocol
