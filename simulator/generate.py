@@ -38,7 +38,7 @@ from spkdiff.generation import generate as generate_loop
 from spkdiff.generation import reconstruct as reconstruct_loop
 from spkdiff.neuromorphic.bundle import Bundle, BundleError, load_bundle
 
-from .counters import Counters
+from .counters import Counters, CountsLog
 from .engine import Simulator
 
 GEN_STAGES = ("sdid", "generator")
@@ -137,21 +137,27 @@ class SimulatorPipeline:
     images (:func:`images_per_call`), with the same outputs and counts."""
 
     def __init__(self, sims: dict[str, Simulator], host: HostConstants | ReconstructionConstants, count: bool = True,
-                 record: dict[str, list[torch.Tensor]] | None = None, budget_bytes: int | None = None) -> None:
+                 record: dict[str, list[torch.Tensor]] | None = None, budget_bytes: int | None = None,
+                 calls_per_batch: dict[str, int] | None = None) -> None:
         self.sims, self.host, self.count, self.record = sims, host, count, record
+        self.calls_per_batch = dict(calls_per_batch or {})
         self.chunk = {stage: images_per_call(sim, host.time_steps[stage], budget_bytes) for stage, sim in sims.items()}
         if "sdid" in sims:
             self.denoise = spike_denoiser(lambda x: self._run("sdid", x), host.num_codes, host.diffusion_steps,
                                           host.time_bins, host.time_steps["sdid"], host.patch)
-        self.calls: dict[str, list[Counters]] = {s: [] for s in sims}
+        self.calls = self._new_logs()
         self.per_batch: list[dict[str, Counters]] = []
         self.warnings: list[str] = []
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, fixed: bool, count: bool = True,
-                    record: dict[str, list[torch.Tensor]] | None = None) -> SimulatorPipeline:
+                    record: dict[str, list[torch.Tensor]] | None = None, denoiser_calls: int = 1
+                    ) -> SimulatorPipeline:
         sims = {stage: stage_simulator(bundle, stage, fixed) for stage in GEN_STAGES}
-        return cls(sims, HostConstants.from_bundle(bundle), count, record)
+        return cls(sims, HostConstants.from_bundle(bundle), count, record, calls_per_batch={"sdid": denoiser_calls})
+
+    def _new_logs(self) -> dict[str, CountsLog]:
+        return {stage: CountsLog(self.calls_per_batch.get(stage, 1)) for stage in self.sims}
 
     def _run(self, stage: str, x: torch.Tensor, all_steps: bool = False) -> torch.Tensor:
         """One call of ``stage`` on ``x`` (constant in time): the output at the last step (a read-out's v_T),
@@ -167,6 +173,7 @@ class SimulatorPipeline:
             self.warnings.extend(w for w in res.warnings if w not in self.warnings)
         if counts:
             self.calls[stage].append(counts[0] if len(counts) == 1 else Counters.concat(counts, axis=1))
+            del counts
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)  # (T, B, ...)
         v = out if all_steps else out[-1]
         if self.record is not None:
@@ -183,9 +190,8 @@ class SimulatorPipeline:
         h = self.host
         images = decode_readout(self._run("generator", embed_tokens(h.codebook, tokens).contiguous()),
                                 h.depth_to_space, h.crop)
-        self.per_batch.append({stage: Counters.concat(parts, axis=0, ann_scale=len(parts))
-                               for stage, parts in self.calls.items() if parts})
-        self.calls = {s: [] for s in self.sims}
+        self.per_batch.append({stage: log.counters() for stage, log in self.calls.items() if log.runs})
+        self.calls = self._new_logs()
         return images
 
     def counters(self) -> dict[str, Counters]:
@@ -203,7 +209,8 @@ def generate(bundle: Bundle | str | Path, n: int, *, fixed: bool = False, steps:
         raise SpkdiffError("n and batch_size must be positive")
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     settings = resolve_sampler_settings(b.sampler, method, steps, temperature)
-    pipe = SimulatorPipeline.from_bundle(b, fixed, count, record)
+    calls = settings.sampler(int(b.sampler["num_codes"]), int(b.sampler["diffusion_steps"])).steps
+    pipe = SimulatorPipeline.from_bundle(b, fixed, count, record, denoiser_calls=calls)
     h = pipe.host
     out = generate_loop(pipe.denoise, pipe.decode, n, num_codes=h.num_codes, diffusion_steps=h.diffusion_steps,
                         grid=h.grid, settings=settings, seed=seed, batch_size=batch_size)

@@ -10,7 +10,7 @@ import torch
 
 from spkdiff.errors import SpkdiffError
 from spkdiff.simulator import ChipLimits, Simulator, energy, load_profile
-from spkdiff.simulator.counters import NeuroBenchMetrics
+from spkdiff.simulator.counters import ARRAY_KEYS, Counters, CountsLog, NeuroBenchMetrics
 from spkdiff.simulator.energy import sop_time_ns
 
 
@@ -140,6 +140,38 @@ def test_neurobench_synaptic_ops_by_hand():
     assert nb.Effective_ACs == pytest.approx(float(acs))
     # over every spiking layer: l1 (2x5x5) and the read-out IF (3x5x5, threshold too high to fire)
     assert nb.ActivationSparsity == pytest.approx(1 - float(spikes.sum()) / ((50 + 75) * 4 * 3))
+
+
+@pytest.mark.parametrize("capacity_runs", [1, 2, 5])
+def test_counts_log_equals_concatenated_runs_and_keeps_none_of_them(capacity_runs):
+    """A sampler's calls logged one by one give what concatenating them in time gives (also when the log
+    outgrows its capacity), and the log holds no run's arrays once a run is appended (kept runs fragmented the
+    heap: resident memory grew with every denoiser call)."""
+    import gc
+    import weakref
+
+    graph, _, _ = _two_layer_net()
+    sim = Simulator(graph)
+    runs = [sim.run(_graded_input(4, 3) * (1 + i)).counters for i in range(5)]
+    log = CountsLog(capacity_runs)
+    for run in runs:
+        log.append(run)
+    want, got = Counters.concat(runs, axis=0, ann_scale=len(runs)), log.counters()
+    assert (got.steps, got.batch, got.ann_macs, got.ann_adds) == (want.steps, want.batch, want.ann_macs, want.ann_adds)
+    for name, lc in want.layers.items():
+        for key in ARRAY_KEYS:
+            np.testing.assert_array_equal(getattr(got.layers[name], key), getattr(lc, key))
+        assert got.layers[name].synapses == lc.synapses and got.layers[name].spiking == lc.spiking
+    assert got.totals() == want.totals()
+
+    fresh = sim.run(_graded_input(4, 3)).counters
+    watched = weakref.ref(fresh.layers["c1"].sops)
+    log.append(fresh)
+    del fresh
+    gc.collect()
+    assert watched() is None
+    with pytest.raises(ValueError, match="batch 2"):
+        log.append(sim.run(_graded_input(4, 2)).counters)
 
 
 def test_neurobench_matches_neurobench_itself():
