@@ -168,10 +168,16 @@ def build_manifest(run_dir: Path, vq: nn.Module, sdid: nn.Module | None, stages:
             "method": sample.get("method", "confidence"),
             "steps": sample.get("steps"),
             "temperature": sample.get("temperature", 1.0),
+            "remask": sample.get("remask", 0.0),
             "schedule": {
                 "start": "all tokens [MASK]",
                 "model_time": "t_model = max(1, ceil(step_t T_d / S)) for step_t = S..1",
                 "paper": "each still-masked token is unmasked w.p. 1/step_t with its drawn token",
+                "remask": "paper with remask = eta > 0 (ReMDM-cap): alpha_t = 1 - step_t/S, alpha_s = 1 - "
+                          "(step_t - 1)/S, sigma = min(eta, (1 - alpha_s)/alpha_t) (0 if alpha_t = 0); with one "
+                          "uniform u per token, a masked token is unmasked with its draw if u < (alpha_s - (1 - "
+                          "sigma) alpha_t)/(1 - alpha_t), a token unmasked before the step is masked again if u < "
+                          "sigma",
                 "confidence": "keep the most probable draws so that floor(N cos(pi/2 (i+1)/S)) tokens stay "
                               "masked after step i (0 after the last)",
                 "coarse": "unmask the positions of rank < round(N (i+1)/S) at step i; rank: the phase of the "

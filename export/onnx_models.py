@@ -160,6 +160,21 @@ class SamplerStepPaper(_SamplerStep):
         return self._unmask(drawn, tokens, masked, u_unmask < 1.0 / step_t.to(u_unmask.dtype).view(-1, 1, 1))
 
 
+class SamplerStepRemask(_SamplerStep):
+    """One step of the authors' schedule with ReMDM-cap remasking (:class:`spkdiff.host.MaskSampler`,
+    ``remask`` > 0): each masked token is unmasked where ``u_unmask < p_unmask`` with a token drawn from
+    softmax(logits / temperature), and each token unmasked before the step is masked again ([MASK] = K) where
+    ``u_unmask < sigma``; ``p_unmask`` and ``sigma`` (B,) are the host's ``MaskSampler.remask_probabilities``."""
+
+    def forward(self, logits: torch.Tensor, tokens: torch.Tensor, masked: torch.Tensor, u: torch.Tensor,
+                u_unmask: torch.Tensor, p_unmask: torch.Tensor, sigma: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        drawn, _ = categorical_inverse_cdf(logits, u, self.temperature)
+        tokens_out, masked_out = self._unmask(drawn, tokens, masked, u_unmask < p_unmask.view(-1, 1, 1))
+        again = (u_unmask < sigma.view(-1, 1, 1)) & ~masked
+        return torch.where(again, torch.full_like(tokens, logits.shape[1]), tokens_out), masked_out | again
+
+
 class SamplerStepCoarse(_SamplerStep):
     """One step of the coarse-to-fine order: unmask the masked positions whose ``rank`` (B, h, w) is below
     ``n_unmasked`` (B,) = round(N (i+1) / S), with tokens drawn from softmax(logits / temperature). The ranks

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from spkdiff.errors import SpkdiffError
-from spkdiff.host import coarse_order
+from spkdiff.host import MaskSampler, coarse_order
 
 from .manifest import build_manifest, write_manifest
 from .nir_graphs import build_stage_graphs, latent_size, load_models
@@ -31,6 +31,7 @@ from .onnx_models import (
     SamplerStepCoarse,
     SamplerStepConfidence,
     SamplerStepPaper,
+    SamplerStepRemask,
     SDIDUnrolled,
 )
 
@@ -50,7 +51,7 @@ class OnnxGraph:
 
 
 def onnx_graphs(vq: nn.Module, sdid: nn.Module | None, method: str = "confidence", temperature: float = 1.0,
-                batch: int = 3, seed: int = 0) -> list[OnnxGraph]:
+                batch: int = 3, seed: int = 0, remask: float = 0.0) -> list[OnnxGraph]:
     """The graphs to export, each with a random example batch (also used for the torch/ORT check)."""
     g = torch.Generator().manual_seed(seed)
     cfg = vq.cfg
@@ -79,7 +80,20 @@ def onnx_graphs(vq: nn.Module, sdid: nn.Module | None, method: str = "confidence
                              "SDID input spikes (B, p^2 (K+1) + bins, h/p, w/p) -> read-out (B, p^2 K, h/p, w/p) "
                              "(p = mask_sampler.patch; the logits themselves for p = 1)"))
         tokens = torch.where(masked, tokens, tokens.clamp(max=k - 1))
-        if method == "paper":
+        if method == "paper" and remask:
+            step_t = torch.randint(1, sc.diffusion_steps + 1, (batch,), generator=g).tolist()
+            host = MaskSampler(k, sc.diffusion_steps, sc.diffusion_steps, "paper", temperature, remask=remask)
+            p_unmask, sigma = (torch.tensor(v, dtype=torch.float32)
+                               for v in zip(*(host.remask_probabilities(t) for t in step_t)))
+            out.append(OnnxGraph(
+                "sampler_step", SamplerStepRemask(temperature),
+                {"logits": logits, "tokens": tokens, "masked": masked, "u": u,
+                 "u_unmask": torch.rand(batch, grid, grid, generator=g), "p_unmask": p_unmask, "sigma": sigma},
+                ["tokens_out", "masked_out"], [0] * 7,
+                "one paper-schedule step with ReMDM-cap remasking: unmask where u_unmask < p_unmask, mask again "
+                "the tokens unmasked before where u_unmask < sigma (p_unmask, sigma: the host's "
+                "MaskSampler.remask_probabilities(step_t)), draw by inverse CDF of u"))
+        elif method == "paper":
             step_t = torch.randint(1, sc.diffusion_steps + 1, (batch,), generator=g)
             out.append(OnnxGraph(
                 "sampler_step", SamplerStepPaper(temperature),
@@ -160,7 +174,8 @@ def write_onnx(run_dir: Path, out_dir: Path) -> dict[str, Any]:
     stages = build_stage_graphs(vq, sdid)
     manifest = build_manifest(run_dir, vq, sdid, stages, "onnx")
     sampler = manifest["host"].get("mask_sampler", {})
-    graphs = onnx_graphs(vq, sdid, sampler.get("method", "confidence"), float(sampler.get("temperature", 1.0)))
+    graphs = onnx_graphs(vq, sdid, sampler.get("method", "confidence"), float(sampler.get("temperature", 1.0)),
+                         remask=float(sampler.get("remask") or 0.0))
     for graph in graphs:
         path = Path(out_dir) / f"{graph.name}.onnx"
         export_graph(graph, path)

@@ -188,7 +188,8 @@ def build_graph(stages: Stages, plans: dict, n: int, settings: SamplerSettings, 
 
 
 def lava_job(path: str | Stages, n: int, steps: int | None, method: str | None, temperature: float | None, seed: int,
-             fixed: bool, batch_size: int, record: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
+             fixed: bool, batch_size: int, record: bool = False, remask: float | None = None
+             ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Body of the isolated Lava process: build the one graph, run it once for ``Timeline.total`` steps,
     read tokens and images from the host processes, stop Lava."""
     from lava.magma.core.run_conditions import RunSteps
@@ -205,7 +206,7 @@ def lava_job(path: str | Stages, n: int, steps: int | None, method: str | None, 
     # fixed: the plans read the integers the stage simulators run (a bundle's, never recomputed)
     plans = {"sdid": build_plan(stages.simulator("sdid", fixed), stages.sdid_steps),
              "generator": build_plan(stages.simulator("generator", fixed), stages.gen_steps, graded_input=True)}
-    settings = resolve_sampler_settings(stages.host.sampler_defaults, method, steps, temperature)
+    settings = resolve_sampler_settings(stages.host.sampler_defaults, method, steps, temperature, remask)
     g = build_graph(stages, plans, n, settings, seed, batch_size, record)
     tl = g.timeline
     tag = "fixed_pt" if fixed else "floating_pt"
@@ -223,7 +224,9 @@ def lava_job(path: str | Stages, n: int, steps: int | None, method: str | None, 
                np.asarray(g.sink.readouts.get())) if record else None
     finally:
         g.sampler.stop()
-    info: dict[str, Any] = {"denoiser_calls": tl.steps, "snn_steps": tl.steps * stages.sdid_steps + stages.gen_steps,
+    info: dict[str, Any] = {"method": settings.method, "steps": tl.steps, "temperature": settings.temperature,
+                            "remask": settings.remask,
+                            "denoiser_calls": tl.steps, "snn_steps": tl.steps * stages.sdid_steps + stages.gen_steps,
                             "seconds": seconds, "seconds_compile": compiled - start,
                             "seconds_total": time.perf_counter() - t0,
                             "lava_steps": lava_steps, "lava_steps_planned": tl.total,
@@ -260,15 +263,15 @@ def _records(plans: dict, tl: Timeline, sdid: np.ndarray, states: np.ndarray, ge
 
 
 def sample_lava(bundle: str | Path | Stages, n: int, *, steps: int | None = None, method: str | None = None,
-                temperature: float | None = None, seed: int = 0, fixed: bool = False, batch_size: int = 256,
-                timeout: float = 600.0) -> tuple[torch.Tensor, torch.Tensor, dict]:
+                temperature: float | None = None, remask: float | None = None, seed: int = 0, fixed: bool = False,
+                batch_size: int = 256, timeout: float = 600.0) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """The whole loop as one Lava graph and one run, in an isolated process (timeout, no orphaned workers or
     shared memory after success, error or Ctrl-C)."""
     from spkdiff.neuromorphic.lava_runner import run_isolated
 
     source = bundle if isinstance(bundle, Stages) else str(bundle)
     images, tokens, info = run_isolated(lava_job, source, n, steps, method, temperature, seed, fixed, batch_size,
-                                        timeout=timeout)
+                                        remask=remask, timeout=timeout)
     return torch.from_numpy(images), torch.from_numpy(tokens), info
 
 

@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 
 from spkdiff import validate
-from spkdiff.config import SAMPLER_METHODS
+from spkdiff.config import REMASK_HELP, SAMPLER_METHODS
 from spkdiff.errors import SpkdiffError
 
 
@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=SAMPLER_METHODS, default=None, help="bundle mode: sampler")
     parser.add_argument("--temperature", type=validate.temperature, default=None,
                         help="bundle mode: sampler temperature")
+    parser.add_argument("--remask", type=validate.probability, default=None,
+                        help="bundle mode: " + REMASK_HELP)
     parser.add_argument("--batch-size", type=validate.batch, default=256, help="bundle mode: images per batch")
     parser.add_argument("--report", type=validate.out_dir, default=None,
                         help="bundle mode: folder for samples.png, report.json, report.md and plots")

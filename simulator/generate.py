@@ -202,20 +202,22 @@ class SimulatorPipeline:
 
 
 def generate(bundle: Bundle | str | Path, n: int, *, fixed: bool = False, steps: int | None = None,
-             method: str | None = None, temperature: float | None = None, seed: int = 0, batch_size: int = 256,
-             count: bool = True, record: dict[str, list[torch.Tensor]] | None = None) -> Generation:
+             method: str | None = None, temperature: float | None = None, remask: float | None = None, seed: int = 0,
+             batch_size: int = 256, count: bool = True, record: dict[str, list[torch.Tensor]] | None = None
+             ) -> Generation:
     """Sample ``n`` images on the simulator from a deployment bundle (see the module docstring)."""
     if n < 1 or batch_size < 1:
         raise SpkdiffError("n and batch_size must be positive")
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-    settings = resolve_sampler_settings(b.sampler, method, steps, temperature)
+    settings = resolve_sampler_settings(b.sampler, method, steps, temperature, remask)
     calls = settings.sampler(int(b.sampler["num_codes"]), int(b.sampler["diffusion_steps"])).steps
     pipe = SimulatorPipeline.from_bundle(b, fixed, count, record, denoiser_calls=calls)
     h = pipe.host
     out = generate_loop(pipe.denoise, pipe.decode, n, num_codes=h.num_codes, diffusion_steps=h.diffusion_steps,
                         grid=h.grid, settings=settings, seed=seed, batch_size=batch_size)
     info = {"backend": "sim-fixed" if fixed else "sim", "method": settings.method, "steps": out.denoiser_calls,
-            "temperature": settings.temperature, "seed": seed, "batch_size": batch_size, "n": n}
+            "temperature": settings.temperature, "remask": settings.remask, "seed": seed, "batch_size": batch_size,
+            "n": n}
     snn_steps = out.denoiser_calls * h.time_steps["sdid"] + h.time_steps["generator"]
     return Generation(images=out.images, tokens=out.tokens, seconds=out.seconds, settings=info,
                       counters=pipe.counters(), warnings=pipe.warnings, simulators=pipe.sims,

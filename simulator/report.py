@@ -54,7 +54,8 @@ def build_report(gen: Generation, profile: str = "loihi", ann_profile: str = "cm
     core = stage_reports(gen.counters, gen.simulators, {"sdid": gen.denoiser_calls}, profile, ann_profile, limits)
     info = gen.info()
     info.pop("per_image", None)
-    return {"settings": {k: info[k] for k in ("backend", "method", "steps", "temperature", "seed", "batch_size", "n")},
+    return {"settings": {k: info[k] for k in ("backend", "method", "steps", "temperature", "remask", "seed",
+                                              "batch_size", "n")},
             "throughput": {"seconds": gen.seconds, "images_per_s": info["images_per_s"],
                            "denoiser_calls_per_image": gen.denoiser_calls, "snn_steps_per_image": gen.snn_steps},
             "quantization": "the bundle's integers" if info["backend"] == "sim-fixed" else "none (float)",
@@ -238,7 +239,7 @@ def run_bundle(args: argparse.Namespace) -> int:
         raise SpkdiffError("--n must be at least 1")
     fixed = args.fixed or args.mode == "fixed"
     gen = generate(args.bundle, args.n, fixed=fixed, steps=args.steps, method=args.method,
-                   temperature=args.temperature, seed=args.seed, batch_size=args.batch_size)
+                   temperature=args.temperature, remask=args.remask, seed=args.seed, batch_size=args.batch_size)
     report = build_report(gen, args.profile, args.ann_profile, chip_limits(args))
     e = report["energy_per_image"]
     print_stage_table(report)

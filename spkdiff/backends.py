@@ -55,10 +55,11 @@ def bundle_for(run: str | None, bundle: str | Path | None) -> Iterator[Path]:
 
 def sample_images(backend: str, *, run: str | None = None, bundle: str | Path | None = None, n: int,
                   steps: int | None = None, method: str | None = None, temperature: float | None = None,
-                  seed: int = 0, batch_size: int = 256, fixed: bool = False, timeout: float = 600.0,
-                  dist: Any = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+                  remask: float | None = None, seed: int = 0, batch_size: int = 256, fixed: bool = False,
+                  timeout: float = 600.0, dist: Any = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """``n`` images in [0, 1], their tokens and an info dict (``denoiser_calls``, ``snn_steps``, ``seconds``,
-    ``method``, ``steps``, ``temperature``; the simulator adds per-stage counts and ``energy_per_image``) from
+    ``method``, ``steps``, ``temperature``, ``remask``; the simulator adds per-stage counts and
+    ``energy_per_image``) from
     ``backend``.
 
     ``dist`` (torch backend under torchrun): the batches are shared out and every rank gets all images.
@@ -68,17 +69,17 @@ def sample_images(backend: str, *, run: str | None = None, bundle: str | Path | 
     if backend == "torch":
         if run is None:
             raise SpkdiffError("the torch backend samples from --run (a bundle holds no torch model)")
-        return _sample_torch(run, n, steps, method, temperature, seed, batch_size, dist)
+        return _sample_torch(run, n, steps, method, temperature, remask, seed, batch_size, dist)
     with bundle_for(run, bundle) as path:
         if backend == "lava":
             from spkdiff.neuromorphic.lava_generate import sample_lava
 
-            return sample_lava(path, n, steps=steps, method=method, temperature=temperature, seed=seed, fixed=fixed,
-                               batch_size=batch_size, timeout=timeout)
+            return sample_lava(path, n, steps=steps, method=method, temperature=temperature, remask=remask, seed=seed,
+                               fixed=fixed, batch_size=batch_size, timeout=timeout)
         from spkdiff.simulator.generate import generate
 
         gen = generate(path, n, fixed=backend == "sim-fixed", steps=steps, method=method, temperature=temperature,
-                       seed=seed, batch_size=batch_size)
+                       remask=remask, seed=seed, batch_size=batch_size)
     return gen.images, gen.tokens, {**gen.info(), "energy_per_image": generation_energy(gen)}
 
 
@@ -92,8 +93,9 @@ def generation_energy(gen: Any) -> dict[str, Any]:
             "papers_snn_j": e["papers_convention"]["snn_j"]}
 
 
-def _sample_torch(run: str, n: int, steps: int | None, method: str | None, temperature: float | None, seed: int,
-                  batch_size: int, dist: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+def _sample_torch(run: str, n: int, steps: int | None, method: str | None, temperature: float | None,
+                  remask: float | None, seed: int, batch_size: int, dist: Any
+                  ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     from spkdiff.config import read_json, resolve_run
     from spkdiff.generation import resolve_sampler_settings
     from spkdiff.train.distributed import SINGLE
@@ -108,10 +110,10 @@ def _sample_torch(run: str, n: int, steps: int | None, method: str | None, tempe
             load_stage(run_dir, "sdid")
 
     config, vq, sdid = dist.run_on_main(load)  # rank 0 reads the files
-    settings = resolve_sampler_settings(config.get("sdid", {}).get("sample"), method, steps, temperature)
+    settings = resolve_sampler_settings(config.get("sdid", {}).get("sample"), method, steps, temperature, remask)
     images, tokens, stats = generate_images(vq, sdid, n, settings, seed=seed, batch_size=batch_size, dist=dist)
     info = {"backend": "torch", "method": settings.method, "steps": stats.denoiser_calls,
-            "temperature": settings.temperature, "denoiser_calls": stats.denoiser_calls,
+            "temperature": settings.temperature, "remask": settings.remask, "denoiser_calls": stats.denoiser_calls,
             "snn_steps": stats.snn_steps, "seconds": stats.seconds}
     return images, tokens, info
 

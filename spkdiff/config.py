@@ -22,6 +22,7 @@ from spkdiff.files import atomic_write
 # The host's mask-sampler orders (spkdiff.host.MaskSampler): named here, without torch, so the command
 # parsers that offer them (`sim`, `eval`, `sample`) build without importing it.
 SAMPLER_METHODS = ("paper", "confidence", "coarse")
+REMASK_HELP = "paper sampler: ReMDM-cap remasking rate eta in [0, 1] (default: the run's or bundle's, else 0)"
 PRESETS = ("paper", "fast", "fast_adversarial", "fast_grid14", "fast_grid14_adversarial", "tiny", "cifar10_fast")
 
 

@@ -62,7 +62,7 @@ class HostConstants:
     depth_to_space: int
     crop: tuple[int, int]
     time_steps: Mapping[str, int]  # "sdid", "generator" (and "encoder" where the bundle has it)
-    sampler_defaults: Mapping[str, Any]  # the run's method / steps / temperature
+    sampler_defaults: Mapping[str, Any]  # the run's method / steps / temperature / remask
     patch: int = 1  # tokens per side of one SDID position (space-to-depth on the host)
 
     @classmethod
@@ -74,7 +74,7 @@ class HostConstants:
         return cls(int(ms["num_codes"]), int(ms["diffusion_steps"]), int(ms["time_bins"]), grid,
                    torch.as_tensor(bundle.codebook).float(), *_decode_layout(bundle),
                    {stage: bundle.time_steps(stage) for stage in bundle.graphs},
-                   {k: ms[k] for k in ("method", "steps", "temperature") if ms.get(k) is not None},
+                   {k: ms[k] for k in ("method", "steps", "temperature", "remask") if ms.get(k) is not None},
                    int(ms.get("patch", 1)))
 
 
@@ -162,26 +162,33 @@ class ReconstructionConstants:
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    method: str  # "paper" (1/t unmasking) or "confidence"
+    method: str  # "paper" (1/t unmasking), "confidence" or "coarse"
     steps: int | None  # None: the method's default (T_d for the paper schedule)
     temperature: float
+    remask: float = 0.0  # ReMDM-cap remasking rate eta of the paper sampler (0: none)
 
     def sampler(self, num_codes: int, diffusion_steps: int) -> MaskSampler:
-        return MaskSampler(num_codes, diffusion_steps, self.steps, self.method, self.temperature)
+        return MaskSampler(num_codes, diffusion_steps, self.steps, self.method, self.temperature, remask=self.remask)
 
 
 def resolve_sampler_settings(defaults: Mapping[str, Any] | None, method: str | None = None, steps: int | None = None,
-                             temperature: float | None = None) -> SamplerSettings:
-    """Given values win, else the run's or bundle's ``defaults`` (``method``, ``steps``, ``temperature``).
+                             temperature: float | None = None, remask: float | None = None) -> SamplerSettings:
+    """Given values win, else the run's or bundle's ``defaults`` (``method``, ``steps``, ``temperature``,
+    ``remask``).
 
-    The default step count belongs to the default method: another method falls back to its own default.
+    The default step count and remasking rate belong to the default method: another method falls back to its own
+    defaults.
     """
     d = defaults or {}
     m = method or d.get("method") or "confidence"
-    s = steps or (d.get("steps") if m == (d.get("method") or "confidence") else None)
+    own = m == (d.get("method") or "confidence")
+    s = steps or (d.get("steps") if own else None)
     t = temperature if temperature is not None else float(d["temperature"]) if d.get("temperature") is not None \
         else 1.0
-    return SamplerSettings(m, s, t)
+    r = remask if remask is not None else float(d.get("remask") or 0.0) if own else 0.0
+    if r and m != "paper":
+        raise SpkdiffError(f"--remask applies to the paper sampler only, not {m!r}")
+    return SamplerSettings(m, s, t, r)
 
 
 def embed_tokens(codebook: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

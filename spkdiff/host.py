@@ -152,18 +152,37 @@ class MaskSampler:
     another, diagonal phases first, in random order within a phase. Tokens drawn in the same step are then
     never neighbours, and the first quarter fixes a coarse layout on every second row and column.
     The diffusion time given to the denoiser is the one whose mask rate t/T_d matches the step.
+
+    ``remask`` = eta > 0 (``method="paper"`` only) adds ReMDM-cap remasking (Wang et al. 2025): with
+    alpha_t = 1 - step_t/S the unmasked fraction before a step and alpha_s = 1 - (step_t - 1)/S after it, each token
+    unmasked at an earlier step is masked again w.p. sigma = min(eta, (1 - alpha_s)/alpha_t) and each masked token is
+    unmasked w.p. (alpha_s - (1 - sigma) alpha_t)/(1 - alpha_t), both decided by one uniform u per token. The
+    expected mask fraction still follows the 1/t schedule (sigma = 0 gives the 1/t rule, the last step unmasks all),
+    and a token drawn early can be redrawn once later tokens contradict it, for no extra denoiser call.
     """
 
     def __init__(self, num_codes: int, diffusion_steps: int, steps: int | None = None, method: str = "paper",
-                 temperature: float = 1.0, choice_temperature: float = 4.5):
+                 temperature: float = 1.0, choice_temperature: float = 4.5, remask: float = 0.0):
         if method not in SAMPLER_METHODS:
             raise ValueError(f"unknown sampler {method!r} ({', '.join(SAMPLER_METHODS)})")
+        if not 0.0 <= remask <= 1.0:
+            raise ValueError(f"remask must be in [0, 1], got {remask}")
+        if remask and method != "paper":
+            raise ValueError(f"remask applies to the paper sampler only, not {method!r}")
         self.num_codes = num_codes
         self.diffusion_steps = diffusion_steps
         self.steps = steps or diffusion_steps
         self.method = method
         self.temperature = temperature
         self.choice_temperature = choice_temperature
+        self.remask = remask
+
+    def remask_probabilities(self, step_t: int) -> tuple[float, float]:
+        """(p_unmask, sigma) at ``step_t`` (S..1): a masked token's chance to be unmasked, an unmasked one's to be
+        masked again (ReMDM-cap, see the class docstring)."""
+        alpha_t, alpha_s = 1.0 - step_t / self.steps, 1.0 - (step_t - 1) / self.steps
+        sigma = min(self.remask, (1.0 - alpha_s) / alpha_t) if alpha_t > 0 else 0.0
+        return (alpha_s - (1.0 - sigma) * alpha_t) / (1.0 - alpha_t), sigma
 
     def model_time(self, step_t: int) -> int:
         return max(1, math.ceil(step_t * self.diffusion_steps / self.steps))
@@ -192,6 +211,16 @@ class MaskSampler:
         """One step: draw from ``logits`` (B, K, H, W) and unmask the chosen tokens (in place)."""
         i, step_t, masked = state.i, self.steps - state.i, state.masked
         drawn, prob = self.draw(logits, generator)
+        if self.method == "paper" and self.remask:
+            p_unmask, sigma = self.remask_probabilities(step_t)
+            u = torch.rand(masked.shape, generator=generator)
+            change = (u < p_unmask) & masked
+            again = (u < sigma) & ~masked
+            state.tokens = torch.where(again, torch.full_like(state.tokens, self.num_codes),
+                                       torch.where(change, drawn, state.tokens))
+            state.masked = (masked & ~change) | again
+            state.i += 1
+            return
         if self.method == "paper":
             change = (torch.rand(masked.shape, generator=generator) < 1.0 / step_t) & masked
         elif self.method == "coarse":

@@ -6,7 +6,7 @@ import argparse
 
 from spkdiff import validate
 from spkdiff.backends import add_backend_arguments
-from spkdiff.config import SAMPLER_METHODS
+from spkdiff.config import REMASK_HELP, SAMPLER_METHODS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="paper: 1/t unmasking; confidence: confidence-ordered parallel unmasking; "
                              "coarse: the paper's pace, stride-2 sub-lattice phases first")
     parser.add_argument("--temperature", type=validate.temperature, default=None)
+    parser.add_argument("--remask", type=validate.probability, default=None,
+                        help=REMASK_HELP)
     parser.add_argument("--seed", type=validate.seed, default=0)
     parser.add_argument("--out", type=validate.out_file, default="samples.png",
                         help="PNG grid path; tokens go beside it as .npy")
@@ -42,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
     with distributed.session(args.dist_timeout) as dist:
         images, tokens, info = sample_images(
             args.backend, run=args.run, bundle=args.bundle, n=args.n, steps=args.steps, method=args.method,
-            temperature=args.temperature, seed=args.seed, batch_size=args.batch_size, fixed=args.fixed,
-            timeout=args.timeout, dist=dist)
+            temperature=args.temperature, remask=args.remask, seed=args.seed, batch_size=args.batch_size,
+            fixed=args.fixed, timeout=args.timeout, dist=dist)
     if not dist.is_main:
         return 0
     save_samples(images, tokens, out)  # both files, or neither (disk full, Ctrl-C)

@@ -234,7 +234,8 @@ _TRAIN: dict[str, Field] = {
     "log_every": (int, 1, None), "limit": ((int, type(None)), 1, None), "max_steps": ((int, type(None)), 0, None),
     "betas": (list, None, None), "lr_schedule": (str, None, None),
 }
-_SAMPLE: dict[str, Field] = {"steps": (int, 1, MAX_STEPS), "temperature": (float, 0, 1e6), "method": (str, None, None)}
+_SAMPLE: dict[str, Field] = {"steps": (int, 1, MAX_STEPS), "temperature": (float, 0, 1e6), "method": (str, None, None),
+                             "remask": ((float, int), 0, 1)}
 
 
 def check_stage(data: Any, stage: str, where: str) -> dict:

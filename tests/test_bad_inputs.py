@@ -239,6 +239,9 @@ CASES: dict[str, Callable[[Ctx], list[str]]] = {
     "sample-temperature-nan": lambda c: sample(c.run(), "--temperature", "nan"),
     "sample-temperature-negative": lambda c: sample(c.run(), "--temperature", "-1"),
     "sample-temperature-inf": lambda c: sample(c.run(), "--temperature", "inf"),
+    "sample-remask-above-one": lambda c: sample(c.run(), "--remask", "1.5"),
+    "sample-remask-nan": lambda c: sample(c.run(), "--remask", "nan"),
+    "sample-remask-with-confidence": lambda c: sample(c.run(), "--remask", "0.1", "--method", "confidence"),
     "sample-timeout-nan": lambda c: sample(c.run(), "--timeout", "nan"),
     "sample-timeout-zero": lambda c: sample(c.run(), "--timeout", "0"),
     "sample-batch-size-zero": lambda c: sample(c.run(), "--batch-size", "0"),
@@ -256,6 +259,8 @@ CASES: dict[str, Callable[[Ctx], list[str]]] = {
     "eval-metrics-blank-items": lambda c: [*evaluate(c, c.run()), "--metrics", " , "],
     "eval-fid-protocols-empty": lambda c: [*evaluate(c, c.run()), "--metrics", "fid", "--fid-protocols", ","],
     "eval-temperature-negative": lambda c: [*evaluate(c, c.run()), "--temperature", "-1"],
+    "eval-remask-negative": lambda c: [*evaluate(c, c.run()), "--remask", "-0.1"],
+    "sim-bundle-remask-with-coarse": lambda c: sim_bundle(c.bundle(), "--remask", "0.1", "--method", "coarse"),
     # paths
     "train-out-symlink-loop": lambda c: train(c, c.loop()),
     "train-data-root-symlink-loop": lambda c: train(c, c.tmp / "o", "--data-root", str(c.loop())),

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from spkdiff.data import load_tensor
-from spkdiff.export.onnx_models import SamplerStepCoarse, SamplerStepConfidence
+from spkdiff.export.onnx_models import SamplerStepCoarse, SamplerStepConfidence, SamplerStepRemask
 from spkdiff.export.onnx_target import export_graph, onnx_graphs, run_onnx
 from spkdiff.host import MaskSampler, leaky_sum, unmask_schedule
 from spkdiff.train.snn import merge_time, split_time
@@ -128,3 +128,37 @@ def test_coarse_sampler_step_exports_and_unmasks_as_the_host_sampler(models, tmp
         _, masked = step(logits, state.tokens, masked, torch.rand(2, grid, grid), state.rank, n_unmasked)
         assert torch.equal(masked, state.masked)
     assert not masked.any()
+
+
+def test_remask_sampler_step_exports_and_masks_as_the_host_sampler(models, tmp_path: Path):
+    """The remasking step in ONNX equals its torch module, and from the host's uniforms it unmasks and masks
+    again exactly the positions :class:`MaskSampler` (paper, remask > 0) does."""
+    vq, sdid = models
+    (graph,) = [g for g in onnx_graphs(vq, sdid, "paper", remask=0.2) if g.name == "sampler_step"]
+    assert isinstance(graph.module, SamplerStepRemask)
+    export_graph(graph, tmp_path / "sampler_step.onnx")
+    tokens_out, masked_out = run_onnx(tmp_path / "sampler_step.onnx", graph.inputs)
+    ref_tokens, ref_masked = graph.module(*graph.inputs.values())
+    assert np.array_equal(tokens_out, ref_tokens.numpy()) and np.array_equal(masked_out, ref_masked.numpy())
+
+    k, grid, steps = sdid.cfg.num_codes, sdid.cfg.grid, 6
+    sampler = MaskSampler(k, sdid.cfg.diffusion_steps, steps=steps, method="paper", remask=0.2)
+    state = sampler.start(4, (grid, grid))
+    g = torch.Generator().manual_seed(0)
+    step = SamplerStepRemask(1.0)
+    again = 0
+    for _ in range(steps):
+        logits = torch.randn(4, k, grid, grid, generator=g)
+        p_unmask, sigma = sampler.remask_probabilities(steps - state.i)
+        masked, tokens = state.masked.clone(), state.tokens.clone()
+        host = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,), generator=g)))
+        probe = host.get_state()
+        sampler.update(state, logits, host)
+        host.set_state(probe)
+        sampler.draw(logits, host)  # the host draws its tokens first, then one uniform per token
+        u_unmask = torch.rand(masked.shape, generator=host)
+        out, out_masked = step(logits, tokens, masked, torch.rand(4, grid, grid), u_unmask,
+                               torch.full((4,), p_unmask), torch.full((4,), sigma))
+        assert torch.equal(out_masked, state.masked) and torch.equal(out == k, state.masked)
+        again += int((~masked & out_masked).sum())
+    assert again > 0 and not state.masked.any()

@@ -91,6 +91,52 @@ def test_samples_never_masked_and_deterministic(method: str, steps: int | None):
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+def test_remasking_keeps_the_schedule_and_redraws_earlier_tokens():
+    """ReMDM-cap (remask = eta): the masked fraction after each step follows the 1/t schedule's (step_t - 1)/S in
+    expectation, a token unmasked before a step is masked again w.p. sigma = min(eta, (1 - alpha_s)/alpha_t), the
+    last step leaves nothing masked, and eta = 0 is the 1/t rule draw for draw."""
+    steps, eta, batch, grid = 12, 0.1, 400, (7, 7)
+    sampler = MaskSampler(K, TD, steps, "paper", remask=eta)
+    state, generator = sampler.start(batch, grid), torch.Generator().manual_seed(0)
+    remasked_total = 0
+    while state.i < steps:
+        step_t = steps - state.i
+        before = state.masked.clone()
+        sampler.update(state, torch.randn(batch, K, *grid, generator=generator), generator)
+        assert torch.equal(state.tokens == K, state.masked)
+        expected = (step_t - 1) / steps
+        assert abs(state.masked.float().mean().item() - expected) < 0.02
+        p_unmask, sigma = sampler.remask_probabilities(step_t)
+        again = (~before & state.masked).sum().item()
+        if (~before).sum() > 2000:
+            assert abs(again / (~before).sum().item() - sigma) < 0.02
+        remasked_total += again
+    assert remasked_total > 0 and not state.masked.any()
+    assert sampler.remask_probabilities(1) == (1.0, 0.0)  # the last step unmasks all, re-masks none
+    plain, zero = MaskSampler(K, TD, steps, "paper"), MaskSampler(K, TD, steps, "paper", remask=0.0)
+    sdid = _tiny_sdid()
+    with torch.no_grad():
+        assert torch.equal(plain.sample(sdid, 3, grid, torch.Generator().manual_seed(4)),
+                           zero.sample(sdid, 3, grid, torch.Generator().manual_seed(4)))
+    with pytest.raises(ValueError, match="paper sampler only"):
+        MaskSampler(K, TD, steps, "confidence", remask=0.1)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        MaskSampler(K, TD, steps, "paper", remask=1.5)
+
+
+def test_remask_setting_belongs_to_the_default_method():
+    """A run's remasking rate applies to its own method; another method, or an explicit --remask, overrides it."""
+    from spkdiff.errors import SpkdiffError
+    from spkdiff.generation import resolve_sampler_settings
+
+    run = {"method": "paper", "steps": 24, "temperature": 0.8, "remask": 0.05}
+    assert resolve_sampler_settings(run).remask == 0.05
+    assert resolve_sampler_settings(run, remask=0.0).remask == 0.0
+    assert resolve_sampler_settings(run, method="coarse").remask == 0.0
+    with pytest.raises(SpkdiffError, match="paper sampler only"):
+        resolve_sampler_settings(run, method="confidence", remask=0.1)
+
+
 def test_confidence_sampler_calls_denoiser_steps_times():
     calls = []
 

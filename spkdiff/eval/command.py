@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from spkdiff import validate
-from spkdiff.config import SAMPLER_METHODS
+from spkdiff.config import REMASK_HELP, SAMPLER_METHODS
 
 GENERATIVE = ("fid", "kid", "pr", "cfd", "ckid", "cpr")
 RECONSTRUCTION = ("mse", "ssim", "rfid")  # rfid: FID of the reconstructions (the stage-1 ceiling)
@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=validate.steps, default=None, help="sampler steps (default: the preset's)")
     parser.add_argument("--method", choices=SAMPLER_METHODS, default=None)
     parser.add_argument("--temperature", type=validate.temperature, default=None)
+    parser.add_argument("--remask", type=validate.probability, default=None,
+                        help=REMASK_HELP)
     parser.add_argument("--seed", type=validate.seed, default=0)
     parser.add_argument("--backend", choices=("torch", "sim", "sim-fixed"), default="torch")
     parser.add_argument("--bundle", default=None,
@@ -90,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         if wanted_gen:
             images, _, info = sample_images(args.backend, run=args.run, bundle=args.bundle, n=args.n,
                                             steps=args.steps, method=args.method, temperature=args.temperature,
-                                            seed=args.seed, batch_size=args.batch_size, dist=dist)
+                                            remask=args.remask, seed=args.seed, batch_size=args.batch_size, dist=dist)
     if not dist.is_main:
         return 0
     out_dir = run_dir if not args.run.startswith("pretrained:") else Path("eval-" + args.run.split(":", 1)[1])
@@ -124,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
     if wanted_gen:
         check_finite(images, "the generated images (a model with NaN/Inf weights?)")
         save_grid(images[:64], out_dir / f"samples_{args.backend}.png")
-        row.update(sampler=info["method"], sampler_steps=info["denoiser_calls"], temperature=info["temperature"])
+        row.update(sampler=info["method"], sampler_steps=info["denoiser_calls"], temperature=info["temperature"],
+                   remask=info["remask"])
         if "energy_per_image" in info:  # simulator backends: what each image cost, as `spkdiff sim --report`
             e = info["energy_per_image"]
             row.update({f"energy_mj_per_image_{e['profile']}": e["snn_j"] * 1e3,
