@@ -3,10 +3,11 @@
     python bench/prior/token_statistics.py --run pretrained:fashion-mnist --temperatures 0.6,0.8,1.0 \
         --n 1000 --steps 12 --data-root ../shared/data
     python bench/prior/token_statistics.py --run RUN --methods paper,coarse --steps 12,24,49 --temperatures 0.9 ...
+    python bench/prior/token_statistics.py --run RUN --steps 24 --temperatures 0.8 --remask 0.02,0.05 ...
 
-Samples N token grids per sampler setting (method x denoiser calls x temperature; torch backend; by default the
-run's own method and calls) and compares them with the token grids of N held-out test images (the encoder's
-tokens, as the prior was trained on the train split's):
+Samples N token grids per sampler setting (method x denoiser calls x temperature x remasking rate; torch
+backend; by default the run's own method, calls and remasking) and compares them with the token grids of N
+held-out test images (the encoder's tokens, as the prior was trained on the train split's):
 - ``layout``: the mean over grid positions of the Jensen-Shannon divergence (bits) between the generated and the
   real histograms of the code at that position (where things are);
 - ``pairs``: the Jensen-Shannon divergence between the generated and the real histograms of neighbouring code
@@ -72,6 +73,8 @@ def main() -> None:
                         help="denoiser calls, comma-separated (default: the run's own)")
     parser.add_argument("--methods", type=validate.comma_separated(str), default=[None],
                         help="samplers, comma-separated (default: the run's own)")
+    parser.add_argument("--remask", type=validate.comma_separated(validate.probability), default=[None],
+                        help="ReMDM-cap remasking rates of the paper sampler, comma-separated (default: the run's own)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-root", default=None)
     args = parser.parse_args()
@@ -90,19 +93,22 @@ def main() -> None:
     real, other = tokens[: args.n].long(), tokens[args.n:].long()
     rows = [{"temperature": "real", "layout": layout_divergence(real, other, codes),
              "pairs": pair_divergence(real, other, codes)}]
-    for method, steps, temperature in itertools.product(args.methods, args.steps, args.temperatures):
+    for method, steps, temperature, remask in itertools.product(args.methods, args.steps, args.temperatures,
+                                                                args.remask):
         start = time.perf_counter()
         _, fake, info = sample_images("torch", run=args.run, n=args.n, steps=steps, method=method,
-                                      temperature=temperature, seed=args.seed)
+                                      temperature=temperature, remask=remask, seed=args.seed)
         fake = fake.long()
         rows.append({"temperature": temperature, "layout": layout_divergence(real, fake, codes),
                      "pairs": pair_divergence(real, fake, codes), "steps": info["denoiser_calls"],
-                     "method": info["method"], "seconds": time.perf_counter() - start})
+                     "method": info["method"], "remask": info["remask"], "seconds": time.perf_counter() - start})
     print(f"{args.run} ({config['dataset']}), N = {args.n} generated vs {args.n} held-out test grids")
-    print("| temperature | method | calls | layout JS (bits) | pairs JS (bits) | sum |\n|---|---|---|---|---|---|")
+    print("| temperature | method | calls | remask | layout JS (bits) | pairs JS (bits) | sum |\n"
+          "|---|---|---|---|---|---|---|")
     for row in rows:
         row["sum"] = row["layout"] + row["pairs"]
-        print(f"| {row['temperature']} | {row.get('method', '')} | {row.get('steps', '')} | {row['layout']:.4f} | "
+        print(f"| {row['temperature']} | {row.get('method', '')} | {row.get('steps', '')} | {row.get('remask', '')} | "
+              f"{row['layout']:.4f} | "
               f"{row['pairs']:.4f} | {row['sum']:.4f} |")
     with RESULTS.open("a") as f:
         for row in rows:
