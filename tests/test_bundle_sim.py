@@ -171,6 +171,23 @@ def test_sim_float_tokens_equal_torch(bundle_dir: Path, tiny_run: Path) -> None:
     assert not torch.equal(other.tokens, gen.tokens)  # the seed matters
 
 
+def test_sim_float_tokens_equal_torch_with_remasking(bundle_dir: Path, tiny_run: Path) -> None:
+    """The remasking sampler is the host's, so the simulator's tokens equal torch's with it too, and it is in
+    the report's settings."""
+    from spkdiff.generation import SamplerSettings
+    from spkdiff.simulator.generate import generate
+    from spkdiff.train.loop import load_stage
+    from spkdiff.train.sampling import generate_images
+
+    gen = generate(bundle_dir, 4, method="paper", steps=6, remask=0.3, seed=2, batch_size=4)
+    vq, sdid = load_stage(tiny_run, "vqsvae"), load_stage(tiny_run, "sdid")
+    _, tokens, _ = generate_images(vq, sdid, 4, SamplerSettings("paper", 6, gen.settings["temperature"], 0.3),
+                                   seed=2, batch_size=4)
+    assert gen.settings["remask"] == 0.3 and torch.equal(gen.tokens, tokens)
+    plain = generate(bundle_dir, 4, method="paper", steps=6, seed=2, batch_size=4)
+    assert not torch.equal(plain.tokens, gen.tokens)
+
+
 def test_sim_fixed_uses_bundle_integers(bundle_dir: Path) -> None:
     from spkdiff.simulator.generate import generate
 
