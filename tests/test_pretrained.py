@@ -74,7 +74,7 @@ def test_shipped_results_table_is_the_shipped_rows(name: str):
 def test_shipped_metrics_are_the_models_own(name: str, shared_data_root: Path):
     """The shipped metrics.json's reconstruction MSE is what the shipped weights give (first 1000 test images,
     within 15 % of the full-split value), and its headline sample FID (torch, largest N, at the shipped sampler's
-    temperature and step count) is the one the README quotes."""
+    temperature, step count and remasking rate) is the one the README quotes."""
     from spkdiff.data import load_tensor
     from spkdiff.train.sampling import reconstruct
 
@@ -87,7 +87,8 @@ def test_shipped_metrics_are_the_models_own(name: str, shared_data_root: Path):
     assert mse == pytest.approx(mse_row["mse"], rel=0.15), (mse, mse_row["mse"])
     sampler = read_run_config(resolve_run(f"pretrained:{name}"))["sdid"]["sample"]
     sampled = [r for r in rows if "fid" in r and r["backend"] == "torch" and r.get("protocol", "std") == "std"
-               and r.get("temperature") == sampler["temperature"] and r.get("sampler_steps") == sampler["steps"]]
+               and r.get("temperature") == sampler["temperature"] and r.get("sampler_steps") == sampler["steps"]
+               and (r.get("remask") or 0.0) == (sampler.get("remask") or 0.0)]
     largest = max(r["n_generated"] for r in sampled)  # the headline is the largest evaluation (N = 5000 or 2000)
     headline = min((r for r in sampled if r["n_generated"] == largest), key=lambda r: r["fid"])
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
