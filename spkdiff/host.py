@@ -211,17 +211,13 @@ class MaskSampler:
         """One step: draw from ``logits`` (B, K, H, W) and unmask the chosen tokens (in place)."""
         i, step_t, masked = state.i, self.steps - state.i, state.masked
         drawn, prob = self.draw(logits, generator)
+        again = None  # tokens masked again (remasking)
         if self.method == "paper" and self.remask:
             p_unmask, sigma = self.remask_probabilities(step_t)
             u = torch.rand(masked.shape, generator=generator)
             change = (u < p_unmask) & masked
             again = (u < sigma) & ~masked
-            state.tokens = torch.where(again, torch.full_like(state.tokens, self.num_codes),
-                                       torch.where(change, drawn, state.tokens))
-            state.masked = (masked & ~change) | again
-            state.i += 1
-            return
-        if self.method == "paper":
+        elif self.method == "paper":
             change = (torch.rand(masked.shape, generator=generator) < 1.0 / step_t) & masked
         elif self.method == "coarse":
             if state.rank is None:
@@ -244,6 +240,9 @@ class MaskSampler:
             change = (rank < (n_masked - n_keep_masked).clamp(min=0)[:, None]).view_as(masked) & masked
         state.tokens = torch.where(change, drawn, state.tokens)
         state.masked = masked & ~change
+        if again is not None:
+            state.tokens = torch.where(again, torch.full_like(state.tokens, self.num_codes), state.tokens)
+            state.masked |= again
         state.i += 1
 
     def sample(self, denoise, batch: int, grid: tuple[int, int], generator: torch.Generator | None = None
