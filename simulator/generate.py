@@ -173,7 +173,6 @@ class SimulatorPipeline:
             self.warnings.extend(w for w in res.warnings if w not in self.warnings)
         if counts:
             self.calls[stage].append(counts[0] if len(counts) == 1 else Counters.concat(counts, axis=1))
-            del counts
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)  # (T, B, ...)
         v = out if all_steps else out[-1]
         if self.record is not None:

@@ -59,8 +59,7 @@ def sample_images(backend: str, *, run: str | None = None, bundle: str | Path | 
                   timeout: float = 600.0, dist: Any = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """``n`` images in [0, 1], their tokens and an info dict (``denoiser_calls``, ``snn_steps``, ``seconds``,
     ``method``, ``steps``, ``temperature``, ``remask``; the simulator adds per-stage counts and
-    ``energy_per_image``) from
-    ``backend``.
+    ``energy_per_image``) from ``backend``.
 
     ``dist`` (torch backend under torchrun): the batches are shared out and every rank gets all images.
     """
