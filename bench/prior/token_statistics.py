@@ -13,7 +13,12 @@ held-out test images (the encoder's tokens, as the prior was trained on the trai
 - ``pairs``: the Jensen-Shannon divergence between the generated and the real histograms of neighbouring code
   pairs, horizontal and vertical, pooled over the grid (local coherence: which codes sit side by side).
 A cold sampler concentrates on frequent codes (``layout`` grows), a hot one breaks neighbourhoods (``pairs``
-grows); the setting with the smallest sum matches the held-out grids best. The row ``real`` compares the
+grows); the setting with the smallest sum matches the held-out grids best.
+- ``latent P / R``: improved precision and recall (k = 3, as the image metric) of the grids' codebook
+  embeddings z^Q (Eq 8), flattened: the fraction of generated grids near a held-out one (precision) and of
+  held-out grids near a generated one (recall). The divergences pool over grids and cannot see a sampler that
+  collapses onto fewer grids; the latent recall can.
+The row ``real`` compares the
 test images N..2N with the first N: the floor that finite N sets. Rows append to
 bench/prior/results_token_statistics.jsonl.
 """
@@ -64,6 +69,13 @@ def pair_divergence(real: torch.Tensor, fake: torch.Tensor, codes: int) -> float
     return float(js_bits(hist(real), hist(fake)))
 
 
+def latent_precision_recall(real: torch.Tensor, fake: torch.Tensor, codebook: torch.Tensor) -> tuple[float, float]:
+    """Improved precision / recall (k = 3) of token grids (N, H, W) compared as their embeddings z^Q (Eq 8)."""
+    from spkdiff.eval.metrics import precision_recall
+
+    return precision_recall(codebook[real].flatten(1), codebook[fake].flatten(1), k=3)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True)
@@ -91,25 +103,30 @@ def main() -> None:
     test, _ = load_tensor(config["dataset"], args.data_root, "test", limit=2 * args.n)
     tokens = encode_dataset(vq, test)
     real, other = tokens[: args.n].long(), tokens[args.n:].long()
-    rows = [{"temperature": "real", "layout": layout_divergence(real, other, codes),
-             "pairs": pair_divergence(real, other, codes)}]
+    codebook = vq.codebook.detach()
+
+    def scores(fake: torch.Tensor) -> dict:
+        precision, recall = latent_precision_recall(real, fake, codebook)
+        return {"layout": layout_divergence(real, fake, codes), "pairs": pair_divergence(real, fake, codes),
+                "latent_precision": precision, "latent_recall": recall}
+
+    rows = [{"temperature": "real", **scores(other)}]
     for method, steps, temperature, remask in itertools.product(args.methods, args.steps, args.temperatures,
                                                                 args.remask):
         start = time.perf_counter()
         _, fake, info = sample_images("torch", run=args.run, n=args.n, steps=steps, method=method,
                                       temperature=temperature, remask=remask, seed=args.seed)
         fake = fake.long()
-        rows.append({"temperature": temperature, "layout": layout_divergence(real, fake, codes),
-                     "pairs": pair_divergence(real, fake, codes), "steps": info["denoiser_calls"],
+        rows.append({"temperature": temperature, **scores(fake), "steps": info["denoiser_calls"],
                      "method": info["method"], "remask": info["remask"], "seconds": time.perf_counter() - start})
     print(f"{args.run} ({config['dataset']}), N = {args.n} generated vs {args.n} held-out test grids")
-    print("| temperature | method | calls | remask | layout JS (bits) | pairs JS (bits) | sum |\n"
-          "|---|---|---|---|---|---|---|")
+    print("| temperature | method | calls | remask | layout JS (bits) | pairs JS (bits) | sum | latent P / R |\n"
+          "|---|---|---|---|---|---|---|---|")
     for row in rows:
         row["sum"] = row["layout"] + row["pairs"]
         print(f"| {row['temperature']} | {row.get('method', '')} | {row.get('steps', '')} | {row.get('remask', '')} | "
               f"{row['layout']:.4f} | "
-              f"{row['pairs']:.4f} | {row['sum']:.4f} |")
+              f"{row['pairs']:.4f} | {row['sum']:.4f} | {row['latent_precision']:.3f} / {row['latent_recall']:.3f} |")
     with RESULTS.open("a") as f:
         for row in rows:
             f.write(json.dumps({"run": args.run, "dataset": config["dataset"], "n": args.n, **row}) + "\n")
