@@ -306,3 +306,20 @@ def test_token_statistics_divergences_by_hand():
     collapsed = torch.zeros(400, 7, 7, dtype=torch.long)
     assert stats.layout_divergence(varied, also_varied, K) < 0.1 < stats.layout_divergence(varied, collapsed, K)
     assert stats.pair_divergence(varied, also_varied, K) < 0.2 < stats.pair_divergence(varied, collapsed, K)
+
+
+def test_token_statistics_precision_recall_see_a_collapsed_sampler():
+    """The latent and pixel precision / recall of bench/prior/token_statistics.py: a sample set equal to the
+    reference scores 1 / 1; one that repeats a single reference item is precise but recalls almost nothing."""
+    stats = load_bench_script("prior/token_statistics.py")
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, K, (200, 7, 7), generator=g)
+    codebook = torch.randn(K, 4, generator=g)
+    collapsed = tokens[:1].expand(200, -1, -1)
+    assert stats.latent_precision_recall(tokens, tokens, codebook) == (1.0, 1.0)
+    precision, recall = stats.latent_precision_recall(tokens, collapsed, codebook)
+    assert precision == 1.0 and recall < 0.05
+    images = torch.rand(200, 1, 28, 28, generator=g)
+    assert stats.pixel_precision_recall(images, images) == (1.0, 1.0)
+    precision, recall = stats.pixel_precision_recall(images, images[:1].expand(200, -1, -1, -1))
+    assert precision == 1.0 and recall < 0.05

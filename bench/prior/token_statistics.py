@@ -18,6 +18,9 @@ grows); the setting with the smallest sum matches the held-out grids best.
   embeddings z^Q (Eq 8), flattened: the fraction of generated grids near a held-out one (precision) and of
   held-out grids near a generated one (recall). The divergences pool over grids and cannot see a sampler that
   collapses onto fewer grids; the latent recall can.
+- ``pixel P / R``: the same for the decoded images against the held-out images themselves, as raw pixel vectors
+  in [0, 1]. No Inception network: a screen that sees the precision / recall trade (it moved the same way as the
+  Inception P / R on every sampler pair gated so far), never the judge.
 The row ``real`` compares the
 test images N..2N with the first N: the floor that finite N sets. Rows append to
 bench/prior/results_token_statistics.jsonl.
@@ -76,6 +79,13 @@ def latent_precision_recall(real: torch.Tensor, fake: torch.Tensor, codebook: to
     return precision_recall(codebook[real].flatten(1), codebook[fake].flatten(1), k=3)
 
 
+def pixel_precision_recall(real: torch.Tensor, fake: torch.Tensor) -> tuple[float, float]:
+    """Improved precision / recall (k = 3) of images (N, C, H, W) in [0, 1] as raw pixel vectors."""
+    from spkdiff.eval.metrics import precision_recall
+
+    return precision_recall(real.float().flatten(1), fake.float().flatten(1), k=3)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True)
@@ -105,28 +115,32 @@ def main() -> None:
     real, other = tokens[: args.n].long(), tokens[args.n:].long()
     codebook = vq.codebook.detach()
 
-    def scores(fake: torch.Tensor) -> dict:
-        precision, recall = latent_precision_recall(real, fake, codebook)
-        return {"layout": layout_divergence(real, fake, codes), "pairs": pair_divergence(real, fake, codes),
-                "latent_precision": precision, "latent_recall": recall}
+    real_images, other_images = test[: args.n], test[args.n:]
 
-    rows = [{"temperature": "real", **scores(other)}]
+    def scores(fake: torch.Tensor, images: torch.Tensor) -> dict:
+        precision, recall = latent_precision_recall(real, fake, codebook)
+        pixel_precision, pixel_recall = pixel_precision_recall(real_images, images)
+        return {"layout": layout_divergence(real, fake, codes), "pairs": pair_divergence(real, fake, codes),
+                "latent_precision": precision, "latent_recall": recall,
+                "pixel_precision": pixel_precision, "pixel_recall": pixel_recall}
+
+    rows = [{"temperature": "real", **scores(other, other_images)}]
     for method, steps, temperature, remask in itertools.product(args.methods, args.steps, args.temperatures,
                                                                 args.remask):
         start = time.perf_counter()
-        _, fake, info = sample_images("torch", run=args.run, n=args.n, steps=steps, method=method,
-                                      temperature=temperature, remask=remask, seed=args.seed)
-        fake = fake.long()
-        rows.append({"temperature": temperature, **scores(fake), "steps": info["denoiser_calls"],
+        images, fake, info = sample_images("torch", run=args.run, n=args.n, steps=steps, method=method,
+                                           temperature=temperature, remask=remask, seed=args.seed)
+        rows.append({"temperature": temperature, **scores(fake.long(), images), "steps": info["denoiser_calls"],
                      "method": info["method"], "remask": info["remask"], "seconds": time.perf_counter() - start})
     print(f"{args.run} ({config['dataset']}), N = {args.n} generated vs {args.n} held-out test grids")
-    print("| temperature | method | calls | remask | layout JS (bits) | pairs JS (bits) | sum | latent P / R |\n"
-          "|---|---|---|---|---|---|---|---|")
+    print("| temperature | method | calls | remask | layout JS (bits) | pairs JS (bits) | sum | latent P / R "
+          "| pixel P / R |\n|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         row["sum"] = row["layout"] + row["pairs"]
         print(f"| {row['temperature']} | {row.get('method', '')} | {row.get('steps', '')} | {row.get('remask', '')} | "
               f"{row['layout']:.4f} | "
-              f"{row['pairs']:.4f} | {row['sum']:.4f} | {row['latent_precision']:.3f} / {row['latent_recall']:.3f} |")
+              f"{row['pairs']:.4f} | {row['sum']:.4f} | {row['latent_precision']:.3f} / {row['latent_recall']:.3f} | "
+              f"{row['pixel_precision']:.3f} / {row['pixel_recall']:.3f} |")
     with RESULTS.open("a") as f:
         for row in rows:
             f.write(json.dumps({"run": args.run, "dataset": config["dataset"], "n": args.n, **row}) + "\n")
