@@ -1,4 +1,5 @@
-"""Choose the sampler temperature in the model's own token space, with no image metric.
+"""Screen sampler settings without the yardsticks (no Inception network, no classifier): token statistics in the
+model's own token space, and precision / recall of the grids and of the decoded pixels.
 
     python bench/prior/token_statistics.py --run pretrained:fashion-mnist --temperatures 0.6,0.8,1.0 \
         --n 1000 --steps 12 --data-root ../shared/data
@@ -7,7 +8,7 @@
 
 Samples N token grids per sampler setting (method x denoiser calls x temperature x remasking rate; torch
 backend; by default the run's own method, calls and remasking) and compares them with the token grids of N
-held-out test images (the encoder's tokens, as the prior was trained on the train split's):
+held-out test images (the encoder's tokens, as the prior was trained on the train split's) and the images:
 - ``layout``: the mean over grid positions of the Jensen-Shannon divergence (bits) between the generated and the
   real histograms of the code at that position (where things are);
 - ``pairs``: the Jensen-Shannon divergence between the generated and the real histograms of neighbouring code
