@@ -22,8 +22,7 @@ grows); the setting with the smallest sum matches the held-out grids best.
 - ``pixel P / R``: the same for the decoded images against the held-out images themselves, as raw pixel vectors
   in [0, 1]. No Inception network: a screen that sees the precision / recall trade (it moved the same way as the
   Inception P / R on every sampler pair gated so far), never the judge.
-The row ``real`` compares the
-test images N..2N with the first N: the floor that finite N sets. Rows append to
+The row ``real`` compares the test images N..2N with the first N: the floor that finite N sets. Rows append to
 bench/prior/results_token_statistics.jsonl.
 """
 
@@ -115,7 +114,6 @@ def main() -> None:
     tokens = encode_dataset(vq, test)
     real, other = tokens[: args.n].long(), tokens[args.n:].long()
     codebook = vq.codebook.detach()
-
     real_images, other_images = test[: args.n], test[args.n:]
 
     def scores(fake: torch.Tensor, images: torch.Tensor) -> dict:
