@@ -20,7 +20,7 @@ from spkdiff.generation import SamplerSettings
 from spkdiff.train.loop import load_stage
 from spkdiff.train.sampling import generate_images
 
-# The low-energy operating points (issue 16) share their dataset's stage 1 and ship a narrower T = 1 prior;
+# The low-energy operating points (issue 16) ship the thirteenth session's stage 1 with a narrower T = 1 prior;
 # mnist-chain is the long fine-tune chain that was pretrained:mnist until the budget model replaced it.
 SHIPPED = ["mnist", "fashion-mnist", "cifar10", "mnist-low-energy", "fashion-mnist-low-energy", "mnist-chain"]
 DATASET = {name: name.removesuffix("-low-energy").removesuffix("-chain") for name in SHIPPED}
