@@ -13,7 +13,8 @@ from conftest import run_on_tokens_of, tiny_preset, train_sdid
 
 from spkdiff.checkpoint import load_checkpoint, save_checkpoint
 from spkdiff.cli import main
-from spkdiff.train.loop import TrainSettings, _sdid_step, _vqsvae_step, load_stage
+from spkdiff.errors import SpkdiffError
+from spkdiff.train.loop import TrainSettings, _sdid_step, _vqsvae_step, initial_weights, load_stage
 from spkdiff.train.sdid import SDID, SDIDConfig
 from spkdiff.train.vqsvae import VQSVAE, VQSVAEConfig
 
@@ -141,6 +142,18 @@ def test_sdid_finetune_refuses_other_tokens_another_shape_and_stage_all(
     rc = main(["train", "--stage", "all", "--preset", str(preset), "--dataset", "mnist", "--out",
                str(tmp_path / "all"), "--data-root", str(shared_data_root), "--init-from", str(tiny_run)])
     assert rc != 0 and "--init-from needs --stage vqsvae or --stage sdid" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stage", ["vqsvae", "sdid"])
+def test_init_from_compares_resolved_neuron_constants(tiny_run: Path, stage: str) -> None:
+    """An omitted LIF constant means its default, for either stage: a source config that spells the defaults out
+    matches one that leaves them out, and a source with another constant is refused in one line."""
+    model_cfg = load_checkpoint(tiny_run / f"{stage}.safetensors", stage=stage).config[stage]["model"]
+    spelled_out = dict(model_cfg) | {"neuron": {"tau": 2.0, "v_threshold": 1.0, "v_reset": 0.0}}
+    weights = initial_weights(str(tiny_run), stage, dict(model_cfg) | {"neuron": {}})
+    assert weights.keys() == initial_weights(str(tiny_run), stage, spelled_out).keys()
+    with pytest.raises(SpkdiffError, match="differs in neuron"):
+        initial_weights(str(tiny_run), stage, dict(model_cfg) | {"neuron": {"tau": 3.0}})
 
 
 # --- stage 1: the generator's SOP regulariser (`sop_weight` in vqsvae.train)

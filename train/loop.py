@@ -583,9 +583,7 @@ def initial_weights(source: str, stage: str, model_cfg: dict[str, Any]) -> dict[
     ckpt = _source_checkpoint(source, stage)
 
     def resolved(cfg: dict[str, Any]) -> dict[str, Any]:
-        if stage == "sdid":
-            return SDIDConfig.from_dict(cfg).to_dict()
-        d = VQSVAEConfig.from_dict(cfg).to_dict()
+        d = (SDIDConfig if stage == "sdid" else VQSVAEConfig).from_dict(cfg).to_dict()
         return d | {"neuron": LIFParams.from_dict(d["neuron"])}
 
     theirs, ours = resolved(ckpt.config[stage]["model"]), resolved(model_cfg)
