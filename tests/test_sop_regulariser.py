@@ -15,7 +15,7 @@ from spkdiff.checkpoint import load_checkpoint, save_checkpoint
 from spkdiff.cli import main
 from spkdiff.errors import SpkdiffError
 from spkdiff.train.loop import TrainSettings, _sdid_step, _vqsvae_step, initial_weights, load_stage
-from spkdiff.train.sdid import SDID, SDIDConfig
+from spkdiff.train.sdid import SDID, SDIDConfig, grow_prior
 from spkdiff.train.vqsvae import VQSVAE, VQSVAEConfig
 
 
@@ -130,18 +130,62 @@ def test_sdid_finetune_refuses_other_tokens_another_shape_and_stage_all(
     err = capsys.readouterr().err.strip()
     assert "predicts other tokens" in err and "codebook" in err and len(err.splitlines()) == 1
 
-    wider = _finetune_preset(tmp_path, sop_weight=0.5)
-    cfg = yaml.safe_load(wider.read_text())
-    cfg["sdid"]["model"]["channels"] = 24
-    wider.write_text(yaml.safe_dump(cfg))
-    assert train_sdid(run_on_tokens_of(tiny_run, tmp_path / "wider"), wider, shared_data_root,
-                       "--init-from", str(tiny_run)) != 0
-    err = capsys.readouterr().err.strip()
-    assert "differs in channels" in err and len(err.splitlines()) == 1
+    for name, change, message in (("deeper", {"blocks": 2}, "differs in blocks"),
+                                  ("narrower", {"channels": 8}, "cannot grow the prior")):
+        other = _finetune_preset(tmp_path, sop_weight=0.5)
+        cfg = yaml.safe_load(other.read_text())
+        cfg["sdid"]["model"].update(change)
+        other.write_text(yaml.safe_dump(cfg))
+        assert train_sdid(run_on_tokens_of(tiny_run, tmp_path / name), other, shared_data_root,
+                          "--init-from", str(tiny_run)) != 0
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, (name, err)
 
     rc = main(["train", "--stage", "all", "--preset", str(preset), "--dataset", "mnist", "--out",
                str(tmp_path / "all"), "--data-root", str(shared_data_root), "--init-from", str(tiny_run)])
     assert rc != 0 and "--init-from needs --stage vqsvae or --stage sdid" in capsys.readouterr().err
+
+
+def test_grown_prior_computes_the_source_logits() -> None:
+    """A prior widened by grow_prior gives the source's logits, in training mode (batch statistics) and in eval
+    mode, while its added channels spike; their synapses into old channels and the read-out are zero."""
+    torch.manual_seed(0)
+    source = SDID(_cfg())
+    for m in source.modules():  # trained-looking BatchNorm statistics, so eval mode tests them too
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.5, 1.5), m.weight.data.uniform_(0.5, 2.0)
+    wide = SDID(SDIDConfig(**(_cfg().to_dict() | {"channels": 24})))
+    wide.load_state_dict(grow_prior(wide, source.state_dict()))
+    assert torch.equal(wide.readout.weight[:, 16:], torch.zeros(16, 8, 1, 1))
+    assert torch.equal(wide.blocks[0].first.synapse[0].weight[:16, 16:], torch.zeros(16, 8, 3, 3))
+    tokens = torch.randint(0, 17, (6, 7, 7))
+    t = torch.randint(1, 50, (6,))
+    for train in (True, False):
+        source.train(train), wide.train(train)
+        spikes: list[torch.Tensor] = []
+        with torch.no_grad():
+            assert torch.allclose(source(tokens, t), wide(tokens, t, spikes), atol=1e-5, rtol=0)
+        # the added channels spike under batch statistics, so they learn (eval mode has BN's fresh defaults)
+        assert not train or all(s[:, :, 16:].sum() > 0 for s in spikes)
+
+
+def test_sdid_finetune_to_more_channels(tiny_run: Path, shared_data_root: Path, tmp_path: Path) -> None:
+    """``--init-from`` with more sdid channels grows the source prior: at lr 0 one step keeps every source weight
+    in the leading slice, and the grown run samples like any other."""
+    preset = _finetune_preset(tmp_path, lr=0.0, weight_decay=0.0)
+    cfg = yaml.safe_load(preset.read_text())
+    channels = cfg["sdid"]["model"]["channels"]
+    cfg["sdid"]["model"]["channels"] = channels + 8
+    preset.write_text(yaml.safe_dump(cfg))
+    wide = run_on_tokens_of(tiny_run, tmp_path / "wide")
+    assert train_sdid(wide, preset, shared_data_root, "--init-from", str(tiny_run), "--max-steps", "1") == 0
+    source, grown = _params(load_stage(tiny_run, "sdid")), _params(load_stage(wide, "sdid"))
+    assert load_stage(wide, "sdid").cfg.channels == channels + 8
+    for key, theirs in source.items():
+        assert torch.equal(grown[key][tuple(slice(0, n) for n in theirs.shape)], theirs), key
+    assert torch.equal(grown["readout.weight"][:, channels:], torch.zeros_like(grown["readout.weight"][:, channels:]))
+    assert main(["sample", "--run", str(wide), "--n", "2", "--out", str(tmp_path / "wide.png"), "--seed", "0"]) == 0
+    assert (tmp_path / "wide.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("stage", ["vqsvae", "sdid"])

@@ -24,8 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop after N optimizer steps (resumable)")
     parser.add_argument("--init-from", default=None, metavar="RUN",
                         help="the stage trained (--stage vqsvae or sdid) starts from this run's (or "
-                             "pretrained:NAME's) weights: a generator fine-tune (train_parts: generator), or a prior "
-                             "fine-tuned with the SOP regulariser on the same tokens")
+                             "pretrained:NAME's) weights: a generator fine-tune (train_parts: generator; widened or "
+                             "deepened), or a prior fine-tuned on the same tokens (SOP regulariser, more epochs, "
+                             "fewer time steps, more channels)")
     parser.add_argument("--resume", action="store_true", help="continue from the run's last checkpoints")
     parser.add_argument("--sync-bn", action="store_true",
                         help="under torchrun: BatchNorm statistics over the global batch, not per rank")

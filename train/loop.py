@@ -48,7 +48,7 @@ from spkdiff.train.adversarial import (
     generator_adversarial_loss,
 )
 from spkdiff.train.distributed import SINGLE, DistContext, param_digest, tensor_digest
-from spkdiff.train.sdid import SDID, SDIDConfig, diffusion_loss, distillation_loss, training_mask
+from spkdiff.train.sdid import SDID, SDIDConfig, diffusion_loss, distillation_loss, grow_prior, training_mask
 from spkdiff.train.snn import LIFParams
 from spkdiff.train.vqsvae import (
     PIXEL_MAX,
@@ -571,9 +571,10 @@ def _source_checkpoint(source: str, stage: str) -> Checkpoint:
 
 # Model settings a fine-tune may change: the weights are shared over the SNN time steps, so the SDID can be
 # fine-tuned to fewer (or more) time steps per denoiser call, which scales its SOPs per call; a generator can be
-# widened or deepened (grow_generator: the grown one starts as the source's exact function).
+# widened or deepened (grow_generator), a prior widened (grow_prior): the grown one starts as the source's exact
+# function.
 FINE_TUNABLE: dict[str, frozenset[str]] = {"vqsvae": frozenset({"decoder_hidden", "decoder_context"}),
-                                           "sdid": frozenset({"time_steps"})}
+                                           "sdid": frozenset({"time_steps", "channels"})}
 
 
 def initial_weights(source: str, stage: str, model_cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -700,7 +701,8 @@ def train_sdid(run_dir: Path, config: dict[str, Any], data_root: str | None, res
         write_json_atomic(run_dir / "config.json", config)
 
     def on_start(model: nn.Module, data: torch.Tensor, gen: torch.Generator) -> None:
-        # A fine-tune (e.g. the SOP regulariser on a trained prior); read on a fresh start only, as in stage 1.
+        # A fine-tune (the SOP regulariser on a trained prior, or a widened prior); read on a fresh start only,
+        # as in stage 1.
         if settings.init_from is not None:
             source, model_cfg = settings.init_from, config["sdid"]["model"]
 
@@ -708,7 +710,7 @@ def train_sdid(run_dir: Path, config: dict[str, Any], data_root: str | None, res
                 check_same_tokens(source, run_dir)
                 return initial_weights(source, "sdid", model_cfg)
 
-            load_model_weights(model, dist.run_on_main(weights), Path(source))
+            load_model_weights(model, grow_prior(model, dist.run_on_main(weights)), Path(source))
 
     return run_training("sdid", run_dir, config, tokens, _sdid_step(settings, teacher), resume, on_start, dist=dist)
 

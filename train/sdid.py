@@ -38,6 +38,7 @@ from spkdiff.train.snn import (
     SpikingConv,
     dense_macs,
     fan_out,
+    grow_channels,
     merge_time,
     sop_fraction,
     split_time,
@@ -165,6 +166,16 @@ class SDID(nn.Module):
         """R per sample, batch mean (:func:`spkdiff.train.snn.sop_fraction`).  The input spikes' SOPs are left
         out: the model cannot change them."""
         return sop_fraction(spikes, self.fan_outs(), self.dense_macs())
+
+
+def grow_prior(model: SDID, source: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights for ``model`` from a trained SDID ``source`` with fewer (or as many) ``channels`` and otherwise the
+    same shape, such that ``model`` computes exactly the source's logits (:func:`spkdiff.train.snn.grow_channels`):
+    the added channels of the stem and of every block listen to the token spikes and to the old channels, and
+    every synapse from them into an old channel or the read-out starts at zero. A residual block's skip is
+    channel-wise (each channel's input spikes into the same channel's second LIF), so it needs no weights."""
+    readers = {f"{name}.weight": conv for name, conv in model.named_modules() if isinstance(conv, nn.Conv2d)}
+    return grow_channels(model.state_dict(), source, readers, "prior")
 
 
 # ----------------------------------------------------------------------------- training objective (Eq 10-14)

@@ -153,6 +153,43 @@ class SpikingConv(nn.Module):
         return self.neuron(split_time(self.synapse(merge_time(x)), steps))
 
 
+# ----------------------------------------------------------------------------- growing a trained network
+
+
+def grow_channels(ours: dict[str, torch.Tensor], source: dict[str, torch.Tensor],
+                  readers: dict[str, nn.Conv2d | nn.ConvTranspose2d], what: str) -> dict[str, torch.Tensor]:
+    """Net2Net-style widening: weights for a model whose state is ``ours`` (its fresh initialisation) from a
+    ``source`` state with the same keys and the same or fewer channels, such that the wider model computes
+    exactly what the source did.
+
+    Each source tensor that is smaller than ours fills the leading slice of it; the added channels keep the fresh
+    initialisation (random synapses in, so they spike and learn; BatchNorm at its defaults), except that every
+    synapse *from* an added channel *into* a channel the source had starts at zero, in each weight named in
+    ``readers`` (key -> its conv: Conv2d weights are (out, in, kh, kw), ConvTranspose2d (in, out, kh, kw)). The
+    added channels thus see the old ones but feed nothing old until training moves those synapses off zero. Keys
+    missing from ``source`` keep ours (the caller decides whether that is allowed)."""
+    weights = dict(source)
+    for key, tensor in ours.items():
+        theirs = source.get(key)
+        if theirs is None or theirs.shape == tensor.shape:
+            continue
+        if theirs.dim() != tensor.dim() or any(a > b for a, b in zip(theirs.shape, tensor.shape)):
+            raise SpkdiffError(f"cannot grow the {what}: source tensor {key} has shape {tuple(theirs.shape)}, "
+                               f"ours {tuple(tensor.shape)} (only channels may grow)")
+        grown = tensor.detach().to(theirs.dtype, copy=True)
+        grown[tuple(slice(0, n) for n in theirs.shape)] = theirs
+        weights[key] = grown
+    for key, conv in readers.items():
+        if key in source and weights[key] is not source[key]:
+            if isinstance(conv, nn.ConvTranspose2d):
+                old_in, old_out = source[key].shape[:2]
+                weights[key][old_in:, :old_out] = 0
+            else:
+                old_out, old_in = source[key].shape[:2]
+                weights[key][:old_out, old_in:] = 0
+    return weights
+
+
 # ----------------------------------------------------------------------------- synaptic operations (energy lever)
 
 

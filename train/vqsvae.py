@@ -26,7 +26,7 @@ from torch import nn
 from spkdiff.errors import SpkdiffError
 from spkdiff.generation import embed_tokens
 from spkdiff.host import codebook_lookup, encoder_features, leaky_sum, psp_sequence
-from spkdiff.train.snn import LIFParams, SpikingConv, dense_macs, fan_out, sop_fraction
+from spkdiff.train.snn import LIFParams, SpikingConv, dense_macs, fan_out, grow_channels, sop_fraction
 from spkdiff.validate import MAX_CONTEXT_LAYERS
 
 LATENT_STRIDES = (4, 2)  # image side / token-grid side: the paper's two halvings, or one (a 4x finer grid)
@@ -372,25 +372,6 @@ def grow_generator(model: VQSVAE, source: dict[str, torch.Tensor]) -> tuple[dict
     new_layers = list(range(source_layers - 1, len(model.decoder) - 1))
     fresh = {k: v.detach().clone() for k, v in ours.items()
              if any(k.startswith(f"decoder.{i}.") for i in new_layers)}
-    weights = dict(renamed) | fresh
-    for key, tensor in ours.items():
-        theirs = renamed.get(key)
-        if theirs is None or theirs.shape == tensor.shape:
-            continue
-        if theirs.dim() != tensor.dim() or any(a > b for a, b in zip(theirs.shape, tensor.shape)):
-            raise SpkdiffError(f"cannot grow the generator: source tensor {key} has shape {tuple(theirs.shape)}, "
-                               f"ours {tuple(tensor.shape)} (only decoder channels may grow)")
-        grown = tensor.detach().to(theirs.dtype, copy=True)
-        grown[tuple(slice(0, n) for n in theirs.shape)] = theirs
-        weights[key] = grown
-    # Zero (added in) x (old out) in each grown reader; Conv2d weights are (out, in, kh, kw), transposed (in, out, ...).
     readers = {f"decoder.{i}.synapse.0.weight": layer.synapse[0] for i, layer in enumerate(model.decoder)}
-    for key, conv in (readers | {"readout.weight": model.readout}).items():
-        if key in renamed and weights[key] is not renamed[key]:
-            if isinstance(conv, nn.ConvTranspose2d):
-                old_in, old_out = renamed[key].shape[:2]
-                weights[key][old_in:, :old_out] = 0
-            else:
-                old_out, old_in = renamed[key].shape[:2]
-                weights[key][:old_out, old_in:] = 0
+    weights = grow_channels(ours, dict(renamed) | fresh, readers | {"readout.weight": model.readout}, "generator")
     return weights, new_layers
