@@ -352,10 +352,9 @@ def grow_generator(model: VQSVAE, source: dict[str, torch.Tensor]) -> tuple[dict
     indices of the decoder layers that are new context layers (:meth:`VQSVAE.relay_context_` makes them exact
     relays; until then they hold ``model``'s fresh initialisation).
 
-    Net2Net-style growth: each source tensor that is smaller than ours fills the leading slice of it; the added
-    channels keep ``model``'s own fresh initialisation (random synapses in, so they spike and learn; BatchNorm at
-    its defaults), except that every synapse *from* an added channel into a channel the source had starts at
-    zero. The source's last decoder layer stays the last one (new context layers go in before it). Every other
+    Added channels grow as :func:`spkdiff.train.snn.grow_channels` grows them (Net2Net-style: every synapse from
+    an added channel into one the source had, in the decoder layers and the read-out, starts at zero). The
+    source's last decoder layer stays the last one (new context layers go in before it). Every other
     tensor is the source's own, so the tokenizer (encoder, k, codebook) and the ASG are unchanged (every image
     keeps its tokens); a missing key or another dtype is left for :func:`spkdiff.checkpoint.load_model_weights`
     to refuse."""
