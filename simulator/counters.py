@@ -15,8 +15,10 @@ non-zero/all weights that reach a valid output, see :meth:`SynapseOp.fan_out`):
   input and spikes count: the state before the first step is the rest state);
 * ``spikes`` output spikes of spiking neurons.
 
-``ann_macs``/``ann_adds`` are the ANN-equivalent network's dense counts for ONE pass (no time):
-weights as MACs, pooling as adds.
+``ann_macs``/``ann_adds`` are the ANN-equivalent network's counts for ONE pass (no time): every input times
+every weight that is non-zero in the float graph, weights as MACs, pooling as adds. The ANN runs the layers
+themselves, so the zero taps of an exact ConvTranspose lowering (and the absent synapses of block-diagonal
+weights) are not its MACs: the count equals the torch layers' dense MACs (``spkdiff.train.snn.dense_macs``).
 """
 
 from __future__ import annotations

@@ -6,9 +6,10 @@ Profiles are YAML files (``simulator/profiles/<name>.yaml``, or any path) with `
 on one core, used by the chip mapping), ``sources`` (citations), ``leaves_out`` (what the profile does
 not price) and ``description``.  With the pair, a neuron update costs by its state:
 ``E_upd = active * e_active + (updates - active) * e_inactive`` (see :mod:`.counters` for *active*).
-The ANN equivalent of a network (same layers, one pass, dense) costs ``ann_macs * e_mac + ann_adds * e_add``
-on the ANN profile.  Beside it, the spiking-diffusion papers' convention on the ANN profile:
-``E_SNN = SOPs * E_AC + MACs * E_MAC`` vs ``E_ANN`` (``E_AC`` = its ``add``, ``E_MAC`` = its ``mac``).
+The ANN equivalent of a network (the same layers as an ANN, one pass; see :mod:`.counters`) costs
+``ann_macs * e_mac + ann_adds * e_add`` on the ANN profile.  Beside it, the spiking-diffusion papers'
+convention on the ANN profile: ``E_SNN = SOPs * E_AC + MACs * E_MAC`` vs ``E_ANN`` (``E_AC`` = its ``add``,
+``E_MAC`` = its ``mac``).
 """
 
 from __future__ import annotations

@@ -81,6 +81,10 @@ class Simulator:
             node = self.flat.nodes[name]
             in_shape = self._in_shape(name, node)
             self.ops[name] = build_op(name, node, in_shape, dt)
+        # The ANN equivalent runs the network's own layers in float: a weight that is zero in the float graph
+        # (the empty phase taps an exact ConvTranspose lowering leaves, synapses a merged network never joins)
+        # is no MAC of it, and the count does not depend on the numeric mode.
+        ann_counts = {n: float(op.fan_out(mask=True).sum()) for n, op in self.ops.items() if isinstance(op, SynapseOp)}
         converter = MODES[mode]
         if converter is not None:
             self.ops = converter(self.flat, self.ops, quant)
@@ -92,8 +96,8 @@ class Simulator:
                                                      int(op.fan_in(mask=True).sum()))
         self.inputs: dict[str, Shape] = {n: self.ops[n].out_shape for n in self.flat.inputs}
         self.outputs: dict[str, Shape] = {n: self.ops[n].out_shape for n in self.flat.outputs}
-        self.ann_macs = int(sum(p.dense_macs for n, p in self._count_plans.items() if self.ops[n].ann_op == "mac"))
-        self.ann_adds = int(sum(p.dense_macs for n, p in self._count_plans.items() if self.ops[n].ann_op == "add"))
+        self.ann_macs = int(sum(c for n, c in ann_counts.items() if self.ops[n].ann_op == "mac"))
+        self.ann_adds = int(sum(c for n, c in ann_counts.items() if self.ops[n].ann_op == "add"))
 
     # -- construction ------------------------------------------------------------------------------
     def _in_shape(self, name: str, node: nir.NIRNode) -> Shape:
