@@ -248,7 +248,7 @@ def run_bundle(args: argparse.Namespace) -> int:
           f"{e['total_j'] * 1e6:.4f} uJ ({e['profile']}) vs {e['ann_total_j'] * 1e6:.4f} uJ ANN "
           f"({e['ann_profile']}); {t['images_per_s']:.2f} images/s")
     pc, nb = e["papers_convention"], report["neurobench"]
-    print(f"papers' convention (SOPs x {pc['e_ac_pj']} pJ vs dense MACs x {pc['e_mac_pj']} pJ): "
+    print(f"papers' convention (SOPs x {pc['e_ac_pj']} pJ vs the ANN's MACs x {pc['e_mac_pj']} pJ): "
           f"{pc['snn_j'] * 1e6:.4f} uJ vs {pc['ann_j'] * 1e6:.4f} uJ ANN (ratio {pc['ratio_vs_ann']:.2f})")
     print("NeuroBench per image: " + ", ".join(f"{k} {v:.4g}" for k, v in nb.items()))
     for w in report["warnings"]:
