@@ -19,9 +19,8 @@ per channel, the residual skip per channel; the integrator read-out is linear in
 priors must share the tokenizer, the time steps T, the LIF constants, blocks, dilations, patch and time bins.
 
 NEW_RUN gets GOOD_RUN's stage 1 and config, with ``sdid.model.channels`` the sum and ``sdid.train.guided_by``
-recording the pair. Caveat for energy reports: the zero synapses between the halves cost no SOPs (the simulator
-counts non-zero synapses), but the ANN-equivalent MAC count is dense and would count them, so an energy report of
-NEW_RUN overstates the ANN side; the experiment reads sample statistics only.
+recording the pair. Exported, it runs on every backend as any SDID; its energy report counts neither SOPs nor
+ANN-equivalent MACs for the zero synapses between the halves (both count non-zero weights only).
 """
 
 from __future__ import annotations
