@@ -84,20 +84,21 @@ class Simulator:
         # The ANN equivalent runs the network's own layers in float: a weight that is zero in the float graph
         # (the empty phase taps an exact ConvTranspose lowering leaves, synapses a merged network never joins)
         # is no MAC of it, and the count does not depend on the numeric mode.
-        ann_counts = {n: float(op.fan_out(mask=True).sum()) for n, op in self.ops.items() if isinstance(op, SynapseOp)}
+        float_ops = self.ops
+        float_fan_outs = {n: op.fan_out(mask=True) for n, op in float_ops.items() if isinstance(op, SynapseOp)}
         converter = MODES[mode]
         if converter is not None:
             self.ops = converter(self.flat, self.ops, quant)
         for name, op in self.ops.items():
-            if isinstance(op, SynapseOp):
-                nz = op.fan_out(mask=True).reshape(-1)
+            if isinstance(op, SynapseOp):  # an op the mode kept has the float fan-out already
+                nz = (float_fan_outs[name] if op is float_ops.get(name) else op.fan_out(mask=True)).reshape(-1)
                 dense = op.fan_out(mask=False)
                 self._count_plans[name] = _CountPlan(nz.float(), float(nz.sum()), float(dense.sum()),
                                                      int(op.fan_in(mask=True).sum()))
         self.inputs: dict[str, Shape] = {n: self.ops[n].out_shape for n in self.flat.inputs}
         self.outputs: dict[str, Shape] = {n: self.ops[n].out_shape for n in self.flat.outputs}
-        self.ann_macs = int(sum(c for n, c in ann_counts.items() if self.ops[n].ann_op == "mac"))
-        self.ann_adds = int(sum(c for n, c in ann_counts.items() if self.ops[n].ann_op == "add"))
+        self.ann_macs = int(sum(float(f.sum()) for n, f in float_fan_outs.items() if self.ops[n].ann_op == "mac"))
+        self.ann_adds = int(sum(float(f.sum()) for n, f in float_fan_outs.items() if self.ops[n].ann_op == "add"))
 
     # -- construction ------------------------------------------------------------------------------
     def _in_shape(self, name: str, node: nir.NIRNode) -> Shape:
