@@ -577,21 +577,29 @@ FINE_TUNABLE: dict[str, frozenset[str]] = {"vqsvae": frozenset({"decoder_hidden"
                                            "sdid": frozenset({"time_steps", "channels"})}
 
 
-def initial_weights(source: str, stage: str, model_cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """STAGE's weights in SOURCE (a run directory, pretrained:NAME or a checkpoint file), refused unless its
-    model config is ours (unset defaults resolved, so an omitted neuron constant still compares equal) up to
-    the settings in FINE_TUNABLE."""
-    ckpt = _source_checkpoint(source, stage)
-
+def model_difference(stage: str, ours: dict[str, Any], theirs: dict[str, Any],
+                     may_differ: frozenset[str] = frozenset()) -> tuple[str, Any, Any] | None:
+    """The first setting outside ``may_differ`` in which two model configs of STAGE differ, as (key, ours,
+    theirs), compared with unset defaults resolved (so an omitted neuron constant still compares equal); None if
+    they agree."""
     def resolved(cfg: dict[str, Any]) -> dict[str, Any]:
         d = (SDIDConfig if stage == "sdid" else VQSVAEConfig).from_dict(cfg).to_dict()
         return d | {"neuron": LIFParams.from_dict(d["neuron"])}
 
-    theirs, ours = resolved(ckpt.config[stage]["model"]), resolved(model_cfg)
-    differ = [k for k in ours if ours[k] != theirs.get(k) and k not in FINE_TUNABLE[stage]]
+    a, b = resolved(ours), resolved(theirs)
+    key = next((k for k in a if a[k] != b.get(k) and k not in may_differ), None)
+    return None if key is None else (key, a[key], b.get(key))
+
+
+def initial_weights(source: str, stage: str, model_cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """STAGE's weights in SOURCE (a run directory, pretrained:NAME or a checkpoint file), refused unless its
+    model config is ours (:func:`model_difference`) up to the settings in FINE_TUNABLE."""
+    ckpt = _source_checkpoint(source, stage)
+    differ = model_difference(stage, model_cfg, ckpt.config[stage]["model"], FINE_TUNABLE[stage])
     if differ:
-        raise SpkdiffError(f"init_from {source}: its {STAGE_NAMES[stage]} differs in {differ[0]} "
-                           f"({theirs.get(differ[0])!r} vs {ours[differ[0]]!r} here)")
+        key, ours, theirs = differ
+        raise SpkdiffError(f"init_from {source}: its {STAGE_NAMES[stage]} differs in {key} "
+                           f"({theirs!r} vs {ours!r} here)")
     return ckpt.model
 
 

@@ -36,21 +36,18 @@ from torch import nn
 from spkdiff.checkpoint import load_checkpoint, save_checkpoint
 from spkdiff.config import read_json, resolve_run, write_json_atomic
 from spkdiff.errors import SpkdiffError
-from spkdiff.train.loop import check_same_tokens, stage_from_checkpoint
+from spkdiff.train.loop import check_same_tokens, model_difference, stage_from_checkpoint
 from spkdiff.train.sdid import SDID, SDIDConfig
-from spkdiff.train.snn import LIFParams
-
-SHARED_FIELDS = ("num_codes", "grid", "blocks", "time_steps", "diffusion_steps", "time_bins", "dilations", "patch")
 
 
 def guided_config(good: SDIDConfig, bad: SDIDConfig) -> SDIDConfig:
     """The merged SDID's config: the good prior's with both priors' channels; refuses pairs that differ elsewhere."""
-    for name in SHARED_FIELDS:
-        if getattr(good, name) != getattr(bad, name):
-            raise SpkdiffError(f"the priors differ in {name} ({getattr(good, name)} vs {getattr(bad, name)}): "
-                               f"autoguidance as one SDID needs them equal")
-    if LIFParams.from_dict(good.neuron) != LIFParams.from_dict(bad.neuron):
-        raise SpkdiffError(f"the priors differ in their LIF constants ({good.neuron} vs {bad.neuron})")
+    differ = model_difference("sdid", good.to_dict(), bad.to_dict(), frozenset({"channels"}))
+    if differ:
+        key, ours, theirs = differ
+        what = "their LIF constants" if key == "neuron" else key
+        raise SpkdiffError(f"the priors differ in {what} ({ours} vs {theirs}): autoguidance as one SDID needs them "
+                           f"equal")
     return SDIDConfig.from_dict(good.to_dict() | {"channels": good.channels + bad.channels})
 
 
