@@ -57,6 +57,12 @@ DERIVED = {
     "bench/prior/preset_grid14_patch2_wide.yaml": ("preset_grid14_patch2.yaml", {"sdid.model.channels": 160}),
     "bench/prior/preset_grid14_patch2_wide_more_epochs.yaml": ("preset_grid14_patch2_wide.yaml", {
         "sdid.train.lr": 5e-4, "sdid.train.warmup_steps": 100}),
+    "bench/prior/preset_sdid_small_bad.yaml": ("fast", {"sdid.model.channels": 64, "sdid.train.epochs": 1}),
+    "bench/energy_front/quality_prior_sop/preset_sop1.0.yaml": ("preset_sop0.3.yaml", {"sdid.train.sop_weight": 1.0}),
+    "bench/energy_front/quality_prior_sop/preset_sop0.3_distill4.yaml": ("preset_sop0.3.yaml", {
+        "sdid.train.distill_weight": 4.0}),
+    "bench/energy_front/quality_prior_sop/preset_sop1.0_distill4.yaml": ("preset_sop1.0.yaml", {
+        "sdid.train.distill_weight": 4.0}),
     "bench/quality/preset_codebook_restart.yaml": ("fast", {
         "vqsvae.train.codebook_restart_every": 100, "vqsvae.train.codebook_restart_until": 0.9}),
     "bench/quality/preset_codebook_restart_k512.yaml": ("preset_codebook_restart.yaml", {
