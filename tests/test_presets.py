@@ -58,6 +58,10 @@ DERIVED = {
     "bench/prior/preset_grid14_patch2_wide_more_epochs.yaml": ("preset_grid14_patch2_wide.yaml", {
         "sdid.train.lr": 5e-4, "sdid.train.warmup_steps": 100}),
     "bench/prior/preset_sdid_small_bad.yaml": ("fast", {"sdid.model.channels": 64, "sdid.train.epochs": 1}),
+    "bench/energy_front/quality_prior_sop/preset_sop0.3.yaml": ("fast", {
+        "sdid.model.neuron": MISSING, "sdid.train.epochs": 1, "sdid.train.lr": 3e-4, "sdid.train.warmup_steps": 50,
+        "sdid.train.sop_weight": 0.3, "sdid.train.distill_from": "pretrained:fashion-mnist",
+        "sdid.train.distill_weight": 1.0, "sdid.sample.steps": 49, "sdid.sample.temperature": 0.9}),
     "bench/energy_front/quality_prior_sop/preset_sop1.0.yaml": ("preset_sop0.3.yaml", {"sdid.train.sop_weight": 1.0}),
     "bench/energy_front/quality_prior_sop/preset_sop0.3_distill4.yaml": ("preset_sop0.3.yaml", {
         "sdid.train.distill_weight": 4.0}),
