@@ -77,6 +77,8 @@ DERIVED = {
         "sdid.train.epochs": 2}),
     "bench/energy_front/quality_prior_sop/preset_sop0_distill4_2epochs.yaml": ("preset_sop1.0_distill4_2epochs.yaml", {
         "sdid.train.sop_weight": 0.0}),
+    "bench/energy_front/quality_prior_sop/preset_sop1.0_distill4_lr1e-4.yaml": ("preset_sop1.0_distill4.yaml", {
+        "sdid.train.lr": 1e-4}),
     "bench/quality/preset_codebook_restart.yaml": ("fast", {
         "vqsvae.train.codebook_restart_every": 100, "vqsvae.train.codebook_restart_until": 0.9}),
     "bench/quality/preset_codebook_restart_k512.yaml": ("preset_codebook_restart.yaml", {
