@@ -22,7 +22,9 @@ grows); the setting with the smallest sum matches the held-out grids best.
 - ``pixel P / R``: the same for the decoded images against the held-out images themselves, as raw pixel vectors
   in [0, 1]. No Inception network: a screen that sees the precision / recall trade (it moved the same way as the
   Inception P / R on every sampler pair gated so far), never the judge.
-The row ``real`` compares the test images N..2N with the first N: the floor that finite N sets. Rows append to
+The row ``real`` compares the test images N..2N with the first N: the floor that finite N sets. Sampling noise is of the
+same size as the differences between priors (the shipped Fashion-MNIST prior's sum is 0.0911 at seed 0 and 0.0982 at
+seed 1, N = 1000): rank with ``--seeds 0,1,...``, which adds a mean ± std row per setting. Rows append to
 bench/prior/results_token_statistics.jsonl.
 """
 
@@ -86,6 +88,24 @@ def pixel_precision_recall(real: torch.Tensor, fake: torch.Tensor) -> tuple[floa
     return precision_recall(real.float().flatten(1), fake.float().flatten(1), k=3)
 
 
+SCORES = ("layout", "pairs", "sum", "latent_precision", "latent_recall", "pixel_precision", "pixel_recall")
+
+
+def with_sum(row: dict) -> dict:
+    """The row with ``sum`` = layout + pairs: the screen's single number (smaller matches the held-out grids better)."""
+    return {**row, "sum": row["layout"] + row["pairs"]}
+
+
+def seed_mean(rows: list[dict]) -> dict:
+    """One setting's rows over several seeds → their mean and (sample) standard deviation per score."""
+    rows = [with_sum(row) for row in rows]
+    mean = {key: value for key, value in rows[0].items() if key not in SCORES + ("seed", "seconds")}
+    for key in SCORES:
+        values = torch.tensor([row[key] for row in rows], dtype=torch.float64)
+        mean[key], mean[key + "_std"] = float(values.mean()), float(values.std())
+    return {**mean, "seeds": [row["seed"] for row in rows], "seconds": sum(row["seconds"] for row in rows)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True)
@@ -97,7 +117,9 @@ def main() -> None:
                         help="samplers, comma-separated (default: the run's own)")
     parser.add_argument("--remask", type=validate.comma_separated(validate.probability), default=[None],
                         help="ReMDM-cap remasking rates of the paper sampler, comma-separated (default: the run's own)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", "--seed", dest="seeds", type=validate.comma_separated(validate.int_in(0)),
+                        default=[0], help="sampling seeds, comma-separated: each setting is sampled once per "
+                        "seed; with several, a mean ± std row follows (one seed's sum moves by ~0.007 at N = 1000)")
     parser.add_argument("--data-root", default=None)
     args = parser.parse_args()
 
@@ -123,23 +145,37 @@ def main() -> None:
                 "latent_precision": precision, "latent_recall": recall,
                 "pixel_precision": pixel_precision, "pixel_recall": pixel_recall}
 
-    rows = [{"temperature": "real", **scores(other, other_images)}]
+    rows = [with_sum({"temperature": "real", **scores(other, other_images)})]
     for method, steps, temperature, remask in itertools.product(args.methods, args.steps, args.temperatures,
                                                                 args.remask):
-        start = time.perf_counter()
-        images, fake, info = sample_images("torch", run=args.run, n=args.n, steps=steps, method=method,
-                                           temperature=temperature, remask=remask, seed=args.seed)
-        rows.append({"temperature": temperature, **scores(fake.long(), images), "steps": info["denoiser_calls"],
-                     "method": info["method"], "remask": info["remask"], "seconds": time.perf_counter() - start})
+        setting = []
+        for seed in args.seeds:
+            start = time.perf_counter()
+            images, fake, info = sample_images("torch", run=args.run, n=args.n, steps=steps, method=method,
+                                               temperature=temperature, remask=remask, seed=seed)
+            setting.append(with_sum({"temperature": temperature, **scores(fake.long(), images),
+                                     "steps": info["denoiser_calls"], "method": info["method"],
+                                     "remask": info["remask"], "seed": seed, "seconds": time.perf_counter() - start}))
+        rows += setting
+        if len(setting) > 1:
+            rows.append(seed_mean(setting))
     print(f"{args.run} ({config['dataset']}), N = {args.n} generated vs {args.n} held-out test grids")
     print("| temperature | method | calls | remask | layout JS (bits) | pairs JS (bits) | sum | latent P / R "
           "| pixel P / R |\n|---|---|---|---|---|---|---|---|---|")
     for row in rows:
-        row["sum"] = row["layout"] + row["pairs"]
-        print(f"| {row['temperature']} | {row.get('method', '')} | {row.get('steps', '')} | {row.get('remask', '')} | "
-              f"{row['layout']:.4f} | "
-              f"{row['pairs']:.4f} | {row['sum']:.4f} | {row['latent_precision']:.3f} / {row['latent_recall']:.3f} | "
-              f"{row['pixel_precision']:.3f} / {row['pixel_recall']:.3f} |")
+        if "seeds" in row:  # the mean of the rows above it: std after each value
+            cells = [f"{row[key]:.4f} ± {row[key + '_std']:.4f}" for key in ("layout", "pairs", "sum")] + [
+                f"{row[a]:.3f} ± {row[a + '_std']:.3f} / {row[b]:.3f} ± {row[b + '_std']:.3f}"
+                for a, b in (("latent_precision", "latent_recall"), ("pixel_precision", "pixel_recall"))]
+            label = f"mean of seeds {','.join(map(str, row['seeds']))}"
+        else:
+            cells = [f"{row['layout']:.4f}", f"{row['pairs']:.4f}", f"{row['sum']:.4f}",
+                     f"{row['latent_precision']:.3f} / {row['latent_recall']:.3f}",
+                     f"{row['pixel_precision']:.3f} / {row['pixel_recall']:.3f}"]
+            label = row["temperature"] if "seed" not in row or len(args.seeds) == 1 else \
+                f"{row['temperature']} (seed {row['seed']})"
+        print(f"| {label} | {row.get('method', '')} | {row.get('steps', '')} | {row.get('remask', '')} | "
+              + " | ".join(cells) + " |")
     with RESULTS.open("a") as f:
         for row in rows:
             f.write(json.dumps({"run": args.run, "dataset": config["dataset"], "n": args.n, **row}) + "\n")
