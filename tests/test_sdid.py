@@ -309,13 +309,13 @@ def test_token_statistics_divergences_by_hand():
 
 
 def test_token_statistics_seed_mean():
-    """bench/prior/token_statistics.py's mean over seeds: per-score mean and sample std, the sum recomputed from
-    layout + pairs, the seeds listed, the setting's keys kept and the per-seed ones dropped."""
+    """bench/prior/token_statistics.py's mean over seeds: per-score mean and sample std, the seeds listed, the
+    setting's keys kept and the per-seed ones dropped."""
     stats = load_bench_script("prior/token_statistics.py")
     base = {"temperature": 0.9, "steps": 49, "method": "paper", "remask": 0.0, "latent_precision": 0.5,
             "latent_recall": 0.8, "pixel_precision": 0.7, "pixel_recall": 0.6}
-    rows = [{**base, "layout": 0.04, "pairs": 0.05, "seed": 0, "seconds": 2.0},
-            {**base, "layout": 0.02, "pairs": 0.07, "pixel_precision": 0.5, "seed": 1, "seconds": 3.0}]
+    rows = [{**base, "layout": 0.04, "pairs": 0.05, "sum": 0.09, "seed": 0, "seconds": 2.0},
+            {**base, "layout": 0.02, "pairs": 0.07, "sum": 0.09, "pixel_precision": 0.5, "seed": 1, "seconds": 3.0}]
     mean = stats.seed_mean(rows)
     assert mean["layout"] == pytest.approx(0.03) and mean["layout_std"] == pytest.approx(0.02 / 2 ** 0.5)
     assert mean["sum"] == pytest.approx(0.09) and mean["sum_std"] == pytest.approx(0.0, abs=1e-12)

@@ -91,14 +91,8 @@ def pixel_precision_recall(real: torch.Tensor, fake: torch.Tensor) -> tuple[floa
 SCORES = ("layout", "pairs", "sum", "latent_precision", "latent_recall", "pixel_precision", "pixel_recall")
 
 
-def with_sum(row: dict) -> dict:
-    """The row with ``sum`` = layout + pairs: the screen's single number (smaller matches the held-out grids better)."""
-    return {**row, "sum": row["layout"] + row["pairs"]}
-
-
 def seed_mean(rows: list[dict]) -> dict:
     """One setting's rows over several seeds → their mean and (sample) standard deviation per score."""
-    rows = [with_sum(row) for row in rows]
     mean = {key: value for key, value in rows[0].items() if key not in SCORES + ("seed", "seconds")}
     for key in SCORES:
         values = torch.tensor([row[key] for row in rows], dtype=torch.float64)
@@ -141,11 +135,13 @@ def main() -> None:
     def scores(fake: torch.Tensor, images: torch.Tensor) -> dict:
         precision, recall = latent_precision_recall(real, fake, codebook)
         pixel_precision, pixel_recall = pixel_precision_recall(real_images, images)
-        return {"layout": layout_divergence(real, fake, codes), "pairs": pair_divergence(real, fake, codes),
+        layout, pairs = layout_divergence(real, fake, codes), pair_divergence(real, fake, codes)
+        # sum: the screen's single number (smaller matches the held-out grids better)
+        return {"layout": layout, "pairs": pairs, "sum": layout + pairs,
                 "latent_precision": precision, "latent_recall": recall,
                 "pixel_precision": pixel_precision, "pixel_recall": pixel_recall}
 
-    rows = [with_sum({"temperature": "real", **scores(other, other_images)})]
+    rows = [{"temperature": "real", **scores(other, other_images)}]
     for method, steps, temperature, remask in itertools.product(args.methods, args.steps, args.temperatures,
                                                                 args.remask):
         setting = []
@@ -153,9 +149,9 @@ def main() -> None:
             start = time.perf_counter()
             images, fake, info = sample_images("torch", run=args.run, n=args.n, steps=steps, method=method,
                                                temperature=temperature, remask=remask, seed=seed)
-            setting.append(with_sum({"temperature": temperature, **scores(fake.long(), images),
-                                     "steps": info["denoiser_calls"], "method": info["method"],
-                                     "remask": info["remask"], "seed": seed, "seconds": time.perf_counter() - start}))
+            setting.append({"temperature": temperature, **scores(fake.long(), images),
+                            "steps": info["denoiser_calls"], "method": info["method"],
+                            "remask": info["remask"], "seed": seed, "seconds": time.perf_counter() - start})
         rows += setting
         if len(setting) > 1:
             rows.append(seed_mean(setting))
