@@ -83,6 +83,10 @@ DERIVED = {
         "vqsvae.train.codebook_restart_every": 100, "vqsvae.train.codebook_restart_until": 0.9}),
     "bench/quality/preset_codebook_restart_k512.yaml": ("preset_codebook_restart.yaml", {
         "vqsvae.model.codebook_size": 512}),
+    "bench/quality/preset_context2_generator.yaml": ("preset_context_generator.yaml", {
+        "vqsvae.model.decoder_context": 2}),
+    "bench/quality/preset_context3_generator.yaml": ("preset_context2_generator.yaml", {
+        "vqsvae.model.decoder_context": 3}),
     "bench/quality/preset_generator_l1_only.yaml": ("fast_adversarial", {
         "vqsvae.train.adversarial_weight": 0.0, "vqsvae.train.adversarial_start": MISSING,
         "sdid.sample.temperature": 0.8}),
