@@ -87,6 +87,8 @@ DERIVED = {
         "vqsvae.model.decoder_context": 2}),
     "bench/quality/preset_context3_generator.yaml": ("preset_context2_generator.yaml", {
         "vqsvae.model.decoder_context": 3}),
+    "bench/quality/preset_context3_generator_adv08.yaml": ("preset_context3_generator.yaml", {
+        "vqsvae.train.adversarial_weight": 0.8}),
     "bench/quality/preset_generator_l1_only.yaml": ("fast_adversarial", {
         "vqsvae.train.adversarial_weight": 0.0, "vqsvae.train.adversarial_start": MISSING,
         "sdid.sample.temperature": 0.8}),
