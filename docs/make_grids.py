@@ -4,11 +4,15 @@
 
 writes docs/NAME_samples_fast12.png (36 samples, seed 0, the model's default sampler, 6 per row) and
 docs/NAME_reconstructions.png (the first 16 test images above their reconstructions).
+
+    python docs/make_grids.py --compare docs/OUT.png fashion-mnist ../shared/data RUN [RUN ...]
+
+writes one comparison grid: the first 12 test images, then each run's reconstructions of them, one row per run.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 import torch
@@ -24,7 +28,24 @@ from spkdiff.train.sampling import reconstruct
 UPSCALE = 3
 
 
-def main(name: str, data_root: str) -> None:
+def upscale(path: Path) -> None:
+    image = Image.open(path)
+    image.resize((image.width * UPSCALE, image.height * UPSCALE), Image.NEAREST).save(path)
+    print(path)
+
+
+def compare(out: Path, dataset: str, data_root: str, runs: list[str], n: int = 12) -> None:
+    """Test images above each run's reconstructions of them, one row per run, in the order given."""
+    test, _ = load_tensor(dataset, data_root, "test", limit=n)
+    rows = [test]
+    with torch.no_grad():
+        for run in runs:
+            rows.append(reconstruct(load_stage(resolve_run(run), "vqsvae"), test)[0])
+    save_grid(torch.cat(rows), out, nrow=n)
+    upscale(out)
+
+
+def shipped_grids(name: str, data_root: str) -> None:
     out = Path(__file__).parent
     images, _, _ = sample_images("torch", run=f"pretrained:{name}", n=36, seed=0)
     run = resolve_run(f"pretrained:{name}")
@@ -34,10 +55,25 @@ def main(name: str, data_root: str) -> None:
     save_grid(images, samples, nrow=6)
     save_grid(torch.cat([test, recon]), reconstructions, nrow=16)
     for path in (samples, reconstructions):
-        image = Image.open(path)
-        image.resize((image.width * UPSCALE, image.height * UPSCALE), Image.NEAREST).save(path)
-        print(path)
+        upscale(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--compare", type=Path, metavar="OUT", help="write a reconstruction comparison grid to OUT")
+    parser.add_argument("name", help="pretrained model name, or with --compare the dataset")
+    parser.add_argument("data_root")
+    parser.add_argument("runs", nargs="*", help="with --compare: run directories or pretrained:NAME, one row each")
+    args = parser.parse_args()
+    if args.compare is None:
+        if args.runs:
+            parser.error("runs are given only with --compare")
+        shipped_grids(args.name, args.data_root)
+    elif not args.runs:
+        parser.error("--compare needs at least one run")
+    else:
+        compare(args.compare, args.name, args.data_root, args.runs)
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main()
