@@ -46,16 +46,13 @@ def compare(out: Path, dataset: str, data_root: str, runs: list[str], n: int = 1
 
 
 def shipped_grids(name: str, data_root: str) -> None:
-    out = Path(__file__).parent
-    images, _, _ = sample_images("torch", run=f"pretrained:{name}", n=36, seed=0)
-    run = resolve_run(f"pretrained:{name}")
-    test, _ = load_tensor(read_run_config(run)["dataset"], data_root, "test", limit=16)
-    recon, _ = reconstruct(load_stage(run, "vqsvae"), test)
-    samples, reconstructions = out / f"{name}_samples_fast12.png", out / f"{name}_reconstructions.png"
+    out, run = Path(__file__).parent, f"pretrained:{name}"
+    images, _, _ = sample_images("torch", run=run, n=36, seed=0)
+    samples = out / f"{name}_samples_fast12.png"
     save_grid(images, samples, nrow=6)
-    save_grid(torch.cat([test, recon]), reconstructions, nrow=16)
-    for path in (samples, reconstructions):
-        upscale(path)
+    upscale(samples)
+    dataset = read_run_config(resolve_run(run))["dataset"]
+    compare(out / f"{name}_reconstructions.png", dataset, data_root, [run], n=16)
 
 
 def main() -> None:

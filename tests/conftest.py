@@ -25,7 +25,12 @@ TINY_DECODER = (16, 8)  # configs/tiny.yaml: hidden [8, 16], so its decoder has 
 
 def load_bench_script(relative: str) -> ModuleType:
     """A script under bench/ (not a package) imported as a module, e.g. ``load_bench_script("quality/c2st.py")``."""
-    path = Path(__file__).resolve().parents[1] / "bench" / relative
+    return load_script(f"bench/{relative}")
+
+
+def load_script(relative: str) -> ModuleType:
+    """A script of the checkout (not a package) imported as a module, e.g. ``load_script("docs/make_grids.py")``."""
+    path = Path(__file__).resolve().parents[1] / relative
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # a dataclass in the script looks its module up there

@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_script
 from PIL import Image
 
 from spkdiff.data import load_tensor
 from spkdiff.imageio import to_uint8
 
-SCRIPT = Path(__file__).resolve().parents[1] / "docs" / "make_grids.py"
-
 
 @pytest.fixture(scope="module")
 def make_grids():
-    spec = importlib.util.spec_from_file_location("make_grids", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("docs/make_grids.py")
 
 
 def tile(grid: np.ndarray, row: int, col: int, upscale: int, size: int = 28, pad: int = 2) -> np.ndarray:
