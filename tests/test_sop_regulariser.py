@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import run_on_tokens_of, tiny_preset, train_sdid
+from conftest import run_on_tokens_of, tiny_preset, train_sdid, train_vqsvae
 
 from spkdiff.checkpoint import load_checkpoint, save_checkpoint
 from spkdiff.cli import main
@@ -129,6 +129,7 @@ def test_sdid_finetune_refuses_other_tokens_another_shape_and_stage_all(
     assert train_sdid(other_tokens, preset, shared_data_root, "--init-from", str(tiny_run)) != 0
     err = capsys.readouterr().err.strip()
     assert "predicts other tokens" in err and "codebook" in err and len(err.splitlines()) == 1
+    assert "init_from_other_tokens: true starts from it anyway" in err
 
     for name, change, message in (("deeper", {"blocks": 2}, "differs in blocks"),
                                   ("narrower", {"channels": 8}, "cannot grow the prior")):
@@ -144,6 +145,27 @@ def test_sdid_finetune_refuses_other_tokens_another_shape_and_stage_all(
     rc = main(["train", "--stage", "all", "--preset", str(preset), "--dataset", "mnist", "--out",
                str(tmp_path / "all"), "--data-root", str(shared_data_root), "--init-from", str(tiny_run)])
     assert rc != 0 and "--init-from needs --stage vqsvae or --stage sdid" in capsys.readouterr().err
+
+
+def test_sdid_finetune_onto_other_tokens_when_asked(
+        tiny_run: Path, shared_data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """init_from_other_tokens starts a prior from a source trained on another tokenizer's tokens (at lr 0 every
+    weight stays the source's); it is refused without init_from and in stage 1."""
+    other_tokens = run_on_tokens_of(tiny_run, tmp_path / "other_tokens")
+    ckpt = load_checkpoint(other_tokens / "vqsvae.safetensors", stage="vqsvae")
+    weights = dict(ckpt.model) | {"codebook": ckpt.model["codebook"] + 0.25}
+    save_checkpoint(other_tokens / "vqsvae.safetensors", model=weights, config=ckpt.config, stage="vqsvae")
+    preset = _finetune_preset(tmp_path, lr=0.0, weight_decay=0.0, init_from_other_tokens=True)
+    assert train_sdid(other_tokens, preset, shared_data_root, "--init-from", str(tiny_run), "--max-steps", "1") == 0
+    source, tuned = load_stage(tiny_run, "sdid"), load_stage(other_tokens, "sdid")
+    assert all(torch.equal(a, b) for a, b in zip(source.parameters(), tuned.parameters(), strict=True))
+
+    assert train_sdid(run_on_tokens_of(tiny_run, tmp_path / "no_source"), preset, shared_data_root) != 0
+    assert "init_from_other_tokens needs init_from" in capsys.readouterr().err
+    stage1 = tiny_preset(tmp_path, "vqsvae", init_from_other_tokens=True)
+    assert train_vqsvae(tmp_path / "stage1", stage1, shared_data_root, "--max-steps", "1") != 0
+    err = capsys.readouterr().err.strip()
+    assert "init_from_other_tokens is a stage-2 (sdid) setting" in err and len(err.splitlines()) == 1
 
 
 def test_grown_prior_computes_the_source_logits() -> None:

@@ -81,6 +81,9 @@ class TrainSettings:
     discriminator_channels: int = 32  # stage 1: width of the patch discriminator
     init_from: str | None = None  # start from this run's (or checkpoint's) weights of the stage being trained
     train_parts: str = "all"  # stage 1: "all", or "generator" (encoder and codebook held: the tokens stay)
+    # stage 2: start from init_from's prior although its stage 1 gave other tokens (a stage 1 fine-tuned with
+    # train_parts all): the prior then adapts to the new tokens instead of being refused
+    init_from_other_tokens: bool = False
     distill_from: str | None = None  # stage 2: a trained prior on the same tokens to distil from (the teacher)
     distill_weight: float = 0.0  # stage 2: weight of the KL to the teacher (spkdiff.train.sdid.distillation_loss)
     ema_decay: float = 0.0  # > 0: the checkpoint's weights are this exponential moving average (WeightAverage)
@@ -524,6 +527,8 @@ def train_vqsvae(run_dir: Path, config: dict[str, Any], data_root: str | None, r
         raise SpkdiffError(f"vqsvae train_parts {settings.train_parts!r} needs init_from (a trained stage 1)")
     if settings.codebook_restart_every and settings.train_parts != "all":
         raise SpkdiffError("codebook_restart_every needs train_parts all: the codebook is held otherwise")
+    if settings.init_from_other_tokens:
+        raise SpkdiffError("init_from_other_tokens is a stage-2 (sdid) setting: stage 1 makes the tokens")
     if settings.codebook_restart_every and dist.enabled:
         raise SpkdiffError("codebook_restart_every runs in one process, not under torchrun (the ranks' batches "
                            "differ, so would their restarts)")
@@ -700,6 +705,8 @@ def train_sdid(run_dir: Path, config: dict[str, Any], data_root: str | None, res
     settings = TrainSettings.from_dict(config["sdid"]["train"])
     if (settings.distill_from is None) != (settings.distill_weight == 0):
         raise SpkdiffError("distillation needs both distill_from (the teacher run) and a distill_weight > 0")
+    if settings.init_from_other_tokens and settings.init_from is None:
+        raise SpkdiffError("init_from_other_tokens needs init_from (the prior to start from)")
     config["sdid"]["model"]["num_codes"] = config["vqsvae"]["model"]["codebook_size"]
     # A teacher that cannot serve is refused before the training split is encoded.
     teacher = None if settings.distill_from is None else load_teacher(settings.distill_from, run_dir,
@@ -715,7 +722,11 @@ def train_sdid(run_dir: Path, config: dict[str, Any], data_root: str | None, res
             source, model_cfg = settings.init_from, config["sdid"]["model"]
 
             def weights() -> dict[str, torch.Tensor]:
-                check_same_tokens(source, run_dir)
+                if not settings.init_from_other_tokens:
+                    try:
+                        check_same_tokens(source, run_dir)
+                    except SpkdiffError as refused:
+                        raise SpkdiffError(f"{refused}; init_from_other_tokens: true starts from it anyway") from None
                 return initial_weights(source, "sdid", model_cfg)
 
             load_model_weights(model, grow_prior(model, dist.run_on_main(weights)), Path(source))
