@@ -613,19 +613,21 @@ def is_tokenizer(key: str) -> bool:
     return key.startswith("encoder.") or key in ("k", "codebook")
 
 
-def check_same_tokens(source: str, run_dir: Path) -> None:
+def check_same_tokens(source: str, run_dir: Path, hint: str = "") -> None:
     """A prior fine-tuned from SOURCE must predict the tokens it was trained on: refuse unless SOURCE's stage-1
-    tokenizer is bit-identical to RUN_DIR's (a generator fine-tune keeps it; a retrained stage 1 does not)."""
+    tokenizer is bit-identical to RUN_DIR's (a generator fine-tune keeps it; a retrained stage 1 does not).
+    ``hint`` ends the refusal's message (the way past it, where the caller has one)."""
     path = _source_path(source)
     theirs_path = (path if path.is_dir() else path.parent) / "vqsvae.safetensors"
     if not theirs_path.exists():
-        raise SpkdiffError(f"init_from {source}: no vqsvae.safetensors beside it, so its tokens cannot be checked")
+        raise SpkdiffError(f"init_from {source}: no vqsvae.safetensors beside it, so its tokens cannot be "
+                           f"checked{hint}")
     theirs = load_checkpoint(theirs_path, stage="vqsvae").model
     ours = load_checkpoint(run_dir / "vqsvae.safetensors", stage="vqsvae").model
     differ = [k for k in ours if is_tokenizer(k) and (k not in theirs or not torch.equal(ours[k], theirs[k]))]
     if differ:
         raise SpkdiffError(f"init_from {source}: its SDID predicts other tokens (stage-1 {differ[0]} differs from "
-                           f"{run_dir}'s)")
+                           f"{run_dir}'s){hint}")
 
 
 # ----------------------------------------------------------------------------- stage 2
@@ -723,10 +725,7 @@ def train_sdid(run_dir: Path, config: dict[str, Any], data_root: str | None, res
 
             def weights() -> dict[str, torch.Tensor]:
                 if not settings.init_from_other_tokens:
-                    try:
-                        check_same_tokens(source, run_dir)
-                    except SpkdiffError as refused:
-                        raise SpkdiffError(f"{refused}; init_from_other_tokens: true starts from it anyway") from None
+                    check_same_tokens(source, run_dir, hint="; init_from_other_tokens: true starts from it anyway")
                 return initial_weights(source, "sdid", model_cfg)
 
             load_model_weights(model, grow_prior(model, dist.run_on_main(weights)), Path(source))
