@@ -89,6 +89,14 @@ DERIVED = {
         "vqsvae.model.decoder_context": 3}),
     "bench/quality/preset_context3_generator_adv08.yaml": ("preset_context3_generator.yaml", {
         "vqsvae.train.adversarial_weight": 0.8}),
+    "bench/quality/preset_context3_tokenizer.yaml": ("preset_context3_generator.yaml", {
+        "vqsvae.train.train_parts": "all", "vqsvae.train.codebook_restart_every": 100,
+        "vqsvae.train.codebook_restart_until": 0.9}),
+    "bench/quality/preset_context3_tokenizer_settle.yaml": ("preset_context3_tokenizer.yaml", {
+        "vqsvae.train.codebook_restart_every": 0}),
+    "bench/prior/preset_sdid_retokenized.yaml": ("preset_sdid_more_epochs.yaml", {
+        "sdid.train.init_from_other_tokens": True, "sdid.sample.steps": 49,
+        "sdid.sample.temperature": 0.9}),
     "bench/quality/preset_generator_l1_only.yaml": ("fast_adversarial", {
         "vqsvae.train.adversarial_weight": 0.0, "vqsvae.train.adversarial_start": MISSING,
         "sdid.sample.temperature": 0.8}),
