@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import load_bench_script
@@ -40,3 +42,17 @@ def test_two_sample_test_rejects_too_few_or_mismatched_images(c2st):
         c2st.two_sample_test(strokes(10, 0), strokes(10, 1), n_train=10, seed=0)
     with pytest.raises(ValueError, match="shape"):
         c2st.two_sample_test(strokes(20, 0), torch.zeros(20, 3, 12, 12), n_train=10, seed=0)
+
+
+def test_recorded_real_row_reuses_only_a_row_of_the_same_settings(c2st, tmp_path):
+    results = tmp_path / "results_c2st.jsonl"
+    assert c2st.recorded_real_row(results, "mnist", 10, 5, 2) is None
+    rows = [{"dataset": "mnist", "run": "real", "n_train": 10, "n_test": 5, "seeds": 2, "accuracy": 0.4},
+            {"dataset": "mnist", "run": "runs/a", "n_train": 10, "n_test": 5, "seeds": 2, "accuracy": 0.9},
+            {"dataset": "fashion-mnist", "run": "real", "n_train": 10, "n_test": 5, "seeds": 2, "accuracy": 0.6},
+            {"dataset": "mnist", "run": "real", "n_train": 10, "n_test": 5, "seeds": 2, "accuracy": 0.5}]
+    results.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert c2st.recorded_real_row(results, "mnist", 10, 5, 2)["accuracy"] == 0.5
+    assert c2st.recorded_real_row(results, "fashion-mnist", 10, 5, 2)["accuracy"] == 0.6
+    assert c2st.recorded_real_row(results, "mnist", 10, 5, 3) is None
+    assert c2st.recorded_real_row(results, "mnist", 20, 5, 2) is None
